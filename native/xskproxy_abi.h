@@ -101,5 +101,184 @@ enum xskp_iface {
 /* ---------------------------------------------------------------------------------------
  * Pipeline tables (dataplane/): drop reasons, table entries. Owned by the pipeline.
  * ------------------------------------------------------------------------------------- */
+/* Why a frame was dropped (or handed back): the indices of the pipeline's counter array. The
+ * pipeline counts every frame under exactly one reason or one of the XSKP_CNT_* outcomes below. */
+enum xskp_drop_reason {
+	XSKP_DROP_NONE = 0,             /* not dropped (never counted) */
+	XSKP_DROP_TRUNCATED,            /* a header is cut short */
+	XSKP_DROP_BAD_IP,               /* IPv4 version/IHL/total length inconsistent */
+	XSKP_DROP_FRAGMENT,             /* a non-first IPv4 fragment: no ports to match */
+	XSKP_DROP_TTL_EXCEEDED,         /* TTL would reach 0 (the kernel would send ICMP) */
+	XSKP_DROP_NOT_OURS,             /* steered but owned by nobody here (e.g. stale steering) */
+	XSKP_DROP_NO_BACKEND,           /* Service has no usable endpoint */
+	XSKP_DROP_SOURCE_RANGE,         /* client outside loadBalancerSourceRanges */
+	XSKP_DROP_NO_ROUTE,             /* no FIB entry for the destination */
+	XSKP_DROP_NO_NEIGHBOUR,         /* next hop's MAC not resolved */
+	XSKP_DROP_CT_FULL,              /* conntrack full and nothing evictable */
+	XSKP_DROP_SNAT_EXHAUSTED,       /* no free SNAT port */
+	XSKP_DROP_NO_HEADROOM,          /* DSR encapsulation needs headroom the frame lacks */
+	XSKP_DROP_UNSUPPORTED,          /* a protocol or option the pipeline does not handle */
+	XSKP_DROP_TCP_INVALID,          /* TCP segment that fits no tracked flow and opens none */
+	XSKP_DROP_REASON_MAX,
+};
+
+/* Service flags (struct xskp_service.flags). Read them through predicates in dataplane/. */
+#define XSKP_SVC_DSR 1                  /* load-balancer mode dsr (else nat) */
+#define XSKP_SVC_AFFINITY_CLIENTIP 2    /* sessionAffinity ClientIP */
+#define XSKP_SVC_ETP_LOCAL 4            /* externalTrafficPolicy Local: external frontends use the local ring */
+#define XSKP_SVC_ITP_LOCAL 8            /* internalTrafficPolicy Local: ClusterIP uses the local ring */
+#define XSKP_SVC_SOURCE_RANGES 16       /* loadBalancerSourceRanges apply to LB-IP frontends */
+
+/* Frontend kinds (struct xskp_frontend.kind). */
+enum xskp_frontend_kind {
+	XSKP_FE_EMPTY = 0,              /* free slot of the open-addressing table */
+	XSKP_FE_CLUSTER_IP = 1,
+	XSKP_FE_NODE_PORT = 2,          /* a node address + nodePort */
+	XSKP_FE_LOAD_BALANCER = 3,      /* status.loadBalancer.ingress IP */
+	XSKP_FE_EXTERNAL_IP = 4,
+};
+
+/* Backend flags (struct xskp_backend.flags). */
+#define XSKP_BE_ALIVE 1                 /* present in the current generation (ids are stable) */
+#define XSKP_BE_LOCAL 2                 /* the endpoint runs on this node */
+#define XSKP_BE_TERMINATING 4           /* serving but terminating: used only when no ready one exists */
+
+/* One (address, port, protocol) frontend in an open-addressing hash table (linear probing,
+ * power-of-two capacity). service_id indexes the services array. */
+struct xskp_frontend {
+	__u32 addr;
+	__u16 port;
+	__u8 proto;
+	__u8 kind;                      /* enum xskp_frontend_kind; XSKP_FE_EMPTY marks a free slot */
+	__u32 service_id;
+	__u32 pad;
+};
+
+/* One Service port (a Service with two ports is two entries). Rings are slices of the
+ * maglev array of backend ids; a slice of size 0 means no usable endpoint. */
+struct xskp_service {
+	__u32 flags;                    /* XSKP_SVC_* */
+	__u32 affinity_timeout_s;       /* ClientIP affinity, 1..86400 s */
+	__u32 ring_offset;              /* cluster-wide ring (ready endpoints, else terminating) */
+	__u32 ring_size;
+	__u32 local_ring_offset;        /* ring over this node's endpoints (traffic policy Local) */
+	__u32 local_ring_size;
+	__u32 source_ranges_offset;     /* slice of the source_ranges array */
+	__u32 source_ranges_count;
+	__u32 vip;                      /* DSR replies leave from this address (the frontend hit) */
+	__u16 vip_port;
+	__u16 pad;
+};
+
+/* A backend (endpoint address + target port). Ids are stable across generations: a conntrack
+ * entry holds its id and stops matching when the slot is no longer ALIVE or changed address. */
+struct xskp_backend {
+	__u32 addr;
+	__u16 port;
+	__u16 flags;                    /* XSKP_BE_* */
+	__u32 node_addr;                /* transport address of the backend's node (DSR tunnel dst) */
+	__u32 pad;
+};
+
+/* A source range (loadBalancerSourceRanges): addr & mask == net. */
+struct xskp_source_range {
+	__u32 net;
+	__u32 mask;
+};
+
+/* A route: destination prefix -> out interface and next hop (0: on-link, the destination
+ * itself). Kept sorted by prefix length, longest first. */
+struct xskp_route {
+	__u32 prefix;
+	__u32 mask;
+	__u32 next_hop;
+	__u8 iface;                     /* enum xskp_iface */
+	__u8 pad[3];
+};
+
+/* A resolved neighbour in an open-addressing hash table keyed by (addr, iface). */
+struct xskp_neighbour {
+	__u32 addr;
+	__u8 iface;                     /* enum xskp_iface */
+	__u8 in_use;
+	__u8 mac[6];
+};
+
+/* Per-node constants of one generation (a one-element array). */
+struct xskp_node {
+	__u32 node_addr;                /* SNAT source and DSR tunnel endpoint (transport address) */
+	__u16 snat_port_min;            /* host order */
+	__u16 snat_port_max;            /* host order */
+	__u8 iface_mac[2][6];           /* own MAC per enum xskp_iface */
+	__u16 pad;
+	__u32 generation;               /* increases with every publish */
+	__u32 fib_generation;           /* increases when routes or neighbours change */
+};
+
+/* TCP states of a conntrack entry. */
+enum xskp_ct_state {
+	XSKP_CT_NEW = 0,                /* UDP/ICMP, or a TCP flow seen only one way */
+	XSKP_CT_SYN_SENT,
+	XSKP_CT_SYN_RECV,
+	XSKP_CT_ESTABLISHED,
+	XSKP_CT_FIN_WAIT,               /* one side sent FIN */
+	XSKP_CT_CLOSING,                /* both sides sent FIN, or RST seen */
+};
+
+/* Conntrack entry flags. */
+#define XSKP_CT_IN_USE 1
+#define XSKP_CT_REPLY 2                 /* this entry matches the reply direction */
+#define XSKP_CT_SNAT 4                  /* the flow is SNATed to the node address */
+#define XSKP_CT_DSR_ENCAP 8             /* forward direction is IPIP-encapsulated to node_addr */
+#define XSKP_CT_BYPASS 16               /* (unused: bypassed flows are never tracked) */
+#define XSKP_CT_TOMBSTONE 32            /* deleted slot, keeps probe chains intact */
+
+/* One direction of a tracked flow, keyed by the 5-tuple as it arrives. Two entries per flow
+ * (original and reply) point at each other through peer. */
+struct xskp_ct_entry {
+	__u32 src_addr;
+	__u32 dst_addr;
+	__u16 src_port;
+	__u16 dst_port;
+	__u8 proto;
+	__u8 state;                     /* enum xskp_ct_state (kept in the original entry) */
+	__u8 flags;                     /* XSKP_CT_* */
+	__u8 out_iface;                 /* enum xskp_iface */
+	__u32 new_src_addr;             /* rewrite applied to matching frames */
+	__u32 new_dst_addr;
+	__u16 new_src_port;
+	__u16 new_dst_port;
+	__u32 encap_dst;                /* DSR: outer destination (backend's node) */
+	__u32 peer;                     /* index of the other direction's entry */
+	__u32 backend_id;
+	__u32 service_id;
+	__u32 fib_generation;           /* MACs below are valid while this matches */
+	__u8 dst_mac[6];
+	__u8 src_mac[6];
+	__u64 last_seen_ns;
+	__u64 created_ns;
+};
+
+/* ClientIP session affinity entry (hash table keyed by client address and service id). */
+struct xskp_affinity_entry {
+	__u32 client_addr;
+	__u32 service_id;
+	__u32 backend_id;
+	__u32 in_use;
+	__u64 last_seen_ns;
+};
+
+/* Header of a memory-mapped per-flow table file (/run/xskproxy/...), so that a restarted agent
+ * adopts the state of the previous one. */
+#define XSKP_STATE_MAGIC 0x58534b50     /* "XSKP" */
+#define XSKP_STATE_VERSION 1
+struct xskp_state_header {
+	__u32 magic;
+	__u32 version;
+	__u32 entry_size;               /* sizeof of the entry struct: a layout change refuses adoption */
+	__u32 pad;
+	__u64 capacity;                 /* entries, a power of two */
+	__u64 clock_offset_ns;          /* unused by the pipeline: now is passed in */
+};
 
 #endif /* XSKPROXY_ABI_H */
