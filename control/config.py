@@ -1,0 +1,245 @@
+"""The agent's configuration: one YAML file parsed into frozen dataclasses, with defaults.
+
+Proxy keys mirror antrea-agent.conf under `antreaProxy:`; the rest are xskproxy's own. Every
+error names the full field path and the bad value; unknown keys are errors, never ignored.
+"""
+import ipaddress
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+import yaml
+
+LOAD_BALANCER_MODES = ("nat", "dsr")
+SOURCES = ("files", "kube")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+CONNTRACK_ENTRIES_DEFAULT = 1 << 20
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; `path` is the dotted field path ("" for the file)."""
+
+    def __init__(self, path, message):
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+def _key(yaml_name, default, check=None, doc=""):
+    """A config field: its YAML key, default and a validator (value, path) -> parsed value."""
+    return field(default=default, metadata={"yaml": yaml_name, "check": check, "doc": doc})
+
+
+# --- validators: each takes (value, path) and returns the parsed value or raises ConfigError ---
+
+def _bool(value, path):
+    if not isinstance(value, bool):
+        raise ConfigError(path, f"{value!r} is not a boolean (true or false)")
+    return value
+
+
+def _int_between(lo, hi):
+    def check(value, path):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, f"{value!r} is not an integer")
+        if not lo <= value <= hi:
+            raise ConfigError(path, f"{value!r} is not between {lo} and {hi}")
+        return value
+    return check
+
+
+def _one_of(choices):
+    def check(value, path):
+        if value not in choices:
+            raise ConfigError(path, f"{value!r} is not one of {', '.join(choices)}")
+        return value
+    return check
+
+
+def _string(allow_empty=True):
+    def check(value, path):
+        if not isinstance(value, str):
+            raise ConfigError(path, f"{value!r} is not a string")
+        if not allow_empty and not value:
+            raise ConfigError(path, "must not be empty")
+        return value
+    return check
+
+
+def _optional_string(value, path):
+    if value is None:
+        return None
+    return _string()(value, path)
+
+
+def _string_list(item_check=None):
+    def check(value, path):
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise ConfigError(path, f"{value!r} is not a list")
+        out = []
+        for i, item in enumerate(value):
+            item_path = f"{path}[{i}]"
+            if not isinstance(item, str):
+                raise ConfigError(item_path, f"{item!r} is not a string")
+            out.append(item_check(item, item_path) if item_check else item)
+        return tuple(out)
+    return check
+
+
+def _cidr(value, path):
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise ConfigError(path, f"{value!r} is not a CIDR (e.g. 10.0.0.0/24)") from None
+
+
+def _skip_service(value, path):
+    """Antrea's skipServices entries: "namespace/name" or a ClusterIP address."""
+    if "/" in value:
+        namespace, _, name = value.partition("/")
+        if namespace and name and "/" not in name:
+            return value
+        raise ConfigError(path, f"{value!r} is neither namespace/name nor an IP address")
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ConfigError(path, f"{value!r} is neither namespace/name nor an IP address") from None
+
+
+def _host_port(value, path):
+    """host:port on which to serve metrics; "" disables the endpoint."""
+    if not isinstance(value, str):
+        raise ConfigError(path, f"{value!r} is not a string (host:port)")
+    if value == "":
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(path, f"{value!r} is not host:port with a port in 1..65535")
+    return value
+
+
+def _port_range(value, path):
+    """"lo-hi", both in 1024..65535, lo <= hi; returned as the tuple (lo, hi)."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        lo, hi = value
+    elif isinstance(value, str) and value.count("-") == 1:
+        lo, hi = (p.strip() for p in value.split("-"))
+        if not (lo.isdigit() and hi.isdigit()):
+            raise ConfigError(path, f"{value!r} is not a port range lo-hi")
+        lo, hi = int(lo), int(hi)
+    else:
+        raise ConfigError(path, f"{value!r} is not a port range lo-hi")
+    if not (isinstance(lo, int) and isinstance(hi, int) and 1024 <= lo <= hi <= 65535):
+        raise ConfigError(path, f"{value!r} is not a port range lo-hi within 1024..65535")
+    return (lo, hi)
+
+
+@dataclass(frozen=True)
+class AntreaProxyConfig:
+    """The keys of antrea-agent.conf's `antreaProxy:` section that xskproxy honours."""
+    proxy_all: bool = _key("proxyAll", False, _bool,
+                           "also proxy NodePort/LB/externalIP traffic, not only ClusterIP")
+    skip_services: tuple = _key("skipServices", (), _string_list(_skip_service),
+                                "namespace/name or ClusterIP entries left to the kernel")
+    proxy_load_balancer_ips: bool = _key("proxyLoadBalancerIPs", True, _bool,
+                                         "false: LoadBalancer ingress IPs go to the kernel")
+    default_load_balancer_mode: str = _key("defaultLoadBalancerMode", "nat",
+                                           _one_of(LOAD_BALANCER_MODES),
+                                           "nat or dsr, overridden per Service by annotation")
+    node_port_addresses: tuple = _key("nodePortAddresses", (), _string_list(_cidr),
+                                      "CIDRs selecting the node addresses serving NodePorts; "
+                                      "empty: all")
+
+
+@dataclass(frozen=True)
+class TableSizes:
+    """Capacities of the dataplane's fixed-size tables (entries)."""
+    conntrack_entries: int = _key("conntrackEntries", CONNTRACK_ENTRIES_DEFAULT,
+                                  _int_between(1024, 1 << 28))
+    affinity_entries: int = _key("affinityEntries", 1 << 18, _int_between(1024, 1 << 28))
+    max_services: int = _key("maxServices", 16384, _int_between(1, 1 << 22),
+                             "frontends (address, port, protocol) across all Services")
+    max_backends: int = _key("maxBackends", 1 << 19, _int_between(1, 1 << 24),
+                             "backends across all Services")
+
+
+@dataclass(frozen=True)
+class Config:
+    node_name: str = _key("nodeName", "", _string(),
+                          "this Node's name; empty: the host name")
+    transport_interface: str = _key("transportInterface", "", _string(),
+                                    "interface to other Nodes and external clients")
+    gateway_interface: str = _key("gatewayInterface", "", _string(),
+                                  "interface to this Node's Pods")
+    queues: int = _key("queues", 1, _int_between(1, 256), "queue pairs served, one worker each")
+    source: str = _key("source", "files", _one_of(SOURCES), "where Services come from")
+    manifest_path: str = _key("manifestPath", "/etc/xskproxy/manifests", _string(),
+                              "file or directory of YAML manifests (source: files)")
+    kubeconfig: Optional[str] = _key("kubeconfig", None, _optional_string,
+                                     "kubeconfig file (source: kube); unset: in-cluster config")
+    metrics_address: str = _key("metricsAddress", "127.0.0.1:9847", _host_port,
+                                "Prometheus endpoint host:port; empty: disabled")
+    state_dir: str = _key("stateDir", "/run/xskproxy", _string(allow_empty=False),
+                          "memory-mapped per-flow tables that outlive the process")
+    snat_port_range: tuple = _key("snatPortRange", (61000, 65535), _port_range,
+                                  "source ports used for SNAT to the node address; keep it "
+                                  "outside net.ipv4.ip_local_port_range")
+    log_level: str = _key("logLevel", "info", _one_of(LOG_LEVELS))
+    tables: TableSizes = _key("tables", TableSizes())
+    antrea_proxy: AntreaProxyConfig = _key("antreaProxy", AntreaProxyConfig())
+
+
+def _parse_section(cls, data, path):
+    """Build dataclass `cls` from mapping `data` whose keys are the fields' YAML names."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path or "", f"{data!r} is not a mapping")
+    by_yaml = {f.metadata["yaml"]: f for f in fields(cls)}
+    values = {}
+    for key, value in data.items():
+        key_path = f"{path}.{key}" if path else str(key)
+        f = by_yaml.get(key)
+        if f is None:
+            raise ConfigError(key_path, f"unknown key (known: {', '.join(sorted(by_yaml))})")
+        if isinstance(f.default, (TableSizes, AntreaProxyConfig)):
+            values[f.name] = _parse_section(type(f.default), value, key_path)
+        else:
+            values[f.name] = f.metadata["check"](value, key_path)
+    return cls(**values)
+
+
+def parse_config(data):
+    """Config from a parsed YAML mapping (None or {} gives all defaults)."""
+    return _parse_section(Config, data, "")
+
+
+def load_config(path):
+    """Config from the YAML file at `path`; errors name the file and the field."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError("", f"{path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError("", f"{path}: not valid YAML: {e}") from None
+    try:
+        return parse_config(data)
+    except ConfigError as e:
+        raise ConfigError(e.path, f"{e.message} (in {path})") from None
+
+
+def config_to_dict(config):
+    """The YAML mapping that parse_config would turn back into `config` (for dumps and docs)."""
+    out = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, (TableSizes, AntreaProxyConfig)):
+            value = config_to_dict(value)
+        elif f.name == "snat_port_range":
+            value = f"{value[0]}-{value[1]}"
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.metadata["yaml"]] = value
+    return out

@@ -1,0 +1,107 @@
+"""Configuration: defaults, antrea-agent.conf-style keys, and errors that name field and value."""
+import pytest
+
+from control.config import (
+    CONNTRACK_ENTRIES_DEFAULT, Config, ConfigError, config_to_dict, load_config, parse_config,
+)
+
+
+def test_empty_file_gives_documented_defaults():
+    """An empty config is valid: files source, loopback metrics, 1 Mi conntrack entries, nat mode."""
+    config = parse_config(None)
+    assert config == Config()
+    assert config.source == "files"
+    assert config.metrics_address.startswith("127.0.0.1:")
+    assert config.state_dir == "/run/xskproxy"
+    assert config.tables.conntrack_entries == CONNTRACK_ENTRIES_DEFAULT == 1048576
+    assert config.antrea_proxy.default_load_balancer_mode == "nat"
+    assert config.antrea_proxy.proxy_load_balancer_ips is True
+    assert config.antrea_proxy.proxy_all is False
+
+
+def test_full_file_is_parsed(tmp_path):
+    """Every key of a complete file lands in its field, lists become tuples, CIDRs normalised."""
+    path = tmp_path / "xskproxy.yaml"
+    path.write_text("""
+nodeName: node-a
+transportInterface: eth0
+gatewayInterface: antrea-gw0
+queues: 2
+source: kube
+kubeconfig: /etc/kubeconfig
+metricsAddress: 127.0.0.1:9999
+stateDir: /tmp/xskp
+snatPortRange: 62000-63000
+logLevel: debug
+tables:
+  conntrackEntries: 2048
+  affinityEntries: 4096
+  maxServices: 100
+  maxBackends: 1000
+antreaProxy:
+  proxyAll: true
+  skipServices: [kube-system/kube-dns, 10.96.0.10]
+  proxyLoadBalancerIPs: false
+  defaultLoadBalancerMode: dsr
+  nodePortAddresses: [192.168.1.7/24]
+""")
+    config = load_config(path)
+    assert (config.node_name, config.transport_interface, config.gateway_interface) == \
+        ("node-a", "eth0", "antrea-gw0")
+    assert config.queues == 2 and config.source == "kube" and config.kubeconfig == "/etc/kubeconfig"
+    assert config.snat_port_range == (62000, 63000)
+    assert config.tables.conntrack_entries == 2048 and config.tables.max_backends == 1000
+    ap = config.antrea_proxy
+    assert ap.proxy_all and not ap.proxy_load_balancer_ips
+    assert ap.skip_services == ("kube-system/kube-dns", "10.96.0.10")
+    assert ap.default_load_balancer_mode == "dsr"
+    assert ap.node_port_addresses == ("192.168.1.0/24",)
+    assert parse_config(config_to_dict(config)) == config
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"antreaProxy": {"defaultLoadBalancerMode": "dsrr"}},
+     "antreaProxy.defaultLoadBalancerMode: 'dsrr' is not one of nat, dsr"),
+    ({"antreaProxy": {"proxyAll": "yes"}}, "antreaProxy.proxyAll: 'yes' is not a boolean"),
+    ({"antreaProxy": {"skipServices": ["kube-system/dns", "nonsense"]}},
+     "antreaProxy.skipServices[1]: 'nonsense' is neither namespace/name nor an IP address"),
+    ({"antreaProxy": {"nodePortAddresses": ["10.0.0.0/33"]}},
+     "antreaProxy.nodePortAddresses[0]: '10.0.0.0/33' is not a CIDR"),
+    ({"antreaProxy": {"proxyEverything": True}}, "antreaProxy.proxyEverything: unknown key"),
+    ({"transportIface": "eth0"}, "transportIface: unknown key"),
+    ({"queues": 0}, "queues: 0 is not between 1 and 256"),
+    ({"queues": True}, "queues: True is not an integer"),
+    ({"tables": {"conntrackEntries": "many"}}, "tables.conntrackEntries: 'many' is not an integer"),
+    ({"tables": []}, "tables: [] is not a mapping"),
+    ({"source": "etcd"}, "source: 'etcd' is not one of files, kube"),
+    ({"metricsAddress": "localhost"}, "metricsAddress: 'localhost' is not host:port"),
+    ({"snatPortRange": "65000-61000"}, "snatPortRange: '65000-61000' is not a port range"),
+    ({"stateDir": ""}, "stateDir: must not be empty"),
+])
+def test_bad_value_error_names_field_and_value(data, message):
+    """A bad value raises ConfigError whose message starts with the field path and shows the value."""
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_top_level_must_be_a_mapping():
+    """A YAML list as the whole file is rejected, not read as defaults."""
+    with pytest.raises(ConfigError, match="is not a mapping"):
+        parse_config(["nodeName", "x"])
+
+
+def test_load_config_reports_file_and_yaml_errors(tmp_path):
+    """A missing file and broken YAML each give one ConfigError naming the file."""
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("antreaProxy: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_config(broken)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("antreaProxy:\n  defaultLoadBalancerMode: dsrr\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert err.value.path == "antreaProxy.defaultLoadBalancerMode"
+    assert "bad.yaml" in str(err.value)

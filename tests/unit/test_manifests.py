@@ -1,0 +1,184 @@
+"""Manifest files: kubectl-style lists and multi-document YAML, reload on change, last good state kept."""
+import os
+import time
+
+import pytest
+
+from control.manifests import ManifestError, ManifestSource, load_state
+
+KUBECTL_LIST = """\
+apiVersion: v1
+items:
+- apiVersion: v1
+  kind: Service
+  metadata:
+    name: web
+    namespace: default
+    resourceVersion: "1234"
+    uid: 6f0b9a34-0000-0000-0000-000000000001
+  spec:
+    clusterIP: 10.96.0.20
+    clusterIPs: [10.96.0.20]
+    internalTrafficPolicy: Cluster
+    ipFamilies: [IPv4]
+    ipFamilyPolicy: SingleStack
+    ports:
+    - port: 80
+      protocol: TCP
+      targetPort: 8080
+    selector: {app: web}
+    sessionAffinity: None
+    type: ClusterIP
+  status:
+    loadBalancer: {}
+- addressType: IPv4
+  apiVersion: discovery.k8s.io/v1
+  endpoints:
+  - addresses: [10.1.0.5]
+    conditions: {ready: true, serving: true, terminating: false}
+    nodeName: node-a
+    targetRef: {kind: Pod, name: web-1, namespace: default}
+  kind: EndpointSlice
+  metadata:
+    labels:
+      kubernetes.io/service-name: web
+      endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io
+    name: web-x7k2p
+    namespace: default
+  ports:
+  - name: ""
+    port: 8080
+    protocol: TCP
+- apiVersion: v1
+  kind: Node
+  metadata:
+    name: node-a
+  spec:
+    podCIDR: 10.1.0.0/24
+    podCIDRs: [10.1.0.0/24]
+  status:
+    addresses:
+    - {address: 192.168.77.1, type: InternalIP}
+    - {address: node-a, type: Hostname}
+kind: List
+metadata:
+  resourceVersion: ""
+"""
+
+EXTRA_SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: kube-system}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]
+---
+# an unrelated kind in the same directory is skipped, not an error
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: whatever}
+"""
+
+
+def write(path, text):
+    path.write_text(text)
+    # make the change visible even on filesystems with coarse timestamps
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+
+def test_kubectl_list_output_loads_every_kind(tmp_path):
+    """What `kubectl get svc,endpointslices,nodes -o yaml` prints gives a Service, a slice and a Node."""
+    f = tmp_path / "cluster.yaml"
+    write(f, KUBECTL_LIST)
+    state = load_state(f)
+    assert set(state.services) == {("default", "web")}
+    assert state.services[("default", "web")].cluster_ips == ("10.96.0.20",)
+    assert [s.name for s in state.slices_of(("default", "web"))] == ["web-x7k2p"]
+    assert state.nodes["node-a"].internal_ips() == ("192.168.77.1",)
+
+
+def test_directory_of_multi_document_files(tmp_path):
+    """A directory's files are all read, multi-document files included; other kinds are skipped."""
+    write(tmp_path / "a.yaml", KUBECTL_LIST)
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub" / "b.yml", EXTRA_SERVICE)
+    write(tmp_path / ".hidden.yaml", "not: [valid")            # editor files are not read
+    write(tmp_path / "notes.txt", "kind: Service")              # nor other suffixes
+    state = load_state(tmp_path)
+    assert set(state.services) == {("default", "web"), ("kube-system", "dns")}
+    assert len(state.services[("kube-system", "dns")].ports) == 2
+
+
+def test_bad_document_names_file_document_and_field(tmp_path):
+    """A bad field is reported with the file, the document index, the object and the field path."""
+    f = tmp_path / "svc.yaml"
+    write(f, EXTRA_SERVICE.replace("port: 53, protocol: UDP", "port: 99999, protocol: UDP"))
+    with pytest.raises(ManifestError) as err:
+        load_state(f)
+    text = str(err.value)
+    assert f"{f} document 0 (Service kube-system/dns): spec.ports[0].port: 99999" in text
+
+
+def test_bad_list_item_names_the_item(tmp_path):
+    """Inside a kind: List, the error says which item."""
+    f = tmp_path / "list.yaml"
+    write(f, KUBECTL_LIST.replace("addresses: [10.1.0.5]", "addresses: [not-an-ip]"))
+    with pytest.raises(ManifestError) as err:
+        load_state(f)
+    assert "document 0 items[1] (EndpointSlice default/web-x7k2p): endpoints[0].addresses[0]" in str(err.value)
+
+
+def test_duplicate_object_is_an_error(tmp_path):
+    """The same Service in two files is reported with both places."""
+    write(tmp_path / "a.yaml", EXTRA_SERVICE)
+    write(tmp_path / "b.yaml", EXTRA_SERVICE)
+    with pytest.raises(ManifestError, match="duplicate Service"):
+        load_state(tmp_path)
+
+
+def test_source_reloads_on_change_and_keeps_last_good_state(tmp_path):
+    """A change is picked up by poll(); a broken edit keeps the previous state and records the error;
+    fixing it clears the error."""
+    f = tmp_path / "m.yaml"
+    write(f, KUBECTL_LIST)
+    changes = []
+    source = ManifestSource(f, on_change=lambda: changes.append(1), interval=0.05)
+    assert source.poll() is True and len(changes) == 1
+    assert source.poll() is False                              # nothing changed: no reload
+    good = source.state
+
+    write(f, KUBECTL_LIST.replace("port: 80\n", "port: eighty\n"))
+    assert source.poll() is False
+    assert source.state is good
+    assert "spec.ports[0].port: 'eighty'" in source.error and source.failures == 1
+
+    write(f, KUBECTL_LIST.replace("port: 80\n", "port: 81\n"))
+    assert source.poll() is True
+    assert source.error is None
+    assert source.state.services[("default", "web")].ports[0].port == 81
+    assert len(changes) == 2
+
+
+def test_source_thread_picks_up_a_new_file(tmp_path):
+    """With the poll thread running, a file added to the directory shows up in the state."""
+    write(tmp_path / "a.yaml", KUBECTL_LIST)
+    source = ManifestSource(tmp_path, interval=0.02)
+    source.start()
+    try:
+        write(tmp_path / "b.yaml", EXTRA_SERVICE)
+        deadline = time.time() + 5
+        while ("kube-system", "dns") not in source.state.services and time.time() < deadline:
+            time.sleep(0.02)
+        assert ("kube-system", "dns") in source.state.services
+        assert source.staleness() == 0.0
+    finally:
+        source.stop()
+
+
+def test_missing_path_is_reported_not_raised(tmp_path):
+    """A source on a path that does not exist has an empty state and an error, and poll() does not raise."""
+    source = ManifestSource(tmp_path / "nowhere")
+    assert source.poll() is False
+    assert "no such file or directory" in source.error
+    assert source.state.services == {}
