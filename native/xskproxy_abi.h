@@ -99,37 +99,66 @@ enum xskp_iface {
 };
 
 /* ---------------------------------------------------------------------------------------
- * Pipeline tables (dataplane/): drop reasons, table entries. Owned by the pipeline.
+ * Pipeline tables (dataplane/tables.py, dataplane/pipeline.py): drop reasons, counters, table
+ * entries, conntrack timeouts. Owned by the pipeline.
+ * Unlike the steering maps, every address and port in these tables is in HOST byte order (the
+ * numeric value: 10.0.0.1 is 0x0a000001, port 80 is 80): the numba code loads frame fields
+ * with explicit big-endian reads and compares numbers. MAC addresses are bytes in wire order.
  * ------------------------------------------------------------------------------------- */
-/* Why a frame was dropped (or handed back): the indices of the pipeline's counter array. The
- * pipeline counts every frame under exactly one reason or one of the XSKP_CNT_* outcomes below. */
+/* Why a frame was dropped: the first indices of the pipeline's counter array (enum xskp_counter
+ * continues it). Every frame is counted exactly once under a drop reason or under
+ * XSKP_CNT_TX_TRANSPORT / XSKP_CNT_TX_GATEWAY; the other XSKP_CNT_* count events. */
 enum xskp_drop_reason {
 	XSKP_DROP_NONE = 0,             /* not dropped (never counted) */
 	XSKP_DROP_TRUNCATED,            /* a header is cut short */
 	XSKP_DROP_BAD_IP,               /* IPv4 version/IHL/total length inconsistent */
-	XSKP_DROP_FRAGMENT,             /* a non-first IPv4 fragment: no ports to match */
+	XSKP_DROP_FRAGMENT,             /* an IPv4 fragment that is not bypass-routed: no ports to match */
 	XSKP_DROP_TTL_EXCEEDED,         /* TTL would reach 0 (the kernel would send ICMP) */
-	XSKP_DROP_NOT_OURS,             /* steered but owned by nobody here (e.g. stale steering) */
+	XSKP_DROP_NOT_OURS,             /* steered but owned by nobody here (ARP, stale steering, no flow) */
 	XSKP_DROP_NO_BACKEND,           /* Service has no usable endpoint */
 	XSKP_DROP_SOURCE_RANGE,         /* client outside loadBalancerSourceRanges */
 	XSKP_DROP_NO_ROUTE,             /* no FIB entry for the destination */
 	XSKP_DROP_NO_NEIGHBOUR,         /* next hop's MAC not resolved */
-	XSKP_DROP_CT_FULL,              /* conntrack full and nothing evictable */
+	XSKP_DROP_CT_FULL,              /* conntrack probe window full and nothing evictable */
 	XSKP_DROP_SNAT_EXHAUSTED,       /* no free SNAT port */
 	XSKP_DROP_NO_HEADROOM,          /* DSR encapsulation needs headroom the frame lacks */
-	XSKP_DROP_UNSUPPORTED,          /* a protocol or option the pipeline does not handle */
-	XSKP_DROP_TCP_INVALID,          /* TCP segment that fits no tracked flow and opens none */
+	XSKP_DROP_UNSUPPORTED,          /* a protocol or option the pipeline does not handle (IPv6 for now) */
+	XSKP_DROP_TCP_INVALID,          /* TCP segment that fits no tracked flow and opens none (RST) */
+	XSKP_DROP_BAD_DESC,             /* descriptor outside the UMEM or longer than its frame */
 	XSKP_DROP_REASON_MAX,
 };
 
-/* Service flags (struct xskp_service.flags). Read them through predicates in dataplane/. */
-#define XSKP_SVC_DSR 1                  /* load-balancer mode dsr (else nat) */
+/* The rest of the pipeline's counter array (uint64, XSKP_COUNTER_MAX entries). */
+enum xskp_counter {
+	XSKP_CNT_TX_TRANSPORT = XSKP_DROP_REASON_MAX, /* frames with verdict TX_TRANSPORT */
+	XSKP_CNT_TX_GATEWAY,            /* frames with verdict TX_GATEWAY */
+	XSKP_CNT_CT_HIT,                /* frames that matched a live conntrack entry */
+	XSKP_CNT_CT_CREATED,            /* flows created (one per flow, two entries unless DSR ingress) */
+	XSKP_CNT_CT_EXPIRED,            /* flows found expired and removed on the way */
+	XSKP_CNT_CT_EVICTED,            /* flows evicted (oldest non-established in the probe window) */
+	XSKP_CNT_CT_STALE,              /* flows removed because their backend is gone or changed */
+	XSKP_CNT_DNAT,                  /* new flows DNATed to a backend */
+	XSKP_CNT_SNAT,                  /* new flows SNATed to the node address (external, remote backend) */
+	XSKP_CNT_HAIRPIN,               /* new flows SNATed because client and backend are the same Pod */
+	XSKP_CNT_DSR_ENCAP,             /* frames IPIP-encapsulated to a backend's node */
+	XSKP_CNT_DSR_DECAP,             /* frames decapsulated from IPIP addressed to this node */
+	XSKP_CNT_BYPASS,                /* frames forwarded by route only (netfilter bypass, untracked) */
+	XSKP_CNT_ICMP_ERROR_TRANSLATED, /* ICMP errors whose quoted flow was translated back */
+	XSKP_CNT_CSUM_COMPLETED,        /* partial (offload) L4 checksums completed in software */
+	XSKP_CNT_AFFINITY_HIT,          /* new flows that reused a ClientIP affinity backend */
+	XSKP_CNT_FIB_REFRESH,           /* conntrack entries whose cached MACs were re-resolved */
+	XSKP_COUNTER_MAX,
+};
+
+/* Service flags (struct xskp_service.flags). Read them through predicates in dataplane/tables.py. */
+#define XSKP_SVC_DSR 1                  /* load-balancer mode dsr (else nat); LB and external IPs only */
 #define XSKP_SVC_AFFINITY_CLIENTIP 2    /* sessionAffinity ClientIP */
 #define XSKP_SVC_ETP_LOCAL 4            /* externalTrafficPolicy Local: external frontends use the local ring */
 #define XSKP_SVC_ITP_LOCAL 8            /* internalTrafficPolicy Local: ClusterIP uses the local ring */
 #define XSKP_SVC_SOURCE_RANGES 16       /* loadBalancerSourceRanges apply to LB-IP frontends */
 
-/* Frontend kinds (struct xskp_frontend.kind). */
+/* Frontend kinds (struct xskp_frontend.kind). NodePort, LoadBalancer and external IP are
+ * "external" frontends (externalTrafficPolicy applies to them). */
 enum xskp_frontend_kind {
 	XSKP_FE_EMPTY = 0,              /* free slot of the open-addressing table */
 	XSKP_FE_CLUSTER_IP = 1,
@@ -143,19 +172,24 @@ enum xskp_frontend_kind {
 #define XSKP_BE_LOCAL 2                 /* the endpoint runs on this node */
 #define XSKP_BE_TERMINATING 4           /* serving but terminating: used only when no ready one exists */
 
+/* Route flags (struct xskp_route.flags). */
+#define XSKP_ROUTE_BYPASS 1             /* Service-less frames to this prefix are forwarded untracked (Pod CIDRs) */
+
 /* One (address, port, protocol) frontend in an open-addressing hash table (linear probing,
- * power-of-two capacity). service_id indexes the services array. */
+ * power-of-two capacity, at most half full; insert/lookup: dataplane/tables.py). service_id
+ * indexes the services array. */
 struct xskp_frontend {
 	__u32 addr;
 	__u16 port;
-	__u8 proto;
+	__u8 proto;                     /* IPPROTO_TCP / IPPROTO_UDP */
 	__u8 kind;                      /* enum xskp_frontend_kind; XSKP_FE_EMPTY marks a free slot */
 	__u32 service_id;
 	__u32 pad;
 };
 
-/* One Service port (a Service with two ports is two entries). Rings are slices of the
- * maglev array of backend ids; a slice of size 0 means no usable endpoint. */
+/* One Service port (a Service with two ports is two entries). Rings are slices of the maglev
+ * array of backend ids (0: none); a slice of size 0 means no usable endpoint. Translate has
+ * already resolved ready/terminating into the rings. */
 struct xskp_service {
 	__u32 flags;                    /* XSKP_SVC_* */
 	__u32 affinity_timeout_s;       /* ClientIP affinity, 1..86400 s */
@@ -165,13 +199,11 @@ struct xskp_service {
 	__u32 local_ring_size;
 	__u32 source_ranges_offset;     /* slice of the source_ranges array */
 	__u32 source_ranges_count;
-	__u32 vip;                      /* DSR replies leave from this address (the frontend hit) */
-	__u16 vip_port;
-	__u16 pad;
 };
 
-/* A backend (endpoint address + target port). Ids are stable across generations: a conntrack
- * entry holds its id and stops matching when the slot is no longer ALIVE or changed address. */
+/* A backend (endpoint address + target port), index = backend id, id 0 is never used. Ids are
+ * stable across generations: a conntrack entry holds its id and stops matching when the slot
+ * is no longer ALIVE or its address/port/node changed. */
 struct xskp_backend {
 	__u32 addr;
 	__u16 port;
@@ -180,23 +212,26 @@ struct xskp_backend {
 	__u32 pad;
 };
 
-/* A source range (loadBalancerSourceRanges): addr & mask == net. */
+/* A source range (loadBalancerSourceRanges): (addr & mask) == net. */
 struct xskp_source_range {
 	__u32 net;
 	__u32 mask;
 };
 
 /* A route: destination prefix -> out interface and next hop (0: on-link, the destination
- * itself). Kept sorted by prefix length, longest first. */
+ * itself). The first xskp_node.route_count entries are used, sorted by prefix length, longest
+ * first (the first match wins). Include a default route for external clients. */
 struct xskp_route {
 	__u32 prefix;
 	__u32 mask;
 	__u32 next_hop;
 	__u8 iface;                     /* enum xskp_iface */
-	__u8 pad[3];
+	__u8 flags;                     /* XSKP_ROUTE_* */
+	__u8 pad[2];
 };
 
-/* A resolved neighbour in an open-addressing hash table keyed by (addr, iface). */
+/* A resolved neighbour in an open-addressing hash table keyed by (addr, iface) (linear probing,
+ * power-of-two capacity, at most half full; insert/lookup: dataplane/tables.py). */
 struct xskp_neighbour {
 	__u32 addr;
 	__u8 iface;                     /* enum xskp_iface */
@@ -206,60 +241,75 @@ struct xskp_neighbour {
 
 /* Per-node constants of one generation (a one-element array). */
 struct xskp_node {
-	__u32 node_addr;                /* SNAT source and DSR tunnel endpoint (transport address) */
-	__u16 snat_port_min;            /* host order */
-	__u16 snat_port_max;            /* host order */
+	__u32 node_addr;                /* SNAT source, hairpin SNAT source and DSR tunnel endpoint */
+	__u16 snat_port_min;            /* SNAT port range, inclusive */
+	__u16 snat_port_max;
 	__u8 iface_mac[2][6];           /* own MAC per enum xskp_iface */
 	__u16 pad;
 	__u32 generation;               /* increases with every publish */
 	__u32 fib_generation;           /* increases when routes or neighbours change */
+	__u32 route_count;              /* used entries of the routes array */
 };
 
-/* TCP states of a conntrack entry. */
+/* TCP states of a conntrack entry (UDP: NEW until a reply is seen, then ESTABLISHED). */
 enum xskp_ct_state {
-	XSKP_CT_NEW = 0,                /* UDP/ICMP, or a TCP flow seen only one way */
-	XSKP_CT_SYN_SENT,
-	XSKP_CT_SYN_RECV,
-	XSKP_CT_ESTABLISHED,
+	XSKP_CT_NEW = 0,                /* UDP seen one way */
+	XSKP_CT_SYN_SENT,               /* client SYN seen */
+	XSKP_CT_SYN_RECV,               /* server SYN+ACK seen */
+	XSKP_CT_ESTABLISHED,            /* handshake done, or a flow picked up mid-stream */
 	XSKP_CT_FIN_WAIT,               /* one side sent FIN */
 	XSKP_CT_CLOSING,                /* both sides sent FIN, or RST seen */
 };
+
+/* Idle timeouts in seconds per state (an entry expires last_seen + timeout after its last
+ * frame). Short closing states: no 3,600 s CLOSE_WAIT filling the table. */
+#define XSKP_CT_TIMEOUT_TCP_SYN_S 30            /* SYN_SENT, SYN_RECV */
+#define XSKP_CT_TIMEOUT_TCP_ESTABLISHED_S 21600 /* 6 h, above the 2 h keepalive default */
+#define XSKP_CT_TIMEOUT_TCP_FIN_WAIT_S 60
+#define XSKP_CT_TIMEOUT_TCP_CLOSING_S 10
+#define XSKP_CT_TIMEOUT_UDP_S 30                /* UDP seen one way */
+#define XSKP_CT_TIMEOUT_UDP_ESTABLISHED_S 120   /* UDP with replies */
+#define XSKP_CT_MAX_PROBE 32                    /* conntrack/affinity probe window (slots) */
+#define XSKP_SNAT_MAX_TRIES 64                  /* SNAT ports tried before SNAT_EXHAUSTED */
+#define XSKP_NO_PEER 0xffffffff                 /* xskp_ct_entry.peer of a one-way (DSR ingress) flow */
 
 /* Conntrack entry flags. */
 #define XSKP_CT_IN_USE 1
 #define XSKP_CT_REPLY 2                 /* this entry matches the reply direction */
 #define XSKP_CT_SNAT 4                  /* the flow is SNATed to the node address */
-#define XSKP_CT_DSR_ENCAP 8             /* forward direction is IPIP-encapsulated to node_addr */
-#define XSKP_CT_BYPASS 16               /* (unused: bypassed flows are never tracked) */
+#define XSKP_CT_DSR_ENCAP 8             /* forward direction is IPIP-encapsulated to encap_dst */
+#define XSKP_CT_DSR_LOCAL 16            /* flow arrived IPIP-encapsulated (DSR backend node) */
 #define XSKP_CT_TOMBSTONE 32            /* deleted slot, keeps probe chains intact */
 
-/* One direction of a tracked flow, keyed by the 5-tuple as it arrives. Two entries per flow
- * (original and reply) point at each other through peer. */
+/* One direction of a tracked flow in an open-addressing table (linear probing within
+ * XSKP_CT_MAX_PROBE slots, power-of-two capacity), keyed by the 5-tuple as the frame arrives.
+ * Two entries per flow (original and reply) point at each other through peer. */
 struct xskp_ct_entry {
 	__u32 src_addr;
 	__u32 dst_addr;
-	__u16 src_port;
+	__u16 src_port;                 /* ports; 0 for protocols without ports */
 	__u16 dst_port;
 	__u8 proto;
 	__u8 state;                     /* enum xskp_ct_state (kept in the original entry) */
-	__u8 flags;                     /* XSKP_CT_* */
-	__u8 out_iface;                 /* enum xskp_iface */
+	__u8 flags;                     /* XSKP_CT_*; 0: empty slot */
+	__u8 out_iface;                 /* enum xskp_iface, valid while fib_generation matches */
 	__u32 new_src_addr;             /* rewrite applied to matching frames */
 	__u32 new_dst_addr;
 	__u16 new_src_port;
 	__u16 new_dst_port;
-	__u32 encap_dst;                /* DSR: outer destination (backend's node) */
-	__u32 peer;                     /* index of the other direction's entry */
+	__u32 encap_dst;                /* DSR ingress: outer destination (backend's node) */
+	__u32 peer;                     /* index of the other direction's entry, or XSKP_NO_PEER */
 	__u32 backend_id;
 	__u32 service_id;
-	__u32 fib_generation;           /* MACs below are valid while this matches */
+	__u32 fib_generation;           /* out_iface and MACs below are valid while this matches */
 	__u8 dst_mac[6];
 	__u8 src_mac[6];
 	__u64 last_seen_ns;
 	__u64 created_ns;
 };
 
-/* ClientIP session affinity entry (hash table keyed by client address and service id). */
+/* ClientIP session affinity entry (open-addressing table keyed by client address and service
+ * id, linear probing within XSKP_CT_MAX_PROBE slots). */
 struct xskp_affinity_entry {
 	__u32 client_addr;
 	__u32 service_id;
