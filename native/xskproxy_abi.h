@@ -17,18 +17,62 @@
 #endif
 
 /* ---------------------------------------------------------------------------------------
- * UMEM and sockets
+ * UMEM and sockets (pyxdp, dataplane/xsk.py, dataplane/forwarder.py)
  * ------------------------------------------------------------------------------------- */
-#define XSKP_FRAME_SIZE 4096        /* bytes per UMEM chunk */
+#define XSKP_FRAME_SIZE 4096        /* bytes per UMEM chunk (a power of two: aligned mode) */
 #define XSKP_FRAME_HEADROOM 256     /* bytes reserved before each received frame (IPIP encap) */
 #define XSKP_RING_SIZE 2048         /* default size of rx, tx, fill and completion rings */
+#define XSKP_UMEM_FRAMES 8192       /* default frames per worker UMEM: 4 rings' worth, 32 MiB */
 #define XSKP_BATCH_MAX 64           /* frames moved per ring operation */
+#define XSKP_KICK_MAX_RETRIES 256   /* sendto calls per tx kick while the kernel says EAGAIN */
+
+/* How a socket binds: zero-copy when the driver can, else copy (veth: copy only). */
+enum xskp_bind_mode {
+	XSKP_BIND_AUTO = 0,         /* zero-copy, falling back to copy on EOPNOTSUPP */
+	XSKP_BIND_COPY = 1,
+	XSKP_BIND_ZEROCOPY = 2,
+};
+
+/* How the steering program attaches to an interface. */
+enum xskp_attach_mode {
+	XSKP_ATTACH_AUTO = 0,       /* native (driver) mode, falling back to skb mode */
+	XSKP_ATTACH_NATIVE = 1,
+	XSKP_ATTACH_SKB = 2,
+};
+
+/* A socket's kernel statistics (getsockopt XDP_STATISTICS, struct xdp_statistics). */
+struct xskp_socket_stats {
+	__u64 rx_dropped;               /* dropped for reasons other than invalid descriptors */
+	__u64 rx_invalid_descs;         /* dropped: invalid descriptor */
+	__u64 tx_invalid_descs;         /* not sent: invalid descriptor */
+	__u64 rx_ring_full;             /* dropped: rx ring full */
+	__u64 rx_fill_ring_empty_descs; /* times the fill ring was empty when a frame arrived */
+	__u64 tx_ring_empty_descs;      /* times the tx ring was empty on a kick */
+};
+
+/* What a worker loop counts, per interface (index: enum xskp_iface): the slow paths and totals
+ * of dataplane/forwarder.py. A counters array has shape (XSKP_IFACE_MAX, XSKP_WC_MAX), uint64. */
+enum xskp_worker_counter {
+	XSKP_WC_RX_FRAMES = 0,      /* frames received on this interface */
+	XSKP_WC_TX_FRAMES,          /* frames queued for tx on this interface */
+	XSKP_WC_TX_COMPLETED,       /* frames the kernel completed on this interface */
+	XSKP_WC_DROPPED,            /* frames received here with a drop verdict */
+	XSKP_WC_TX_RING_FULL,       /* frames recycled because this tx ring was full */
+	XSKP_WC_TX_KICKS,           /* sendto calls made to kick tx */
+	XSKP_WC_TX_KICK_ERRORS,     /* kicks that ended in an error other than EAGAIN */
+	XSKP_WC_FILL_SHORT,         /* refills that found fewer free frames than fill slots */
+	XSKP_WC_RX_WAKEUPS,         /* fill-ring wakeups (need_wakeup was set) */
+	XSKP_WC_EMPTY_POLLS,        /* rx batches that returned nothing */
+	XSKP_WC_IDLE_SLEEPS,        /* poll() waits after a run of empty batches */
+	XSKP_WC_MAX,
+};
 
 /* ---------------------------------------------------------------------------------------
- * Steering (XDP program maps). Seam 1 of DESIGN.md: redirect to the XSKMAP only what
- * xskproxy owns; everything else is XDP_PASS.
+ * Steering (XDP program maps, native/xskproxy_steer.bpf.c). Seam 1 of DESIGN.md: redirect
+ * to the XSKMAP only what xskproxy owns; everything else is XDP_PASS.
  * ------------------------------------------------------------------------------------- */
-/* Interface roles, as bits: a map value says on which roles a match is steered. */
+/* Interface roles, as bits: a map value says on which roles a match is steered. A value of 0
+ * in steer_v4_prefixes excludes a more specific prefix (e.g. the node's own /32). */
 enum steer_role {
 	STEER_ROLE_GATEWAY = 1,     /* the interface to the node's Pods (antrea-gw0) */
 	STEER_ROLE_TRANSPORT = 2,   /* the node's uplink (eth0) */
@@ -40,16 +84,36 @@ enum steer_role {
 #define STEER_MAX_PREFIXES 16384
 #define STEER_MAX_NODE_ADDRS 64
 #define STEER_MAX_QUEUES 64
+#define STEER_XSKMAP_SIZE 4096      /* STEER_MAX_IFACES * STEER_MAX_QUEUES */
+
+/* The steering program's maps, as pyxdp's xskp_steer_map_* functions name them. */
+enum steer_map {
+	STEER_MAP_IFACES = 0,       /* hash: __u32 ifindex -> struct steer_iface */
+	STEER_MAP_V4_FRONTENDS,     /* hash: struct steer_v4_l4_key (destination) -> __u32 roles */
+	STEER_MAP_V4_BACKENDS,      /* hash: struct steer_v4_l4_key (source) -> __u32 roles */
+	STEER_MAP_V4_PREFIXES,      /* LPM trie: struct steer_v4_lpm_key (destination) -> __u32 roles */
+	STEER_MAP_V4_NODE_ADDRS,    /* hash: __u32 address -> struct steer_v4_snat_range */
+	STEER_MAP_XSKS,             /* XSKMAP: steer_iface.xsk_base + rx queue -> AF_XDP socket */
+	STEER_MAP_COUNTERS,         /* per-CPU array: enum steer_counter -> __u64 packets */
+	STEER_MAP_MAX,
+};
+
+/* Value of steer_ifaces: what an interface is to xskproxy and where its sockets sit. */
+struct steer_iface {
+	__u32 roles;                /* enum steer_role bits; 0: attached but steers nothing */
+	__u32 xsk_base;             /* XSKMAP index of this interface's queue 0 */
+};
 
 /* Key of steer_v4_frontends (destination) and steer_v4_backends (source): an (address, port,
  * protocol) triple. Frontends: ClusterIPs, LoadBalancer IPs, externalIPs, NodePorts on each
  * node address, and (port 0, IPPROTO_IPIP) for DSR tunnels to a node address. Backends: the
- * Service endpoints, so that their replies are steered back for reverse translation. */
+ * Service endpoints, so that their replies are steered back for reverse translation.
+ * Protocols without ports (ICMP, IPIP) use port 0. */
 struct steer_v4_l4_key {
 	__u32 addr;
 	__u16 port;
 	__u8 proto;
-	__u8 pad;
+	__u8 pad;                   /* always 0: hash keys compare every byte */
 };
 
 /* Key of steer_v4_prefixes, an LPM trie on the destination address (Pod CIDRs, noEncap). */
@@ -66,7 +130,8 @@ struct steer_v4_snat_range {
 	__u32 roles;                /* enum steer_role bits */
 };
 
-/* Decisions of the steering program; the indices of its per-CPU counter array. */
+/* Decisions of the steering program; the indices of its per-CPU counter array. A redirect
+ * counts its decision, and also STEER_REDIRECT_FAILED when no socket took the frame. */
 enum steer_counter {
 	STEER_PASS_NO_IFACE = 0,    /* interface not configured (no role) */
 	STEER_PASS_NOT_IPV4,        /* ARP, IPv6 (until steered), other ethertypes */
@@ -77,7 +142,7 @@ enum steer_counter {
 	STEER_REDIRECT_BACKEND_REPLY, /* source is a Service backend */
 	STEER_REDIRECT_SNAT_REPLY,  /* destination is a node address + SNAT port */
 	STEER_REDIRECT_PREFIX,      /* destination in a steered prefix (Pod CIDR) */
-	STEER_REDIRECT_FAILED,      /* redirect returned XDP_PASS (no socket bound) */
+	STEER_REDIRECT_FAILED,      /* redirect fell back to XDP_PASS (no socket bound) */
 	STEER_COUNTER_MAX,
 };
 

@@ -1,0 +1,388 @@
+"""AF_XDP I/O over pyxdp: UMEM, XDP sockets, the XDP steering program and its maps.
+
+The only module of the project that touches AF_XDP sockets, the UMEM mapping or BPF; it never
+parses a packet. Failures raise OSError(errno, "<what was attempted on which iface/queue>: ...").
+"""
+import errno as errno_codes
+import ipaddress
+import os
+import socket
+import time
+
+import numpy as np
+
+from dataplane import abi
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BPF_OBJECT_ENV = "XSKPROXY_BPF_OBJ"
+BPF_OBJECT_DEFAULT = os.path.join(REPO_ROOT, "build", "native", "xskproxy_steer.bpf.o")
+
+BIND_MODES = {"auto": abi.lib.XSKP_BIND_AUTO, "copy": abi.lib.XSKP_BIND_COPY,
+              "zerocopy": abi.lib.XSKP_BIND_ZEROCOPY}
+ATTACH_MODES = {"auto": abi.lib.XSKP_ATTACH_AUTO, "native": abi.lib.XSKP_ATTACH_NATIVE,
+                "skb": abi.lib.XSKP_ATTACH_SKB}
+ATTACH_MODE_NAMES = {abi.lib.XSKP_ATTACH_NATIVE: "native", abi.lib.XSKP_ATTACH_SKB: "skb",
+                     abi.lib.XSKP_ATTACH_AUTO: "none"}
+ROLES = {"gateway": abi.lib.STEER_ROLE_GATEWAY, "transport": abi.lib.STEER_ROLE_TRANSPORT}
+PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": 132,
+             "icmp": socket.IPPROTO_ICMP, "ipip": socket.IPPROTO_IPIP}
+STEER_COUNTER_NAMES = sorted(abi.enum_members("STEER_PASS_").keys() | abi.enum_members("STEER_REDIRECT_").keys(),
+                             key=lambda name: getattr(abi.lib, name))
+
+BUSY_RETRY_SECONDS = 2.0  # a queue's previous socket is torn down asynchronously (EBUSY meanwhile)
+
+_HINTS = {
+    errno_codes.ENODEV: "no such interface in this network namespace",
+    errno_codes.EBUSY: "already in use (another AF_XDP socket or XDP program: is another xskproxy running?)",
+    errno_codes.EPERM: "not permitted: run as root (needs CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF)",
+    errno_codes.EACCES: "not permitted: run as root (needs CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF)",
+    errno_codes.EINVAL: "invalid argument (queue beyond the interface's channels? see ethtool -l)",
+    errno_codes.ENOMEM: "out of memory (locked memory limit? ulimit -l)",
+}
+
+
+class NativeMissingError(RuntimeError):
+    """A native piece (pyxdp, libxdp/libbpf, the BPF object) is missing; the message says how to fix it."""
+
+
+def _pyxdp():
+    try:
+        import pyxdp
+    except ImportError as exc:
+        detail = str(exc)
+        if "libxdp" in detail or "libbpf" in detail:
+            fix = "install the Debian packages libxdp1 libbpf1 (scripts/bootstrap.sh)"
+        else:
+            fix = "build it with `make build` (needs Debian packages libxdp-dev libbpf-dev clang)"
+        raise NativeMissingError(f"the pyxdp extension cannot be loaded ({detail}): {fix}") from None
+    return pyxdp
+
+
+def pyxdp_module():
+    """The cffi extension module pyxdp (ffi, lib), or NativeMissingError saying how to get it."""
+    return _pyxdp()
+
+
+def bpf_object_path():
+    """Path of the steering program's object: $XSKPROXY_BPF_OBJ, else build/native/ of this repo."""
+    path = os.environ.get(BPF_OBJECT_ENV) or BPF_OBJECT_DEFAULT
+    if not os.path.isfile(path):
+        source = f"${BPF_OBJECT_ENV}" if os.environ.get(BPF_OBJECT_ENV) else "the default location"
+        raise NativeMissingError(f"XDP program object {path} ({source}) not found: build it with "
+                                 "`make native` (needs Debian packages clang llvm libbpf-dev)")
+    return path
+
+
+def _raise_if_error(result, what):
+    """Turn a pyxdp -errno into OSError(errno, '<what>: <strerror>: <hint>')."""
+    if result >= 0:
+        return result
+    code = -result
+    hint = _HINTS.get(code)
+    message = f"{what}: {os.strerror(code)}" + (f" ({hint})" if hint else "")
+    raise OSError(code, message)
+
+
+def ifindex_of(ifname):
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        raise OSError(errno_codes.ENODEV,
+                      f"interface {ifname}: no such interface in this network namespace") from None
+
+
+def roles_bits(roles):
+    """enum steer_role bits from an int, a role name, or names ('transport', 'gateway')."""
+    if isinstance(roles, (int, np.integer)):
+        return int(roles)
+    if isinstance(roles, str):
+        roles = [roles]
+    bits = 0
+    for name in roles:
+        if name not in ROLES:
+            raise ValueError(f"role: {name!r} is not one of {', '.join(ROLES)}")
+        bits |= ROLES[name]
+    return bits
+
+
+def _addr_be(address):
+    """An IPv4 address as the __u32 whose memory holds it in network order."""
+    return int.from_bytes(ipaddress.IPv4Address(address).packed, "little")
+
+
+def _proto_number(proto):
+    if isinstance(proto, (int, np.integer)):
+        return int(proto)
+    if proto.lower() not in PROTOCOLS:
+        raise ValueError(f"protocol: {proto!r} is not one of {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[proto.lower()]
+
+
+class Umem:
+    """frame_count frames of frame_size bytes, shared by the sockets of one worker.
+
+    `frames` is the whole area as one writable numpy uint8 array (no copy); a descriptor address
+    is an offset into it. Frames are chunk-aligned: chunk of addr = addr & ~(frame_size - 1)."""
+
+    def __init__(self, frame_count=abi.lib.XSKP_UMEM_FRAMES, frame_size=abi.lib.XSKP_FRAME_SIZE,
+                 headroom=abi.lib.XSKP_FRAME_HEADROOM, ring_size=abi.lib.XSKP_RING_SIZE):
+        px = _pyxdp()
+        self._px = px
+        handle = px.ffi.new("uint64_t *")
+        _raise_if_error(px.lib.xskp_umem_create(handle, frame_count, frame_size, headroom, ring_size),
+                        f"creating a UMEM of {frame_count} x {frame_size} byte frames")
+        self.handle = int(handle[0])
+        self.frame_count, self.frame_size = frame_count, frame_size
+        self.headroom, self.ring_size = headroom, ring_size
+        area, size = px.lib.xskp_umem_area(self.handle), px.lib.xskp_umem_size(self.handle)
+        self.frames = np.frombuffer(px.ffi.buffer(px.ffi.cast("uint8_t *", area), size), np.uint8)
+        self.sockets = []
+
+    def chunk_addresses(self):
+        """Every frame's chunk address, in order (the initial free list)."""
+        return np.arange(self.frame_count, dtype=np.uint64) * np.uint64(self.frame_size)
+
+    def close(self):
+        """Close the sockets still using this UMEM, then unmap it (the frames view dies with it)."""
+        for sock in list(self.sockets):
+            sock.close()
+        if self.handle:
+            self.frames = None
+            _raise_if_error(self._px.lib.xskp_umem_destroy(self.handle), "destroying the UMEM")
+            self.handle = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class XskSocket:
+    """An AF_XDP socket on (ifname, queue) sharing `umem`; rx, tx, fill and completion rings.
+
+    mode: 'auto' (zero-copy, else copy), 'copy' or 'zerocopy'; `zerocopy` tells what was
+    obtained. Nothing is received until the socket is bound into the steering program
+    (SteeringProgram.bind_socket). A queue still held by a just-closed socket (EBUSY) is
+    retried for BUSY_RETRY_SECONDS."""
+
+    def __init__(self, umem, ifname, queue=0, mode="auto", need_wakeup=True,
+                 ring_size=abi.lib.XSKP_RING_SIZE, busy_retry_seconds=BUSY_RETRY_SECONDS):
+        if mode not in BIND_MODES:
+            raise ValueError(f"mode: {mode!r} is not one of {', '.join(BIND_MODES)}")
+        px = umem._px
+        self._px, self.umem, self.ifname, self.queue = px, umem, ifname, queue
+        self.ifindex = ifindex_of(ifname)
+        handle = px.ffi.new("uint64_t *")
+        deadline, pause = time.monotonic() + busy_retry_seconds, 0.01
+        while True:
+            result = px.lib.xskp_socket_create(handle, umem.handle, ifname.encode(), queue,
+                                               BIND_MODES[mode], int(bool(need_wakeup)), ring_size)
+            if result != -errno_codes.EBUSY or time.monotonic() + pause > deadline:
+                break
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+        _raise_if_error(result, f"binding an AF_XDP socket ({mode} mode) on {ifname} queue {queue}")
+        self.handle = int(handle[0])
+        self.fd = px.lib.xskp_socket_fd(self.handle)
+        self.zerocopy = bool(_raise_if_error(px.lib.xskp_socket_zerocopy(self.handle),
+                                             f"reading the bind mode of the socket on {ifname} queue {queue}"))
+        self.need_wakeup = bool(need_wakeup)
+        umem.sockets.append(self)
+
+    @property
+    def mode_name(self):
+        return "zero-copy" if self.zerocopy else "copy"
+
+    def statistics(self):
+        """The kernel's XDP_STATISTICS of this socket, as {field: count}."""
+        stats = self._px.ffi.new("struct xskp_socket_stats *")
+        _raise_if_error(self._px.lib.xskp_socket_statistics(self.handle, stats),
+                        f"reading statistics of the socket on {self.ifname} queue {self.queue}")
+        return {name: int(getattr(stats, name)) for name, _ in self._px.ffi.typeof(stats[0]).fields}
+
+    def close(self):
+        if self.handle:
+            self._px.lib.xskp_socket_destroy(self.handle)
+            self.handle = 0
+            self.umem.sockets.remove(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def attached_program(ifname):
+    """What XDP program is attached to ifname now: (prog_id, 'native'|'skb'|'none', name)."""
+    px = _pyxdp()
+    prog_id, mode, name = px.ffi.new("uint32_t *"), px.ffi.new("uint32_t *"), px.ffi.new("char[16]")
+    _raise_if_error(px.lib.xskp_xdp_query(ifindex_of(ifname), prog_id, mode, name, 16),
+                    f"querying the XDP program of {ifname}")
+    return int(prog_id[0]), ATTACH_MODE_NAMES.get(mode[0], "none"), px.ffi.string(name).decode()
+
+
+class SteeringProgram:
+    """The XDP steering program (native/xskproxy_steer.bpf.c), loaded once, attached to the
+    interfaces a worker serves, with its maps written from here.
+
+    close() detaches it from every interface (the kernel path takes all traffic again). A
+    program of ours left attached by a killed process is replaced on attach; any other XDP
+    program makes attach fail with EBUSY."""
+
+    def __init__(self, obj_path=None):
+        px = _pyxdp()
+        self._px = px
+        self.obj_path = obj_path or bpf_object_path()
+        if not os.path.isfile(self.obj_path):
+            raise NativeMissingError(f"XDP program object {self.obj_path} not found: build it with `make native`")
+        handle = px.ffi.new("uint64_t *")
+        _raise_if_error(px.lib.xskp_steer_open(handle, self.obj_path.encode()),
+                        f"loading the XDP steering program {self.obj_path}")
+        self.handle = int(handle[0])
+        self.ifaces = {}  # ifname -> (ifindex, xsk_base, attach mode name)
+        self._l4_key = np.zeros(1, abi.dtype("struct steer_v4_l4_key"))
+        self._lpm_key = np.zeros(1, abi.dtype("struct steer_v4_lpm_key"))
+        self._u32 = np.zeros(1, np.uint32)
+        self._u32_value = np.zeros(1, np.uint32)
+        self._iface_value = np.zeros(1, abi.dtype("struct steer_iface"))
+        self._snat_value = np.zeros(1, abi.dtype("struct steer_v4_snat_range"))
+
+    # -- interfaces and sockets -------------------------------------------------------------
+    def attach(self, ifname, roles, mode="auto"):
+        """Attach to ifname with roles ('transport'/'gateway' or bits); returns 'native' or 'skb'."""
+        if mode not in ATTACH_MODES:
+            raise ValueError(f"attach mode: {mode!r} is not one of {', '.join(ATTACH_MODES)}")
+        ifindex = ifindex_of(ifname)
+        used = {base for _, base, _ in self.ifaces.values()}
+        slot = next(s for s in range(abi.lib.STEER_MAX_IFACES) if s * abi.lib.STEER_MAX_QUEUES not in used)
+        xsk_base = slot * abi.lib.STEER_MAX_QUEUES
+        self._iface_value["roles"], self._iface_value["xsk_base"] = roles_bits(roles), xsk_base
+        self._u32[0] = ifindex
+        self._update(abi.lib.STEER_MAP_IFACES, self._u32, self._iface_value,
+                     f"configuring interface {ifname} in the steering map")
+        mode_out = self._px.ffi.new("uint32_t *")
+        result = self._px.lib.xskp_steer_attach(self.handle, ifindex, ATTACH_MODES[mode], mode_out)
+        if result < 0:
+            self._delete(abi.lib.STEER_MAP_IFACES, self._u32)
+            _raise_if_error(result, f"attaching the XDP steering program to {ifname} ({mode} mode)")
+        name = ATTACH_MODE_NAMES[mode_out[0]]
+        self.ifaces[ifname] = (ifindex, xsk_base, name)
+        return name
+
+    def set_roles(self, ifname, roles):
+        ifindex, xsk_base, _ = self.ifaces[ifname]
+        self._iface_value["roles"], self._iface_value["xsk_base"] = roles_bits(roles), xsk_base
+        self._u32[0] = ifindex
+        self._update(abi.lib.STEER_MAP_IFACES, self._u32, self._iface_value,
+                     f"setting the roles of {ifname}")
+
+    def detach(self, ifname):
+        ifindex, _, _ = self.ifaces.pop(ifname)
+        result = self._px.lib.xskp_steer_detach(self.handle, ifindex)
+        self._u32[0] = ifindex
+        self._delete(abi.lib.STEER_MAP_IFACES, self._u32)
+        _raise_if_error(result, f"detaching the XDP steering program from {ifname}")
+
+    def xsk_index(self, sock):
+        if sock.ifname not in self.ifaces:
+            raise ValueError(f"socket on {sock.ifname}: the steering program is not attached there")
+        if sock.queue >= abi.lib.STEER_MAX_QUEUES:
+            raise ValueError(f"queue: {sock.queue} is beyond STEER_MAX_QUEUES ({abi.lib.STEER_MAX_QUEUES})")
+        return self.ifaces[sock.ifname][1] + sock.queue
+
+    def bind_socket(self, sock):
+        """Steer what the program redirects on (sock.ifname, sock.queue) into sock."""
+        _raise_if_error(self._px.lib.xskp_steer_set_socket(self.handle, self.xsk_index(sock), sock.handle),
+                        f"binding the socket on {sock.ifname} queue {sock.queue} into the XSKMAP")
+
+    def unbind_socket(self, sock):
+        _raise_if_error(self._px.lib.xskp_steer_clear_socket(self.handle, self.xsk_index(sock)),
+                        f"removing the socket on {sock.ifname} queue {sock.queue} from the XSKMAP")
+
+    # -- steering maps ----------------------------------------------------------------------
+    def _update(self, map_id, key, value, what):
+        ffi = self._px.ffi
+        _raise_if_error(self._px.lib.xskp_steer_map_update(self.handle, map_id, ffi.from_buffer(key),
+                                                           ffi.from_buffer(value)), what)
+
+    def _delete(self, map_id, key, what=None):
+        result = self._px.lib.xskp_steer_map_delete(self.handle, map_id, self._px.ffi.from_buffer(key))
+        if what and result != -errno_codes.ENOENT:
+            _raise_if_error(result, what)
+
+    def _set_prefix_key(self, cidr):
+        net = ipaddress.IPv4Network(cidr, strict=False)
+        self._lpm_key["prefixlen"], self._lpm_key["addr"] = net.prefixlen, _addr_be(net.network_address)
+        return net
+
+    def add_prefix(self, cidr, roles):
+        """Steer packets whose destination is in cidr on interfaces with these roles (roles 0: a
+        more specific prefix that is never steered)."""
+        net = self._set_prefix_key(cidr)
+        self._u32_value[0] = roles_bits(roles)
+        self._update(abi.lib.STEER_MAP_V4_PREFIXES, self._lpm_key, self._u32_value,
+                     f"adding steered prefix {net}")
+
+    def remove_prefix(self, cidr):
+        net = self._set_prefix_key(cidr)
+        self._delete(abi.lib.STEER_MAP_V4_PREFIXES, self._lpm_key, f"removing steered prefix {net}")
+
+    def _set_l4_key(self, addr, port, proto):
+        self._l4_key["addr"], self._l4_key["port"] = _addr_be(addr), socket.htons(int(port))
+        self._l4_key["proto"], self._l4_key["pad"] = _proto_number(proto), 0
+
+    def add_frontend(self, addr, port, proto, roles):
+        """Steer packets to (addr, port, proto) (a Service frontend) on interfaces with roles."""
+        self._set_l4_key(addr, port, proto)
+        self._u32_value[0] = roles_bits(roles)
+        self._update(abi.lib.STEER_MAP_V4_FRONTENDS, self._l4_key, self._u32_value,
+                     f"adding steered frontend {addr}:{port}/{proto}")
+
+    def remove_frontend(self, addr, port, proto):
+        self._set_l4_key(addr, port, proto)
+        self._delete(abi.lib.STEER_MAP_V4_FRONTENDS, self._l4_key, f"removing frontend {addr}:{port}/{proto}")
+
+    def add_backend(self, addr, port, proto, roles):
+        """Steer packets from (addr, port, proto) (a Service backend's replies) on interfaces with roles."""
+        self._set_l4_key(addr, port, proto)
+        self._u32_value[0] = roles_bits(roles)
+        self._update(abi.lib.STEER_MAP_V4_BACKENDS, self._l4_key, self._u32_value,
+                     f"adding steered backend {addr}:{port}/{proto}")
+
+    def remove_backend(self, addr, port, proto):
+        self._set_l4_key(addr, port, proto)
+        self._delete(abi.lib.STEER_MAP_V4_BACKENDS, self._l4_key, f"removing backend {addr}:{port}/{proto}")
+
+    def set_node_address(self, addr, snat_port_min, snat_port_max, roles):
+        """Steer packets to addr with a destination port in [min, max] (SNAT replies)."""
+        self._u32[0] = _addr_be(addr)
+        self._snat_value["snat_port_min"], self._snat_value["snat_port_max"] = snat_port_min, snat_port_max
+        self._snat_value["roles"] = roles_bits(roles)
+        self._update(abi.lib.STEER_MAP_V4_NODE_ADDRS, self._u32, self._snat_value,
+                     f"adding node address {addr} (SNAT ports {snat_port_min}-{snat_port_max})")
+
+    def remove_node_address(self, addr):
+        self._u32[0] = _addr_be(addr)
+        self._delete(abi.lib.STEER_MAP_V4_NODE_ADDRS, self._u32, f"removing node address {addr}")
+
+    def counters(self):
+        """Packets per steering decision, summed over CPUs: {'STEER_PASS_NO_MATCH': n, ...}."""
+        values = np.zeros(abi.lib.STEER_COUNTER_MAX, np.uint64)
+        _raise_if_error(self._px.lib.xskp_steer_counters(self.handle, self._px.ffi.from_buffer("uint64_t[]", values),
+                                                         len(values)), "reading the steering counters")
+        return {name: int(values[getattr(abi.lib, name)]) for name in STEER_COUNTER_NAMES}
+
+    def close(self):
+        """Detach from every interface and unload (traffic returns to the kernel path)."""
+        if self.handle:
+            self._px.lib.xskp_steer_close(self.handle)
+            self.handle = 0
+            self.ifaces.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

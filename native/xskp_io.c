@@ -1,0 +1,635 @@
+/* xskp_io.c — AF_XDP UMEM/sockets, ring batches and the steering program's lifecycle, over
+ * libxdp's xsk API and libbpf (declarations and conventions: xskp_io.h). Compiled into pyxdp
+ * (setup.py) and into the C reference forwarder (CMake). Never loads libxdp's default program.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <net/if.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <linux/if_link.h>
+#include <linux/if_xdp.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <xdp/xsk.h>
+
+#include "xskp_io.h"
+
+#define STEER_PROG_NAME "xskp_steer"
+
+struct xskp_umem {
+	struct xsk_umem *umem;
+	void *area;
+	uint64_t size;
+	uint32_t frame_size;
+	uint32_t frame_count;
+	uint32_t sockets;           /* sockets still using this UMEM */
+	struct xsk_umem_config config;
+	struct xsk_ring_prod fill0; /* libxdp's rings of the UMEM fd, copied into the first socket */
+	struct xsk_ring_cons comp0;
+};
+
+struct xskp_socket {
+	struct xsk_socket *xsk;
+	struct xskp_umem *umem;
+	struct xsk_ring_cons rx;
+	struct xsk_ring_prod tx;
+	struct xsk_ring_prod fill;
+	struct xsk_ring_cons comp;
+	int fd;
+	uint32_t need_wakeup;
+};
+
+struct xskp_steer {
+	struct bpf_object *obj;
+	int prog_fd;
+	int map_fds[STEER_MAP_MAX];
+	int ncpus;
+	uint64_t *percpu_values;    /* scratch for one per-CPU counter: ncpus values */
+	uint32_t attached_ifindex[STEER_MAX_IFACES];
+	uint32_t attached_flags[STEER_MAX_IFACES]; /* XDP_FLAGS_*_MODE it was attached with */
+	uint32_t attached_count;
+};
+
+/* ELF names of the maps, indexed by enum steer_map (kernel map names are at most 15 chars). */
+static const char *const steer_map_names[STEER_MAP_MAX] = {
+	[STEER_MAP_IFACES] = "xskp_ifaces",
+	[STEER_MAP_V4_FRONTENDS] = "xskp_v4_fronts",
+	[STEER_MAP_V4_BACKENDS] = "xskp_v4_backs",
+	[STEER_MAP_V4_PREFIXES] = "xskp_v4_pfxs",
+	[STEER_MAP_V4_NODE_ADDRS] = "xskp_v4_nodes",
+	[STEER_MAP_XSKS] = "xskp_xsks",
+	[STEER_MAP_COUNTERS] = "xskp_counters",
+};
+
+/* ---- UMEM ---------------------------------------------------------------------------- */
+
+int xskp_umem_create(uint64_t *umem_out, uint32_t frame_count, uint32_t frame_size,
+		     uint32_t headroom, uint32_t ring_size)
+{
+	struct xsk_umem_config config = {
+		.fill_size = ring_size,
+		.comp_size = ring_size,
+		.frame_size = frame_size,
+		.frame_headroom = headroom,
+		.flags = 0,
+	};
+	struct xskp_umem *u;
+	int err;
+
+	if (!frame_count || !frame_size || (frame_size & (frame_size - 1)) || !ring_size ||
+	    (ring_size & (ring_size - 1)))
+		return -EINVAL;
+	u = calloc(1, sizeof(*u));
+	if (!u)
+		return -ENOMEM;
+	u->config = config;
+	u->frame_size = frame_size;
+	u->frame_count = frame_count;
+	u->size = (uint64_t)frame_count * frame_size;
+	u->area = mmap(NULL, u->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (u->area == MAP_FAILED) {
+		err = -errno;
+		goto err_free;
+	}
+	err = xsk_umem__create(&u->umem, u->area, u->size, &u->fill0, &u->comp0, &config);
+	if (err)
+		goto err_unmap;
+	*umem_out = (uint64_t)(uintptr_t)u;
+	return 0;
+
+err_unmap:
+	munmap(u->area, u->size);
+err_free:
+	free(u);
+	return err;
+}
+
+uint64_t xskp_umem_area(uint64_t umem)
+{
+	return (uint64_t)(uintptr_t)((struct xskp_umem *)(uintptr_t)umem)->area;
+}
+
+uint64_t xskp_umem_size(uint64_t umem)
+{
+	return ((struct xskp_umem *)(uintptr_t)umem)->size;
+}
+
+int xskp_umem_destroy(uint64_t umem)
+{
+	struct xskp_umem *u = (struct xskp_umem *)(uintptr_t)umem;
+	int err;
+
+	if (u->sockets)
+		return -EBUSY;
+	err = u->umem ? xsk_umem__delete(u->umem) : 0;
+	if (err)
+		return err;
+	munmap(u->area, u->size);
+	free(u);
+	return 0;
+}
+
+/* ---- sockets ------------------------------------------------------------------------- */
+
+/* libxdp binds the first socket on the UMEM's own fd; when that bind fails it unmaps the UMEM's
+ * fill/completion rings but keeps pointers to them (and marks the rx/tx rings as set up), so a
+ * retry on the same UMEM would write into unmapped or reused memory. Start from a fresh one. */
+static int umem_reset(struct xskp_umem *u)
+{
+	int err = xsk_umem__delete(u->umem);
+
+	u->umem = NULL;
+	if (err)
+		return err;
+	return xsk_umem__create(&u->umem, u->area, u->size, &u->fill0, &u->comp0, &u->config);
+}
+
+static int socket_bind(struct xskp_socket *s, const char *ifname, uint32_t queue,
+		       uint16_t bind_flags, uint32_t ring_size)
+{
+	struct xsk_socket_config config = {
+		.rx_size = ring_size,
+		.tx_size = ring_size,
+		.libxdp_flags = XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD,
+		.xdp_flags = 0,
+		.bind_flags = bind_flags,
+	};
+	int err, reset_err;
+
+	if (!s->umem->umem)
+		return -EBADF; /* an earlier reset failed */
+	err = xsk_socket__create_shared(&s->xsk, ifname, queue, s->umem->umem, &s->rx, &s->tx,
+					&s->fill, &s->comp, &config);
+	if (err && !s->umem->sockets) {
+		reset_err = umem_reset(s->umem);
+		if (reset_err)
+			return reset_err;
+	}
+	return err;
+}
+
+int xskp_socket_create(uint64_t *sock_out, uint64_t umem, const char *ifname, uint32_t queue,
+		       uint32_t mode, uint32_t need_wakeup, uint32_t ring_size)
+{
+	uint16_t wakeup_flag = need_wakeup ? XDP_USE_NEED_WAKEUP : 0;
+	struct xskp_socket *s;
+	int err;
+
+	if (mode > XSKP_BIND_ZEROCOPY)
+		return -EINVAL;
+	if (!if_nametoindex(ifname))
+		return -ENODEV;
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->umem = (struct xskp_umem *)(uintptr_t)umem;
+	s->need_wakeup = !!need_wakeup;
+	if (mode == XSKP_BIND_COPY)
+		err = socket_bind(s, ifname, queue, XDP_COPY | wakeup_flag, ring_size);
+	else
+		err = socket_bind(s, ifname, queue, XDP_ZEROCOPY | wakeup_flag, ring_size);
+	if (err == -EOPNOTSUPP && mode == XSKP_BIND_AUTO)
+		err = socket_bind(s, ifname, queue, XDP_COPY | wakeup_flag, ring_size);
+	if (err)
+		goto err_free;
+	s->fd = xsk_socket__fd(s->xsk);
+	s->umem->sockets++;
+	*sock_out = (uint64_t)(uintptr_t)s;
+	return 0;
+
+err_free:
+	free(s);
+	return err;
+}
+
+int xskp_socket_fd(uint64_t sock)
+{
+	return ((struct xskp_socket *)(uintptr_t)sock)->fd;
+}
+
+int xskp_socket_zerocopy(uint64_t sock)
+{
+	struct xskp_socket *s = (struct xskp_socket *)(uintptr_t)sock;
+	struct xdp_options options;
+	socklen_t len = sizeof(options);
+
+	if (getsockopt(s->fd, SOL_XDP, XDP_OPTIONS, &options, &len))
+		return -errno;
+	return !!(options.flags & XDP_OPTIONS_ZEROCOPY);
+}
+
+int xskp_socket_statistics(uint64_t sock, struct xskp_socket_stats *out)
+{
+	struct xskp_socket *s = (struct xskp_socket *)(uintptr_t)sock;
+	struct xdp_statistics stats;
+	socklen_t len = sizeof(stats);
+
+	memset(&stats, 0, sizeof(stats));
+	if (getsockopt(s->fd, SOL_XDP, XDP_STATISTICS, &stats, &len))
+		return -errno;
+	out->rx_dropped = stats.rx_dropped;
+	out->rx_invalid_descs = stats.rx_invalid_descs;
+	out->tx_invalid_descs = stats.tx_invalid_descs;
+	out->rx_ring_full = stats.rx_ring_full;
+	out->rx_fill_ring_empty_descs = stats.rx_fill_ring_empty_descs;
+	out->tx_ring_empty_descs = stats.tx_ring_empty_descs;
+	return 0;
+}
+
+void xskp_socket_destroy(uint64_t sock)
+{
+	struct xskp_socket *s = (struct xskp_socket *)(uintptr_t)sock;
+
+	if (!s)
+		return;
+	xsk_socket__delete(s->xsk);
+	s->umem->sockets--;
+	free(s);
+}
+
+/* ---- hot path ------------------------------------------------------------------------ */
+
+static inline uint32_t prod_free(struct xsk_ring_prod *ring, uint32_t want)
+{
+	uint32_t free_slots = xsk_prod_nb_free(ring, want);
+
+	return free_slots < want ? free_slots : want; /* nb_free may report more than asked */
+}
+
+uint32_t xskp_fill_free(uint64_t sock, uint32_t want)
+{
+	return prod_free(&((struct xskp_socket *)(uintptr_t)sock)->fill, want);
+}
+
+uint32_t xskp_fill(uint64_t sock, const uint64_t *addrs, uint32_t n)
+{
+	struct xskp_socket *s = (struct xskp_socket *)(uintptr_t)sock;
+	uint32_t idx, i;
+
+	n = prod_free(&s->fill, n);
+	if (!n || xsk_ring_prod__reserve(&s->fill, n, &idx) != n)
+		return 0;
+	for (i = 0; i < n; i++)
+		*xsk_ring_prod__fill_addr(&s->fill, idx + i) = addrs[i];
+	xsk_ring_prod__submit(&s->fill, n);
+	return n;
+}
+
+uint32_t xskp_rx(uint64_t sock, uint64_t *addrs, uint32_t *lens, uint32_t max)
+{
+	struct xskp_socket *s = (struct xskp_socket *)(uintptr_t)sock;
+	uint32_t idx, i, n;
+
+	n = xsk_ring_cons__peek(&s->rx, max, &idx);
+	for (i = 0; i < n; i++) {
+		const struct xdp_desc *desc = xsk_ring_cons__rx_desc(&s->rx, idx + i);
+
+		addrs[i] = desc->addr;
+		lens[i] = desc->len;
+	}
+	if (n)
+		xsk_ring_cons__release(&s->rx, n);
+	return n;
+}
+
+uint32_t xskp_tx(uint64_t sock, const uint64_t *addrs, const uint32_t *lens, uint32_t n)
+{
+	struct xskp_socket *s = (struct xskp_socket *)(uintptr_t)sock;
+	uint32_t idx, i;
+
+	n = prod_free(&s->tx, n);
+	if (!n || xsk_ring_prod__reserve(&s->tx, n, &idx) != n)
+		return 0;
+	for (i = 0; i < n; i++) {
+		struct xdp_desc *desc = xsk_ring_prod__tx_desc(&s->tx, idx + i);
+
+		desc->addr = addrs[i];
+		desc->len = lens[i];
+		desc->options = 0;
+	}
+	xsk_ring_prod__submit(&s->tx, n);
+	return n;
+}
+
+uint32_t xskp_complete(uint64_t sock, uint64_t *addrs, uint32_t max)
+{
+	struct xskp_socket *s = (struct xskp_socket *)(uintptr_t)sock;
+	uint32_t idx, i, n;
+
+	n = xsk_ring_cons__peek(&s->comp, max, &idx);
+	for (i = 0; i < n; i++)
+		addrs[i] = *xsk_ring_cons__comp_addr(&s->comp, idx + i);
+	if (n)
+		xsk_ring_cons__release(&s->comp, n);
+	return n;
+}
+
+int32_t xskp_kick_tx(uint64_t sock)
+{
+	struct xskp_socket *s = (struct xskp_socket *)(uintptr_t)sock;
+	int32_t calls;
+
+	if (s->need_wakeup && !xsk_ring_prod__needs_wakeup(&s->tx))
+		return 0;
+	for (calls = 1; calls <= XSKP_KICK_MAX_RETRIES; calls++) {
+		if (sendto(s->fd, NULL, 0, MSG_DONTWAIT, NULL, 0) >= 0)
+			return calls;
+		if (errno != EAGAIN && errno != EBUSY && errno != ENOBUFS)
+			return -errno;
+	}
+	return XSKP_KICK_MAX_RETRIES;
+}
+
+int32_t xskp_wakeup_rx(uint64_t sock)
+{
+	struct xskp_socket *s = (struct xskp_socket *)(uintptr_t)sock;
+
+	if (s->need_wakeup && !xsk_ring_prod__needs_wakeup(&s->fill))
+		return 0;
+	if (recvfrom(s->fd, NULL, 0, MSG_DONTWAIT, NULL, NULL) < 0 && errno != EAGAIN &&
+	    errno != EBUSY && errno != ENOBUFS)
+		return -errno;
+	return 1;
+}
+
+int32_t xskp_poll_rx(uint64_t sock_a, uint64_t sock_b, int32_t timeout_ms)
+{
+	struct pollfd fds[2];
+	int nfds = 0, ready;
+
+	fds[nfds].fd = ((struct xskp_socket *)(uintptr_t)sock_a)->fd;
+	fds[nfds++].events = POLLIN;
+	if (sock_b) {
+		fds[nfds].fd = ((struct xskp_socket *)(uintptr_t)sock_b)->fd;
+		fds[nfds++].events = POLLIN;
+	}
+	ready = poll(fds, nfds, timeout_ms);
+	if (ready < 0)
+		return errno == EINTR ? 0 : -errno;
+	return ready;
+}
+
+uint64_t xskp_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint32_t xskp_batch_probe(uint64_t *addrs, uint32_t n)
+{
+	(void)addrs;
+	return n;
+}
+
+/* ---- steering program ---------------------------------------------------------------- */
+
+int xskp_steer_open(uint64_t *steer_out, const char *obj_path)
+{
+	struct bpf_program *prog;
+	struct xskp_steer *st;
+	int err, i;
+
+	st = calloc(1, sizeof(*st));
+	if (!st)
+		return -ENOMEM;
+	st->ncpus = libbpf_num_possible_cpus();
+	if (st->ncpus <= 0) {
+		err = st->ncpus ? st->ncpus : -EINVAL;
+		goto err_free;
+	}
+	st->percpu_values = calloc(st->ncpus, sizeof(uint64_t));
+	if (!st->percpu_values) {
+		err = -ENOMEM;
+		goto err_free;
+	}
+	st->obj = bpf_object__open_file(obj_path, NULL);
+	if (!st->obj) {
+		err = -errno;
+		goto err_free_values;
+	}
+	err = bpf_object__load(st->obj);
+	if (err)
+		goto err_close;
+	prog = bpf_object__find_program_by_name(st->obj, STEER_PROG_NAME);
+	if (!prog) {
+		err = -ENOENT;
+		goto err_close;
+	}
+	st->prog_fd = bpf_program__fd(prog);
+	for (i = 0; i < STEER_MAP_MAX; i++) {
+		st->map_fds[i] = bpf_object__find_map_fd_by_name(st->obj, steer_map_names[i]);
+		if (st->map_fds[i] < 0) {
+			err = -ENOENT;
+			goto err_close;
+		}
+	}
+	*steer_out = (uint64_t)(uintptr_t)st;
+	return 0;
+
+err_close:
+	bpf_object__close(st->obj);
+err_free_values:
+	free(st->percpu_values);
+err_free:
+	free(st);
+	return err;
+}
+
+static uint32_t mode_flags(uint32_t mode)
+{
+	return mode == XSKP_ATTACH_SKB ? XDP_FLAGS_SKB_MODE : XDP_FLAGS_DRV_MODE;
+}
+
+static int prog_name_of(uint32_t prog_id, char *name, uint32_t name_size)
+{
+	struct bpf_prog_info info;
+	uint32_t len = sizeof(info);
+	int fd, err = 0;
+
+	fd = bpf_prog_get_fd_by_id(prog_id);
+	if (fd < 0)
+		return -errno;
+	memset(&info, 0, sizeof(info));
+	if (bpf_obj_get_info_by_fd(fd, &info, &len))
+		err = -errno;
+	else if (name_size) {
+		strncpy(name, info.name, name_size - 1);
+		name[name_size - 1] = '\0';
+	}
+	close(fd);
+	return err;
+}
+
+int xskp_xdp_query(uint32_t ifindex, uint32_t *prog_id, uint32_t *mode, char *name,
+		   uint32_t name_size)
+{
+	LIBBPF_OPTS(bpf_xdp_query_opts, query);
+	int err;
+
+	if (name_size)
+		name[0] = '\0';
+	err = bpf_xdp_query(ifindex, 0, &query);
+	if (err)
+		return err;
+	*prog_id = query.prog_id;
+	*mode = query.attach_mode == XDP_ATTACHED_SKB ? XSKP_ATTACH_SKB :
+		query.attach_mode == XDP_ATTACHED_DRV ? XSKP_ATTACH_NATIVE : XSKP_ATTACH_AUTO;
+	if (query.prog_id)
+		return prog_name_of(query.prog_id, name, name_size);
+	return 0;
+}
+
+/* Detaches a program named like ours that a killed xskproxy left behind; refuses others. */
+static int remove_stale_program(struct xskp_steer *st, uint32_t ifindex)
+{
+	struct bpf_prog_info own;
+	uint32_t prog_id, mode, len = sizeof(own);
+	char name[16];
+	int err;
+
+	err = xskp_xdp_query(ifindex, &prog_id, &mode, name, sizeof(name));
+	if (err || !prog_id)
+		return err;
+	memset(&own, 0, sizeof(own));
+	if (bpf_obj_get_info_by_fd(st->prog_fd, &own, &len))
+		return -errno;
+	if (prog_id == own.id)
+		return 0;
+	if (strcmp(name, STEER_PROG_NAME) || mode == XSKP_ATTACH_AUTO)
+		return -EBUSY;
+	return bpf_xdp_detach(ifindex, mode_flags(mode), NULL);
+}
+
+int xskp_steer_attach(uint64_t steer, uint32_t ifindex, uint32_t mode, uint32_t *mode_out)
+{
+	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;
+	uint32_t tried = mode == XSKP_ATTACH_SKB ? XSKP_ATTACH_SKB : XSKP_ATTACH_NATIVE;
+	uint32_t i;
+	int err;
+
+	if (mode > XSKP_ATTACH_SKB)
+		return -EINVAL;
+	for (i = 0; i < st->attached_count; i++)
+		if (st->attached_ifindex[i] == ifindex)
+			return -EALREADY;
+	if (st->attached_count == STEER_MAX_IFACES)
+		return -ENOSPC;
+	err = remove_stale_program(st, ifindex);
+	if (err)
+		return err;
+	err = bpf_xdp_attach(ifindex, st->prog_fd, XDP_FLAGS_UPDATE_IF_NOEXIST | mode_flags(tried),
+			     NULL);
+	if (err && mode == XSKP_ATTACH_AUTO && err != -ENODEV && err != -EBUSY) {
+		tried = XSKP_ATTACH_SKB;
+		err = bpf_xdp_attach(ifindex, st->prog_fd,
+				     XDP_FLAGS_UPDATE_IF_NOEXIST | mode_flags(tried), NULL);
+	}
+	if (err)
+		return err;
+	st->attached_ifindex[st->attached_count] = ifindex;
+	st->attached_flags[st->attached_count] = mode_flags(tried);
+	st->attached_count++;
+	*mode_out = tried;
+	return 0;
+}
+
+int xskp_steer_detach(uint64_t steer, uint32_t ifindex)
+{
+	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;
+	LIBBPF_OPTS(bpf_xdp_attach_opts, opts, .old_prog_fd = st->prog_fd);
+	uint32_t i;
+	int err;
+
+	for (i = 0; i < st->attached_count; i++)
+		if (st->attached_ifindex[i] == ifindex)
+			break;
+	if (i == st->attached_count)
+		return -ENOENT;
+	err = bpf_xdp_detach(ifindex, st->attached_flags[i], &opts);
+	st->attached_count--;
+	st->attached_ifindex[i] = st->attached_ifindex[st->attached_count];
+	st->attached_flags[i] = st->attached_flags[st->attached_count];
+	return err;
+}
+
+int xskp_steer_map_update(uint64_t steer, uint32_t map, const void *key, const void *value)
+{
+	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;
+
+	if (map >= STEER_MAP_MAX || map == STEER_MAP_COUNTERS || map == STEER_MAP_XSKS)
+		return -EINVAL;
+	return bpf_map_update_elem(st->map_fds[map], key, value, BPF_ANY) ? -errno : 0;
+}
+
+int xskp_steer_map_delete(uint64_t steer, uint32_t map, const void *key)
+{
+	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;
+
+	if (map >= STEER_MAP_MAX || map == STEER_MAP_COUNTERS)
+		return -EINVAL;
+	return bpf_map_delete_elem(st->map_fds[map], key) ? -errno : 0;
+}
+
+int xskp_steer_map_lookup(uint64_t steer, uint32_t map, const void *key, void *value)
+{
+	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;
+
+	if (map >= STEER_MAP_MAX || map == STEER_MAP_COUNTERS || map == STEER_MAP_XSKS)
+		return -EINVAL;
+	return bpf_map_lookup_elem(st->map_fds[map], key, value) ? -errno : 0;
+}
+
+int xskp_steer_set_socket(uint64_t steer, uint32_t index, uint64_t sock)
+{
+	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;
+	int fd = xskp_socket_fd(sock);
+
+	return bpf_map_update_elem(st->map_fds[STEER_MAP_XSKS], &index, &fd, BPF_ANY) ? -errno : 0;
+}
+
+int xskp_steer_clear_socket(uint64_t steer, uint32_t index)
+{
+	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;
+
+	if (bpf_map_delete_elem(st->map_fds[STEER_MAP_XSKS], &index) && errno != ENOENT)
+		return -errno;
+	return 0;
+}
+
+int xskp_steer_counters(uint64_t steer, uint64_t *out, uint32_t n)
+{
+	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;
+	uint32_t key;
+	int cpu;
+
+	for (key = 0; key < n && key < STEER_COUNTER_MAX; key++) {
+		if (bpf_map_lookup_elem(st->map_fds[STEER_MAP_COUNTERS], &key, st->percpu_values))
+			return -errno;
+		out[key] = 0;
+		for (cpu = 0; cpu < st->ncpus; cpu++)
+			out[key] += st->percpu_values[cpu];
+	}
+	return 0;
+}
+
+void xskp_steer_close(uint64_t steer)
+{
+	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;
+
+	if (!st)
+		return;
+	while (st->attached_count)
+		xskp_steer_detach(steer, st->attached_ifindex[0]);
+	bpf_object__close(st->obj);
+	free(st->percpu_values);
+	free(st);
+}

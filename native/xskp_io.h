@@ -1,0 +1,72 @@
+/* xskp_io.h — the C functions of pyxdp (AF_XDP UMEM and sockets, ring batches, the steering
+ * program's load/attach/maps), also linked into the C reference forwarder xskfwd_c.
+ *
+ * This file is fed to cffi's cdef by native/pyxdp_build.py after the lines up to the marker
+ * below are dropped: keep the declarations cdef-compatible (no macros, no includes after it).
+ * Conventions: handles are struct pointers carried as uint64_t (numba passes neither void *
+ * nor uintptr_t); functions that can fail return 0 or a count on success and -errno on failure;
+ * hot-path functions (marked "numba") never block, never allocate, never fail loudly.
+ */
+#ifndef XSKP_IO_H
+#define XSKP_IO_H
+#include <stdint.h>
+#include "xskproxy_abi.h"
+/* ---- cdef starts here ---- */
+
+/* UMEM: frame_count chunks of frame_size bytes (page-aligned anonymous mapping). */
+int xskp_umem_create(uint64_t *umem_out, uint32_t frame_count, uint32_t frame_size,
+		     uint32_t headroom, uint32_t ring_size);
+uint64_t xskp_umem_area(uint64_t umem);       /* address of the first frame */
+uint64_t xskp_umem_size(uint64_t umem);       /* bytes: frame_count * frame_size */
+int xskp_umem_destroy(uint64_t umem);         /* -EBUSY while sockets still use it */
+
+/* An AF_XDP socket on (ifname, queue) sharing umem; each socket has its own fill and completion
+ * rings. mode: enum xskp_bind_mode. The program is never loaded here (INHIBIT_PROG_LOAD): bind
+ * the socket into the steering program with xskp_steer_set_socket. */
+int xskp_socket_create(uint64_t *sock_out, uint64_t umem, const char *ifname, uint32_t queue,
+		       uint32_t mode, uint32_t need_wakeup, uint32_t ring_size);
+int xskp_socket_fd(uint64_t sock);
+int xskp_socket_zerocopy(uint64_t sock);      /* 1 zero-copy, 0 copy, -errno */
+int xskp_socket_statistics(uint64_t sock, struct xskp_socket_stats *out);
+void xskp_socket_destroy(uint64_t sock);
+
+/* Hot path (numba). addrs are UMEM offsets; rx returns the offset of the frame's first byte,
+ * fill takes chunk offsets, tx takes any offset inside a chunk (e.g. moved into the headroom),
+ * complete returns what tx was given. */
+uint32_t xskp_fill(uint64_t sock, const uint64_t *addrs, uint32_t n);
+uint32_t xskp_fill_free(uint64_t sock, uint32_t want);   /* free fill slots, at most want */
+uint32_t xskp_rx(uint64_t sock, uint64_t *addrs, uint32_t *lens, uint32_t max);
+uint32_t xskp_tx(uint64_t sock, const uint64_t *addrs, const uint32_t *lens, uint32_t n);
+uint32_t xskp_complete(uint64_t sock, uint64_t *addrs, uint32_t max);
+/* Makes the kernel send what the tx ring holds, if it needs telling: sendto while it answers
+ * EAGAIN (copy mode sends a small batch per call), at most XSKP_KICK_MAX_RETRIES times.
+ * Returns the number of sendto calls (0: no kick needed) or -errno. */
+int32_t xskp_kick_tx(uint64_t sock);
+/* If the fill ring needs a wakeup, a non-blocking recvfrom. 1 woken, 0 not needed, -errno. */
+int32_t xskp_wakeup_rx(uint64_t sock);
+/* poll() both sockets for rx (sock_b may be 0) up to timeout_ms. >0 readable, 0, -errno. */
+int32_t xskp_poll_rx(uint64_t sock_a, uint64_t sock_b, int32_t timeout_ms);
+uint64_t xskp_now_ns(void);                   /* CLOCK_MONOTONIC */
+uint32_t xskp_batch_probe(uint64_t *addrs, uint32_t n);  /* does nothing: times one call */
+
+/* The steering program (native/xskproxy_steer.bpf.c): open + load the object, attach to
+ * interfaces (mode: enum xskp_attach_mode, *mode_out: the mode obtained), write its maps
+ * (map: enum steer_map). Attaching replaces a stale xskproxy program left by a killed
+ * process; any other program on the interface is refused with -EBUSY. */
+int xskp_steer_open(uint64_t *steer_out, const char *obj_path);
+int xskp_steer_attach(uint64_t steer, uint32_t ifindex, uint32_t mode, uint32_t *mode_out);
+int xskp_steer_detach(uint64_t steer, uint32_t ifindex);
+int xskp_steer_map_update(uint64_t steer, uint32_t map, const void *key, const void *value);
+int xskp_steer_map_delete(uint64_t steer, uint32_t map, const void *key);
+int xskp_steer_map_lookup(uint64_t steer, uint32_t map, const void *key, void *value);
+int xskp_steer_set_socket(uint64_t steer, uint32_t index, uint64_t sock);
+int xskp_steer_clear_socket(uint64_t steer, uint32_t index);
+int xskp_steer_counters(uint64_t steer, uint64_t *out, uint32_t n);  /* summed over CPUs */
+void xskp_steer_close(uint64_t steer);        /* detaches from every interface it attached */
+
+/* What is attached to an interface: program id (0: none), enum xskp_attach_mode, and the
+ * program's name (name_size bytes, NUL-terminated). 0 or -errno. */
+int xskp_xdp_query(uint32_t ifindex, uint32_t *prog_id, uint32_t *mode, char *name,
+		   uint32_t name_size);
+
+#endif /* XSKP_IO_H */
