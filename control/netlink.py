@@ -1,0 +1,230 @@
+"""The node's network as the dataplane needs it: links, addresses, routes, neighbours (pyroute2),
+watched for changes, and a pure function from them to FIB entries for the translate step.
+
+Reading and watching touch netlink; fib_from_net_state is pure (tests feed it hand-made state).
+Never changes the node's network configuration.
+"""
+import ipaddress
+import logging
+import select
+import socket
+import threading
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+log = logging.getLogger("xskproxy.netlink")
+
+MAIN_TABLE = 254
+RTN_UNICAST = 1
+IFF_UP = 0x1
+# neighbour states (NUD_*): only these carry a MAC the kernel itself would use
+NUD_REACHABLE = 0x02
+NUD_STALE = 0x04
+NUD_PERMANENT = 0x80
+NUD_USABLE = NUD_REACHABLE | NUD_STALE | NUD_PERMANENT
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    mac: str
+    mtu: int
+    up: bool
+
+
+@dataclass(frozen=True)
+class Address:
+    ifindex: int
+    address: str
+    prefixlen: int
+
+    @property
+    def family(self):
+        return 6 if ":" in self.address else 4
+
+
+@dataclass(frozen=True)
+class Route:
+    dst: str                        # prefix, "10.2.0.0/24"; "0.0.0.0/0" for default
+    ifindex: int
+    gateway: Optional[str] = None   # None: directly connected
+    table: int = MAIN_TABLE
+    type: int = RTN_UNICAST
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    ifindex: int
+    address: str
+    mac: Optional[str]
+    state: int                      # NUD_* bits
+
+    @property
+    def usable(self):
+        return bool(self.state & NUD_USABLE) and bool(self.mac) and self.mac != "00:00:00:00:00:00"
+
+
+@dataclass(frozen=True)
+class NetState:
+    """One read of the node's network; tuples sorted so equal networks compare equal."""
+    links: tuple = ()
+    addresses: tuple = ()
+    routes: tuple = ()
+    neighbours: tuple = ()
+
+    def link(self, name):
+        return next((l for l in self.links if l.name == name), None)
+
+    def link_by_index(self, index):
+        return next((l for l in self.links if l.index == index), None)
+
+    def addresses_of(self, name):
+        link = self.link(name)
+        return tuple(a for a in self.addresses if link is not None and a.ifindex == link.index)
+
+
+class FibEntry(NamedTuple):
+    """Where a destination prefix goes: out of `ifindex` to `next_hop_mac`, from `src_mac`."""
+    prefix: str
+    ifindex: int
+    next_hop_mac: str
+    src_mac: str
+    next_hop: Optional[str]         # the gateway, or the neighbour itself for host entries
+    mtu: int
+
+
+def _route_dst(attrs, msg, family):
+    dst = attrs.get("RTA_DST")
+    if dst is None:
+        dst = "0.0.0.0" if family == socket.AF_INET else "::"
+    return f"{dst}/{msg['dst_len']}"
+
+
+def read_net_state(ipr):
+    """NetState from an open pyroute2 IPRoute (IPv4 and IPv6; main-table unicast routes only)."""
+    links = []
+    for msg in ipr.get_links():
+        links.append(Link(index=msg["index"], name=msg.get("ifname") or "", mac=msg.get("address") or "",
+                          mtu=msg.get("mtu") or 0, up=bool(msg["flags"] & IFF_UP)))
+    addresses = [Address(ifindex=m["index"], address=m.get("address"), prefixlen=m["prefixlen"])
+                 for m in ipr.get_addr() if m.get("address")]
+    routes = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for msg in ipr.get_routes(family=family, table=MAIN_TABLE):
+            if msg["type"] != RTN_UNICAST:
+                continue
+            attrs = dict(msg["attrs"])
+            oif, gateway = attrs.get("RTA_OIF"), attrs.get("RTA_GATEWAY")
+            if oif is None and "RTA_MULTIPATH" in attrs:     # ECMP: the first next hop only
+                hops = attrs["RTA_MULTIPATH"]
+                if hops:
+                    hop = hops[0]
+                    oif = hop["oif"]
+                    gateway = dict(hop.get("attrs", ())).get("RTA_GATEWAY")
+            if oif is None:
+                continue
+            routes.append(Route(dst=_route_dst(attrs, msg, family), ifindex=oif, gateway=gateway,
+                                table=attrs.get("RTA_TABLE", msg["table"]), type=msg["type"]))
+    neighbours = [Neighbour(ifindex=m["ifindex"], address=m.get("dst"), mac=m.get("lladdr"), state=m["state"])
+                  for m in ipr.get_neighbours() if m.get("dst")]
+    return NetState(links=tuple(sorted(links, key=lambda l: l.index)),
+                    addresses=tuple(sorted(addresses, key=lambda a: (a.ifindex, a.address))),
+                    routes=tuple(sorted(routes, key=lambda r: (r.dst, r.ifindex))),
+                    neighbours=tuple(sorted(neighbours, key=lambda n: (n.ifindex, n.address))))
+
+
+def read_net_state_in(netns=None):
+    """NetState of a network namespace (None: the current one)."""
+    from pyroute2 import IPRoute
+    with IPRoute(netns=netns) if netns else IPRoute() as ipr:
+        return read_net_state(ipr)
+
+
+def fib_from_net_state(net, interfaces=None):
+    """FIB entries for routes out of `interfaces` (names; None: all up links but loopback).
+
+    A route via a gateway gives one entry for its prefix if the gateway's neighbour entry is
+    usable (REACHABLE, STALE or PERMANENT); a connected route gives one host entry (/32, /128) per
+    usable neighbour inside it. Unresolved next hops give nothing: the kernel resolves those.
+    Sorted longest prefix first, so the first match is the longest-prefix match.
+    """
+    by_index = {l.index: l for l in net.links}
+    if interfaces is None:
+        wanted = {l.index for l in net.links if l.up and l.name != "lo"}
+    else:
+        names = set(interfaces)
+        wanted = {l.index for l in net.links if l.up and l.name in names}
+    neighbours = {(n.ifindex, n.address): n for n in net.neighbours if n.usable}
+    entries = {}
+    for route in net.routes:
+        link = by_index.get(route.ifindex)
+        if route.ifindex not in wanted or link is None or route.table != MAIN_TABLE:
+            continue
+        if route.gateway is not None:
+            hop = neighbours.get((route.ifindex, route.gateway))
+            if hop is not None:
+                entries.setdefault(route.dst, FibEntry(route.dst, link.index, hop.mac, link.mac,
+                                                       route.gateway, link.mtu))
+            continue
+        network = ipaddress.ip_network(route.dst, strict=False)
+        for (ifindex, address), hop in neighbours.items():
+            if ifindex != route.ifindex:
+                continue
+            ip = ipaddress.ip_address(address)
+            if ip.version == network.version and ip in network:
+                host = f"{address}/{ip.max_prefixlen}"
+                entries.setdefault(host, FibEntry(host, link.index, hop.mac, link.mac, address, link.mtu))
+    return tuple(sorted(entries.values(),
+                        key=lambda e: (-ipaddress.ip_network(e.prefix).prefixlen,
+                                       ipaddress.ip_network(e.prefix).version, e.prefix)))
+
+
+class NetlinkWatcher:
+    """Calls `on_change()` after any link, address, route or neighbour notification in `netns`.
+    The caller re-reads NetState (the sync loop debounces bursts)."""
+
+    def __init__(self, on_change, netns=None):
+        self.on_change = on_change
+        self.netns = netns
+        self.notifications = 0
+        self._stop = threading.Event()
+        self._thread = None
+        self._ready = threading.Event()
+
+    def start(self):
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="netlink-watch", daemon=True)
+        self._thread.start()
+        self._ready.wait(5)
+        return self
+
+    def _run(self):
+        from pyroute2 import IPRoute
+        from pyroute2.netlink import rtnl
+        groups = (rtnl.RTMGRP_LINK | rtnl.RTMGRP_NEIGH | rtnl.RTMGRP_IPV4_IFADDR | rtnl.RTMGRP_IPV4_ROUTE
+                  | rtnl.RTMGRP_IPV6_IFADDR | rtnl.RTMGRP_IPV6_ROUTE)
+        while not self._stop.is_set():
+            try:
+                with IPRoute(netns=self.netns) if self.netns else IPRoute() as ipr:
+                    ipr.bind(groups=groups)
+                    self._ready.set()
+                    while not self._stop.is_set():
+                        readable, _, _ = select.select([ipr.fileno()], [], [], 0.2)
+                        if not readable:
+                            continue
+                        messages = ipr.get()
+                        if messages:
+                            self.notifications += len(messages)
+                            self.on_change()
+            except Exception:
+                if self._stop.is_set():
+                    break
+                log.exception("event=netlink_watch_failed netns=%s retry_in=1s", self.netns)
+                self._stop.wait(1.0)
+
+    def stop(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None

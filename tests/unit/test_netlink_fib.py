@@ -1,0 +1,38 @@
+"""The pure FIB function: only resolved neighbours make entries, longest prefix first."""
+from control.netlink import Link, NetState, Neighbour, Route, fib_from_net_state
+
+NUD_INCOMPLETE, NUD_REACHABLE, NUD_STALE, NUD_FAILED, NUD_PERMANENT = 0x01, 0x02, 0x04, 0x20, 0x80
+
+TR = Link(2, "eth0", "02:00:00:00:00:01", 1500, True)
+GW = Link(3, "gw0", "02:00:00:00:00:02", 1450, True)
+DOWN = Link(4, "eth1", "02:00:00:00:00:03", 1500, False)
+
+
+def net(neighbours, routes=()):
+    return NetState(links=(Link(1, "lo", "00:00:00:00:00:00", 65536, True), TR, GW, DOWN),
+                    routes=(Route("192.168.0.0/24", 2), Route("10.1.0.0/24", 3),
+                            Route("10.2.0.0/24", 2, "192.168.0.2"), Route("0.0.0.0/0", 2, "192.168.0.254"),
+                            Route("10.3.0.0/24", 4, "192.168.1.3")) + tuple(routes),
+                    neighbours=tuple(neighbours))
+
+
+def test_only_reachable_stale_permanent_neighbours_make_entries():
+    """INCOMPLETE and FAILED next hops (and ones without a MAC) give no entry; the others do."""
+    fib = fib_from_net_state(net([
+        Neighbour(2, "192.168.0.2", "0a:00:00:00:00:02", NUD_STALE),
+        Neighbour(2, "192.168.0.254", None, NUD_INCOMPLETE),
+        Neighbour(3, "10.1.0.5", "0a:00:00:00:01:05", NUD_REACHABLE),
+        Neighbour(3, "10.1.0.6", "0a:00:00:00:01:06", NUD_FAILED),
+        Neighbour(4, "192.168.1.3", "0a:00:00:00:01:03", NUD_PERMANENT),
+    ]))
+    assert [e.prefix for e in fib] == ["10.1.0.5/32", "192.168.0.2/32", "10.2.0.0/24"]
+    assert fib[0] == ("10.1.0.5/32", 3, "0a:00:00:00:01:05", GW.mac, "10.1.0.5", 1450)
+    assert fib[2][:4] == ("10.2.0.0/24", 2, "0a:00:00:00:00:02", TR.mac)
+
+
+def test_interface_filter_and_default_route():
+    """Restricting to one interface drops the others' entries; a resolved default gateway gives 0.0.0.0/0."""
+    fib = fib_from_net_state(net([Neighbour(2, "192.168.0.254", "0a:00:00:00:00:fe", NUD_REACHABLE),
+                                  Neighbour(3, "10.1.0.5", "0a:00:00:00:01:05", NUD_REACHABLE)]),
+                             interfaces=("eth0",))
+    assert [e.prefix for e in fib] == ["192.168.0.254/32", "0.0.0.0/0"]
