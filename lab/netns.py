@@ -282,7 +282,8 @@ class Lab:
         return proc
 
     def stop(self, proc, timeout=3.0):
-        """SIGTERM the process group of `proc`, SIGKILL after `timeout`; returns its exit code."""
+        """SIGTERM the process group of `proc`, SIGKILL after `timeout`; returns a CompletedProcess
+        with its exit code and whatever it printed (when started with pipes)."""
         return _stop_process(proc, timeout)
 
     def ping(self, ns, address, count=1, timeout=2.0):
@@ -319,24 +320,23 @@ sys.exit(1)
 
 
 def _stop_process(proc, timeout=3.0):
-    if proc.poll() is None:
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+    """Stop `proc` (SIGTERM to its group, SIGKILL after `timeout`) and collect what it printed."""
+    out = err = None
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        if proc.poll() is None:
             try:
                 os.killpg(proc.pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
-            try:
-                proc.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-    for stream in (proc.stdout, proc.stderr, proc.stdin):
-        if stream:
-            try:
-                stream.close()
-            except Exception:
-                pass
-    return proc.returncode
+        try:
+            out, err = proc.communicate(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+        except ValueError:  # streams already closed by an earlier stop
+            proc.wait(wait)
+            break
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _raise_system_exit(signum, frame):

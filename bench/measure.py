@@ -1,0 +1,141 @@
+"""One benchmark lab and one measurement: generator on the generator core, path on the path core,
+forwarded packets counted at the sink, CPU time per packet from /proc/stat deltas.
+
+Never asserts a speed; it reports what it saw, including what the generator offered.
+"""
+import os
+import time
+from dataclasses import dataclass
+
+from lab import Lab, forwarder_lab
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAFFICGEN = os.environ.get("XSKP_TRAFFICGEN") or os.path.join(REPO, "build", "bench", "xskp-trafficgen")
+BENCH_SOURCE_NET = "198.18.0.0/15"   # RFC 2544 benchmark range: the generator's source addresses
+BENCH_SOURCE_FIRST = "198.18.0.1"
+
+
+@dataclass
+class Workload:
+    key: str
+    name: str
+    new_flows: bool
+    flows: int = 256
+
+    def generator_args(self):
+        if self.new_flows:
+            # every frame a new (source IP, source port): 60,000 ports x 65,536 addresses
+            return ["--new-flows", "--src-ports", "60000", "--src-ips", "65536"]
+        return ["--flows", str(self.flows), "--src-ports", str(self.flows), "--src-ips", "1"]
+
+
+WORKLOADS = [
+    Workload("udp64_established", "64 B UDP, 256 established flows", new_flows=False),
+    Workload("udp64_new_flows", "64 B UDP, every packet a new flow", new_flows=True),
+]
+
+
+def read_cpu_busy():
+    """Per-CPU (busy, total) seconds from /proc/stat; busy excludes idle and iowait."""
+    hz = os.sysconf("SC_CLK_TCK")
+    result = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                fields = line.split()
+                values = [int(v) for v in fields[1:]]
+                idle = values[3] + values[4]
+                total = sum(values[:8])
+                result[int(fields[0][3:])] = ((total - idle) / hz, total / hz)
+    return result
+
+
+def unavailable_reason():
+    """Why the macro benchmark cannot run here at all, or None."""
+    if os.geteuid() != 0:
+        return "the benchmark lab needs root (network namespaces, XDP)"
+    if (os.cpu_count() or 1) < 2:
+        return "the benchmark needs two CPUs (generator core and path core)"
+    if not os.access(TRAFFICGEN, os.X_OK):
+        return f"{TRAFFICGEN} is not built (make build)"
+    return None
+
+
+class BenchLab:
+    """The forwarder lab set up for measuring: generator in the client namespace, the node as the
+    router under test, an XDP counting sink on the Pod's interface."""
+
+    def __init__(self, prefix="xlb", gen_cpu=0, path_cpu=1):
+        self.gen_cpu, self.path_cpu = gen_cpu, path_cpu
+        self.lab = Lab(prefix)
+        self.topo = None
+        self.sink = None
+
+    def __enter__(self):
+        self.lab.__enter__()
+        try:
+            self.build()
+        except BaseException:
+            self.lab.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        return self.lab.__exit__(*exc)
+
+    def build(self):
+        lab = self.lab
+        self.topo = t = forwarder_lab(lab)
+        # replies and flowtable reverse routes for the generator's sources
+        lab.add_route(t.node, BENCH_SOURCE_NET, via=t.client_if.ip)
+        # frames sent by XDP_TX reach the stack (and RPS) only through veth's NAPI path: GRO on
+        lab.ethtool_features(t.node, "tr0", gro=True)
+        # kernel paths: receive processing of the transport moves to the path core
+        lab.set_rps(t.node, "tr0", 1 << self.path_cpu)
+        self.sink = lab.popen(t.pods, [TRAFFICGEN, "sink", "--dev", "eth0", "--duration", "0"])
+        deadline = time.monotonic() + 10
+        while "prog/xdp" not in lab.ip(t.pods, "link show dev eth0"):
+            if self.sink.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"traffic sink did not start: {lab.stop(self.sink).stderr}")
+            time.sleep(0.05)
+
+    def set_ip_forward(self, on):
+        self.lab.sysctl(self.topo.node, "net.ipv4.ip_forward", 1 if on else 0)
+
+    def flush_conntrack(self):
+        self.lab.run(self.topo.node, ["conntrack", "-F"], check=False)
+
+    def generate(self, dst_ip, dst_port, workload, seconds):
+        """Run the generator for `seconds` on the generator core; returns its JSON report."""
+        import json
+        t = self.topo
+        argv = [TRAFFICGEN, "generate", "--dev", "eth0", "--dst-mac", t.transport.mac, "--dst-ip", dst_ip,
+                "--dst-port", str(dst_port), "--src-ip", BENCH_SOURCE_FIRST, "--src-port", "1024",
+                "--duration", str(seconds), "--cpu", str(self.gen_cpu), *workload.generator_args()]
+        proc = self.lab.run(t.client, argv, timeout=seconds + 30)
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def measure(self, dst_ip, dst_port, workload, seconds):
+        """One measurement: forwarded pps at the sink, offered pps, CPU seconds per packet per core."""
+        t, lab = self.topo, self.lab
+        sink0, ingress0, cpu0 = lab.link_stats(t.pods, "eth0"), lab.link_stats(t.node, "tr0"), read_cpu_busy()
+        gen = self.generate(dst_ip, dst_port, workload, seconds)
+        time.sleep(0.05)  # let the last frames drain through the path
+        sink1, ingress1, cpu1 = lab.link_stats(t.pods, "eth0"), lab.link_stats(t.node, "tr0"), read_cpu_busy()
+        forwarded = sink1["rx_packets"] - sink0["rx_packets"]
+        seconds_run = gen["seconds"]
+        per_cpu = {}
+        for cpu in (self.gen_cpu, self.path_cpu):
+            busy = cpu1[cpu][0] - cpu0[cpu][0]
+            total = cpu1[cpu][1] - cpu0[cpu][1]
+            per_cpu[cpu] = {"busy_s": busy, "utilisation": busy / total if total else 0.0,
+                            "ns_per_packet": busy / forwarded * 1e9 if forwarded else None}
+        return {
+            "forwarded": forwarded,
+            "pps": forwarded / seconds_run if seconds_run else 0.0,
+            "offered_pps": gen["generated"] / seconds_run if seconds_run else 0.0,
+            "ingress_dropped": ingress1["rx_dropped"] - ingress0["rx_dropped"],
+            "seconds": seconds_run,
+            "path_cpu": per_cpu[self.path_cpu],
+            "generator_cpu": per_cpu[self.gen_cpu],
+        }

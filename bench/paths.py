@@ -1,0 +1,271 @@
+"""The forwarding paths the benchmark compares, each set up on and torn down from a lab's node namespace.
+
+A path says where the generator must aim (a Pod address or a Service VIP), installs its rules or
+starts its worker pinned to the path core, and removes everything again. Never touches the root
+namespace; a path that cannot run here says why (`unavailable()`), it is never silently skipped.
+"""
+import ipaddress
+import os
+import shutil
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+XSKFWD_C = os.path.join(REPO, "build", "native", "xskfwd_c")
+SERVICE_NET = ipaddress.ip_network("10.96.0.0/16")
+SERVICE_PORT = 80
+BACKEND_PORT = 8080
+
+
+def service_vip(index):
+    """ClusterIP of Service number `index` (0-based) in the benchmark's Service range."""
+    return str(SERVICE_NET[10 + index])
+
+
+class Path:
+    """One forwarding path. Subclasses set key/name and override setup/teardown."""
+    key = "?"
+    name = "?"
+    per_service_count = False   # True: measured once for every N in the Service counts
+    kernel_forwards = True      # ip_forward in the node namespace while this path runs
+    label_extra = ""
+
+    def __init__(self, services=None):
+        self.services = services
+
+    @property
+    def label(self):
+        suffix = f" N={self.services}" if self.per_service_count else ""
+        return f"({self.key}) {self.name}{suffix}"
+
+    @property
+    def row_id(self):
+        return f"{self.key}{self.services}" if self.per_service_count else self.key
+
+    def unavailable(self, bench):
+        """None when this path can run here, else the reason it cannot (shown in the report)."""
+        return None
+
+    def target(self, bench):
+        """(destination IP, destination port) the generator aims at."""
+        return bench.topo.pod_if.ip, BACKEND_PORT
+
+    def setup(self, bench):
+        pass
+
+    def teardown(self, bench):
+        pass
+
+    def describe(self):
+        return {"key": self.key, "name": self.name, "services": self.services if self.per_service_count else None,
+                "label": self.label, "row_id": self.row_id}
+
+
+class KernelRouting(Path):
+    key, name = "a", "kernel routing"
+
+
+class IptablesKubeProxy(Path):
+    """kube-proxy iptables mode for N UDP Services, the measured one last in KUBE-SERVICES."""
+    key, name = "b", "conntrack + iptables DNAT (kube-proxy)"
+    per_service_count = True
+
+    def unavailable(self, bench):
+        return None if shutil.which("iptables-restore") else "iptables-restore is not installed"
+
+    def target(self, bench):
+        return service_vip(self.services - 1), SERVICE_PORT
+
+    def ruleset(self, backend_ip):
+        lines = ["*nat", ":PREROUTING ACCEPT [0:0]", ":KUBE-SERVICES - [0:0]"]
+        body = ["-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"]
+        for i in range(self.services):
+            svc, sep = f"KUBE-SVC-BENCH{i:011d}", f"KUBE-SEP-BENCH{i:011d}"
+            lines += [f":{svc} - [0:0]", f":{sep} - [0:0]"]
+            body += [
+                f"-A KUBE-SERVICES -d {service_vip(i)}/32 -p udp -m comment --comment "
+                f"\"bench/svc-{i}:udp cluster IP\" -m udp --dport {SERVICE_PORT} -j {svc}",
+                f"-A {svc} -m comment --comment \"bench/svc-{i}:udp -> {backend_ip}:{BACKEND_PORT}\" -j {sep}",
+                f"-A {sep} -p udp -m comment --comment bench/svc-{i}:udp -m udp "
+                f"-j DNAT --to-destination {backend_ip}:{BACKEND_PORT}",
+            ]
+        return "\n".join(lines + body + ["COMMIT", ""])
+
+    def setup(self, bench):
+        bench.lab.run(bench.topo.node, ["iptables-restore"], input=self.ruleset(bench.topo.pod_if.ip),
+                      timeout=300)
+
+    def teardown(self, bench):
+        bench.lab.run(bench.topo.node, ["iptables-restore"], input="*nat\nCOMMIT\n", check=False)
+        bench.lab.run(bench.topo.node, ["iptables", "-t", "nat", "-F"], check=False)
+        bench.lab.run(bench.topo.node, ["iptables", "-t", "nat", "-X"], check=False)
+        bench.lab.run(bench.topo.node, ["nft", "flush", "ruleset"], check=False)
+
+
+class NftablesKubeProxy(Path):
+    """kube-proxy nftables mode for N UDP Services: one verdict map keyed by (VIP, proto, port)."""
+    key, name = "c", "conntrack + nftables vmap (kube-proxy)"
+    per_service_count = True
+
+    def unavailable(self, bench):
+        return None if shutil.which("nft") else "nft is not installed"
+
+    def target(self, bench):
+        return service_vip(self.services - 1), SERVICE_PORT
+
+    def ruleset(self, backend_ip):
+        chains, elements = [], []
+        for i in range(self.services):
+            elements.append(f"{service_vip(i)} . udp . {SERVICE_PORT} : goto service-{i}")
+            chains.append(f"chain service-{i} {{ numgen random mod 1 vmap {{ 0 : goto endpoint-{i} }}; }}")
+            chains.append(f"chain endpoint-{i} {{ meta l4proto udp dnat to {backend_ip}:{BACKEND_PORT}; }}")
+        return "\n".join([
+            "table ip xskp-bench-kube-proxy {",
+            *chains,
+            "map service-ips { type ipv4_addr . inet_proto . inet_service : verdict",
+            "  elements = { " + ",\n".join(elements) + " } }",
+            "chain services { ip daddr . meta l4proto . th dport vmap @service-ips; }",
+            "chain nat-prerouting { type nat hook prerouting priority dstnat; policy accept; jump services; }",
+            "}", ""])
+
+    def setup(self, bench):
+        bench.lab.run(bench.topo.node, ["nft", "-f", "-"], input=self.ruleset(bench.topo.pod_if.ip), timeout=300)
+
+    def teardown(self, bench):
+        bench.lab.run(bench.topo.node, ["nft", "delete", "table", "ip", "xskp-bench-kube-proxy"], check=False)
+
+
+class NftablesFlowtable(Path):
+    """nftables flowtable between transport and gateway: after a flow's first packet, the ingress hook
+    forwards it without the IP stack (Antrea's noEncap acceleration)."""
+    key, name = "d", "nftables flowtable"
+    RULESET = "\n".join([
+        "table inet xskp-bench-flowtable {",
+        "  flowtable fastpath { hook ingress priority filter; devices = { tr0, gw0 }; }",
+        "  chain forward { type filter hook forward priority filter; policy accept;",
+        "    meta l4proto { tcp, udp } flow add @fastpath; }",
+        "}", ""])
+
+    def unavailable(self, bench):
+        if not shutil.which("nft"):
+            return "nft is not installed"
+        probe = bench.lab.run(bench.topo.node, ["nft", "-f", "-"], input=self.RULESET, check=False)
+        self.teardown(bench)
+        if probe.returncode != 0:
+            return ("this kernel has no nftables flowtable (CONFIG_NF_FLOW_TABLE is off)"
+                    if "No such file or directory" in probe.stderr else f"nft refuses the flowtable: {probe.stderr.strip()}")
+        return None
+
+    def setup(self, bench):
+        bench.lab.run(bench.topo.node, ["nft", "-f", "-"], input=self.RULESET)
+
+    def teardown(self, bench):
+        bench.lab.run(bench.topo.node, ["nft", "delete", "table", "inet", "xskp-bench-flowtable"], check=False)
+
+
+class TcRedirect(Path):
+    """tc clsact on the transport's ingress redirecting the Pod CIDR to the gateway with MACs rewritten
+    and TTL decremented (the TCManager proposal). This kernel has no pedit/csum actions
+    (CONFIG_NET_ACT_PEDIT/CSUM off), so the same work is a cls_bpf direct-action program + bpf_redirect."""
+    key, name = "e", "tc clsact redirect (BPF for pedit)"
+
+    def unavailable(self, bench):
+        from bench.measure import TRAFFICGEN
+        return None if os.access(TRAFFICGEN, os.X_OK) else f"{TRAFFICGEN} is not built (make build)"
+
+    def setup(self, bench):
+        from bench.measure import TRAFFICGEN
+        t, lab = bench.topo, bench.lab
+        self.proc = lab.popen(t.node, [TRAFFICGEN, "tc-redirect", "--dev", "tr0", "--out", "gw0",
+                                       "--prefix", t.pod_if.network, "--dst-mac", t.pod_if.mac])
+        deadline = time.monotonic() + 10
+        while "tc_redirect" not in lab.run(t.node, "tc filter show dev tr0 ingress").stdout:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"tc-redirect did not attach: {lab.stop(self.proc).stderr}")
+            time.sleep(0.05)
+
+    def teardown(self, bench):
+        proc = getattr(self, "proc", None)
+        if proc is not None:
+            bench.lab.stop(proc)
+            self.proc = None
+        bench.lab.run(bench.topo.node, "tc qdisc del dev tr0 clsact", check=False)
+
+
+class _AfxdpWorker(Path):
+    """A forwarder process in the node namespace, pinned to the path core; ip_forward is 0 so that
+    only the forwarder can have carried the traffic."""
+    kernel_forwards = False
+    ready_timeout = 30.0
+
+    def command(self, bench):
+        raise NotImplementedError
+
+    def setup(self, bench):
+        self.proc = bench.lab.popen(bench.topo.node, self.command(bench), cpu=bench.path_cpu, cwd=REPO)
+        self.wait_ready(bench)
+
+    def wait_ready(self, bench):
+        """Wait until the steering program is attached on the transport (or the worker died)."""
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                result = bench.lab.stop(self.proc)
+                raise RuntimeError(f"{self.name} exited with {result.returncode}: {(result.stderr or '').strip()}")
+            if "prog/xdp" in bench.lab.ip(bench.topo.node, "link show dev tr0") and self.extra_ready(bench):
+                time.sleep(0.5)
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not attach its XDP program within {self.ready_timeout:.0f} s")
+
+    def extra_ready(self, bench):
+        return True
+
+    def teardown(self, bench):
+        proc = getattr(self, "proc", None)
+        if proc is not None:
+            self.result = bench.lab.stop(proc)
+            self.proc = None
+
+
+class CForwarder(_AfxdpWorker):
+    key, name = "g", "minimal C AF_XDP forwarder"
+
+    def unavailable(self, bench):
+        return None if os.access(XSKFWD_C, os.X_OK) else f"{XSKFWD_C} is not built (make build)"
+
+    def command(self, bench):
+        t = bench.topo
+        return [XSKFWD_C, "--transport", "tr0", "--gateway", "gw0",
+                "--transport-peer-mac", t.client_if.mac, "--gateway-peer-mac", t.pod_if.mac,
+                "--steer-prefix", f"{t.pod_if.network}@transport"]
+
+
+class NumbaForwarder(_AfxdpWorker):
+    """xskproxy's dataplane: for now the numba forwarder (dataplane/forwarder.py); later the agent."""
+    key, name = "f", "xskproxy (numba forwarder)"
+    ready_timeout = 120.0   # first start compiles with numba
+
+    def unavailable(self, bench):
+        if not os.path.exists(os.path.join(REPO, "dataplane", "forwarder.py")):
+            return "dataplane/forwarder.py does not exist yet"
+        try:
+            import pyxdp  # noqa: F401
+        except ImportError as e:
+            return f"pyxdp is not built (make build): {e}"
+        return None
+
+    def command(self, bench):
+        t = bench.topo
+        return [sys.executable, "-m", "dataplane.forwarder", "--transport", "tr0", "--gateway", "gw0",
+                "--transport-peer-mac", t.client_if.mac, "--gateway-peer-mac", t.pod_if.mac,
+                "--steer-prefix", f"{t.pod_if.network}@transport"]
+
+
+def all_paths(service_counts):
+    """Every path row of the matrix, (b) and (c) once per Service count."""
+    rows = [KernelRouting()]
+    rows += [IptablesKubeProxy(n) for n in service_counts]
+    rows += [NftablesKubeProxy(n) for n in service_counts]
+    rows += [NftablesFlowtable(), TcRedirect(), NumbaForwarder(), CForwarder()]
+    return rows

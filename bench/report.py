@@ -1,0 +1,129 @@
+"""The benchmark report: results as JSON, a Markdown table (ratios to path (b)) and a PNG plot.
+
+Pure formatting of what bench/run.py measured; never measures forwarding itself (only the
+numba->cffi call cost, through the function the dataplane exposes for it).
+"""
+import json
+import os
+
+
+def _k(value):
+    if value is None:
+        return "-"
+    return f"{value / 1e6:.2f} M" if value >= 1e6 else f"{value / 1e3:.0f} k"
+
+
+def reference_row(results, row):
+    """The (b) row a row is compared with: (b) with the same N, or (b) with the smallest N."""
+    b_rows = [r for r in results["rows"] if r["key"] == "b"]
+    same = [r for r in b_rows if row["services"] is not None and r["services"] == row["services"]]
+    if same:
+        return same[0]
+    return min(b_rows, key=lambda r: r["services"]) if b_rows else None
+
+
+def _median(row, workload, metric="pps"):
+    cell = row["cells"].get(workload)
+    return cell[metric]["median"] if cell and cell.get(metric) else None
+
+
+def markdown(results):
+    """Markdown: forwarded pps (median [min-max], ratio to (b)), then CPU ns per packet on the path core."""
+    meta, workloads = results["meta"], results["workloads"]
+    lines = [f"Forwarded packets per second at the sink, median of {meta['runs']} run(s) of "
+             f"{meta['seconds_per_measurement']:g} s [min-max], x ratio to (b); generator on CPU "
+             f"{meta['generator_cpu']}, path on CPU {meta['path_cpu']}; kernel {meta['kernel']}, "
+             f"load average at start {' '.join(meta['loadavg_at_start'])}"
+             f"{' (quick run)' if meta['quick'] else ''}.", ""]
+    lines.append("| path | " + " | ".join(w["name"] for w in workloads) + " |")
+    lines.append("|---|" + "---|" * len(workloads))
+    for row in results["rows"]:
+        cells = []
+        for w in workloads:
+            cell = row["cells"].get(w["key"])
+            if row["unavailable"] or (row["error"] and not cell):
+                cells.append(f"n/a: {row['unavailable'] or row['error']}"[:90])
+                continue
+            pps = cell["pps"]
+            ref = reference_row(results, row)
+            ref_pps = _median(ref, w["key"]) if ref else None
+            ratio = f" x{pps['median'] / ref_pps:.2f}" if ref_pps else ""
+            cells.append(f"{_k(pps['median'])} [{_k(pps['min'])}-{_k(pps['max'])}]{ratio}")
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    lines += ["", "CPU time per forwarded packet on the path core (ns, median), its utilisation, and what "
+              "the generator offered (median pps):", ""]
+    lines.append("| path | " + " | ".join(f"{w['key']} ns/pkt | busy | offered" for w in workloads) + " |")
+    lines.append("|---|" + "---|---|---|" * len(workloads))
+    for row in results["rows"]:
+        cells = []
+        for w in workloads:
+            cell = row["cells"].get(w["key"])
+            if not cell:
+                cells += ["-", "-", "-"]
+                continue
+            ns = cell["path_ns_per_packet"]
+            util = cell["path_cpu_utilisation"]
+            cells += [f"{ns['median']:.0f}" if ns else "-", f"{util['median'] * 100:.0f}%" if util else "-",
+                      _k(cell["offered_pps"]["median"])]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    call = results.get("batch_call") or {}
+    lines += ["", ("One numba->cffi batch call: " + (f"{call['ns']:.1f} ns" if "ns" in call
+               else f"not measured ({call.get('unavailable', 'unknown')})")), ""]
+    return "\n".join(lines)
+
+
+def plot(results, path):
+    """Grouped bars: forwarded pps per path, one group per workload, whiskers min-max."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [r for r in results["rows"] if r["cells"]]
+    workloads = results["workloads"]
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(rows) * len(workloads)), 5))
+    width = 0.8 / max(1, len(rows))
+    for i, row in enumerate(rows):
+        xs, ys, lo, hi = [], [], [], []
+        for j, w in enumerate(workloads):
+            cell = row["cells"].get(w["key"])
+            if not cell:
+                continue
+            xs.append(j + (i - (len(rows) - 1) / 2) * width)
+            ys.append(cell["pps"]["median"] / 1e3)
+            lo.append((cell["pps"]["median"] - cell["pps"]["min"]) / 1e3)
+            hi.append((cell["pps"]["max"] - cell["pps"]["median"]) / 1e3)
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=row["label"])
+    ax.set_xticks(range(len(workloads)), [w["name"] for w in workloads])
+    ax.set_ylabel("forwarded kpps (median, min-max)")
+    ax.set_title(f"xskproxy bench, {results['meta']['started']}, kernel {results['meta']['kernel']}")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_all(results, out_dir):
+    """latest.json, latest.md and latest.png in out_dir; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {ext: os.path.join(out_dir, f"latest.{ext}") for ext in ("json", "md", "png")}
+    with open(paths["json"], "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    with open(paths["md"], "w") as f:
+        f.write(markdown(results))
+    plot(results, paths["png"])
+    return paths
+
+
+def batch_call_cost():
+    """ns per numba->cffi batch call, from the function dataplane/forwarder.py exposes for it."""
+    try:
+        from dataplane import forwarder
+    except Exception as e:  # not written or not built yet
+        return {"unavailable": f"dataplane.forwarder does not import: {type(e).__name__}: {e}"}
+    fn = getattr(forwarder, "measure_batch_call_ns", None)
+    if fn is None:
+        return {"unavailable": "dataplane.forwarder has no measure_batch_call_ns()"}
+    try:
+        return {"ns": float(fn())}
+    except Exception as e:
+        return {"unavailable": f"measure_batch_call_ns failed: {type(e).__name__}: {e}"}

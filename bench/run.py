@@ -1,0 +1,123 @@
+"""Runs the path x workload matrix on one lab, interleaving paths across runs, and writes the report.
+
+`python -m bench.run [--quick]`. Never asserts a speed: what it measured goes to bench/results/.
+"""
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+from bench import report
+from bench.measure import WORKLOADS, BenchLab, unavailable_reason
+from bench.paths import all_paths
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+FULL = dict(service_counts=(10, 1000, 10000), runs=3, seconds=3.0, warmup=0.5)
+QUICK = dict(service_counts=(10,), runs=1, seconds=1.0, warmup=0.3)
+
+
+def _summary(samples):
+    def stats(key, sub=None):
+        values = [s[key][sub] if sub else s[key] for s in samples]
+        values = [v for v in values if v is not None]
+        if not values:
+            return None
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return {"pps": stats("pps"), "offered_pps": stats("offered_pps"),
+            "path_ns_per_packet": stats("path_cpu", "ns_per_packet"),
+            "path_cpu_utilisation": stats("path_cpu", "utilisation"),
+            "generator_ns_per_packet": stats("generator_cpu", "ns_per_packet"),
+            "runs": len(samples), "samples": samples}
+
+
+def machine_description():
+    with open("/proc/loadavg") as f:
+        loadavg = f.read().split()[:3]
+    return {"kernel": platform.release(), "cpus": os.cpu_count(), "loadavg_at_start": loadavg,
+            "python": platform.python_version()}
+
+
+def run_matrix(service_counts, runs, seconds, warmup, only=None, out_dir=RESULTS_DIR, quick=False, log=print):
+    """Measure every path row on every workload `runs` times, A B .. B A interleaved; write the report.
+
+    `only`: path keys to keep (e.g. "abg"). Returns the results dict (also in latest.json)."""
+    started = time.time()
+    rows = [r for r in all_paths(service_counts) if not only or r.key in only]
+    results = {"meta": {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+                        "quick": quick, "runs": runs, "seconds_per_measurement": seconds,
+                        "warmup_seconds": warmup, "service_counts": list(service_counts),
+                        "generator_cpu": 0, "path_cpu": 1, **machine_description()},
+               "workloads": [{"key": w.key, "name": w.name} for w in WORKLOADS],
+               "rows": []}
+    reason = unavailable_reason()
+    if reason:
+        raise RuntimeError(f"benchmark cannot run: {reason}")
+    samples = {r.row_id: {w.key: [] for w in WORKLOADS} for r in rows}
+    errors = {}
+    with BenchLab(gen_cpu=0, path_cpu=1) as bench:
+        unavailable = {r.row_id: r.unavailable(bench) for r in rows}
+        for row in rows:
+            if unavailable[row.row_id]:
+                log(f"skip {row.label}: {unavailable[row.row_id]}")
+        for run in range(runs):
+            for row in (rows if run % 2 == 0 else list(reversed(rows))):
+                if unavailable[row.row_id] or row.row_id in errors:
+                    continue
+                log(f"run {run + 1}/{runs}: {row.label}")
+                bench.set_ip_forward(row.kernel_forwards)
+                bench.flush_conntrack()
+                try:
+                    row.setup(bench)
+                    dst_ip, dst_port = row.target(bench)
+                    for workload in WORKLOADS:
+                        if warmup:
+                            bench.generate(dst_ip, dst_port, workload, warmup)
+                        if workload.new_flows:
+                            bench.flush_conntrack()
+                        m = bench.measure(dst_ip, dst_port, workload, seconds)
+                        samples[row.row_id][workload.key].append(m)
+                        log(f"  {workload.key}: {m['pps'] / 1e3:8.1f} kpps forwarded "
+                            f"(offered {m['offered_pps'] / 1e3:.0f} k, path core "
+                            f"{m['path_cpu']['utilisation'] * 100:.0f}% busy)")
+                except Exception as e:  # a broken path is reported, the others still run
+                    errors[row.row_id] = f"{type(e).__name__}: {e}"
+                    log(f"  error: {errors[row.row_id]}")
+                finally:
+                    row.teardown(bench)
+                    bench.flush_conntrack()
+    for row in rows:
+        results["rows"].append({
+            **row.describe(), "unavailable": unavailable.get(row.row_id), "error": errors.get(row.row_id),
+            "cells": {w.key: _summary(samples[row.row_id][w.key]) for w in WORKLOADS
+                      if samples[row.row_id][w.key]}})
+    results["meta"]["duration_seconds"] = time.time() - started
+    results["batch_call"] = report.batch_call_cost()
+    report.write_all(results, out_dir)
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="xskproxy forwarding benchmark: kernel paths vs AF_XDP paths")
+    parser.add_argument("--quick", action="store_true", help="one short run, N=10 only (what make test runs)")
+    parser.add_argument("--runs", type=int)
+    parser.add_argument("--seconds", type=float, help="seconds per measurement")
+    parser.add_argument("--services", help="comma-separated Service counts for (b) and (c)")
+    parser.add_argument("--paths", help="path keys to run, e.g. abg (default: all)")
+    parser.add_argument("--out", default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.runs:
+        cfg["runs"] = args.runs
+    if args.seconds:
+        cfg["seconds"] = args.seconds
+    if args.services:
+        cfg["service_counts"] = tuple(int(n) for n in args.services.split(","))
+    results = run_matrix(**cfg, only=args.paths, out_dir=args.out, quick=args.quick)
+    print(report.markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""The quick benchmark `make test` runs: one short run of every path at N=10; asserts that each path that
+can run here forwarded traffic and that the report was written, never a speed."""
+import os
+
+import pytest
+
+from bench.measure import WORKLOADS, unavailable_reason
+from bench.paths import all_paths
+from bench.run import QUICK, RESULTS_DIR, run_matrix
+
+QUICK_OUT = os.path.join(RESULTS_DIR, "quick")
+ROWS = [row.row_id for row in all_paths(QUICK["service_counts"])]
+
+
+@pytest.fixture(scope="module")
+def quick_results():
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    return run_matrix(**QUICK, out_dir=QUICK_OUT, quick=True, log=lambda line: None)
+
+
+@pytest.mark.timeout(170)
+def test_quick_report_is_written(quick_results):
+    """latest.json, latest.md and latest.png exist and the table has one line per path."""
+    for ext in ("json", "md", "png"):
+        assert os.path.getsize(os.path.join(QUICK_OUT, f"latest.{ext}")) > 0
+    with open(os.path.join(QUICK_OUT, "latest.md")) as f:
+        table = f.read()
+    assert all(row["label"] in table for row in quick_results["rows"])
+
+
+@pytest.mark.parametrize("row_id", ROWS)
+def test_quick_path_forwards_traffic(quick_results, row_id):
+    """The path forwarded packets to the sink on every workload (or says why it cannot run here)."""
+    row = next(r for r in quick_results["rows"] if r["row_id"] == row_id)
+    if row["unavailable"]:
+        pytest.skip(f"{row['label']}: {row['unavailable']}")
+    assert row["error"] is None, f"{row['label']}: {row['error']}"
+    for workload in WORKLOADS:
+        assert row["cells"][workload.key]["samples"][0]["forwarded"] > 0, f"{row['label']} {workload.key}"
