@@ -109,8 +109,9 @@ def kernel_service_rules(cluster, node):
              ":KUBE-SERVICES - [0:0]", ":KUBE-POSTROUTING - [0:0]",
              "-A PREROUTING -j KUBE-SERVICES", "-A OUTPUT -j KUBE-SERVICES",
              "-A POSTROUTING -j KUBE-POSTROUTING",
-             # like kube-proxy's masquerade mark: DNATed traffic from outside the Pods is SNATed
-             f"-A KUBE-POSTROUTING -m conntrack --ctstate DNAT ! -s {POD_SUPERNET} -j MASQUERADE"]
+             # kube-proxy's masqueradeAll: the Pods share an L2 switch, so a local backend would
+             # answer its client directly (bypassing the node's conntrack) unless SNATed too
+             "-A KUBE-POSTROUTING -m conntrack --ctstate DNAT -j MASQUERADE"]
     for n, (service, eps) in enumerate(lab_services(cluster)):
         spec = service["spec"]
         addrs = [e["addresses"][0] for e in eps["endpoints"]]

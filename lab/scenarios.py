@@ -1,0 +1,259 @@
+"""The Service scenarios of the demo and of tests/e2e, run with real clients in a cluster lab.
+
+`ServiceLab` builds a cluster_lab with real servers in every Pod, the bundled manifests, the
+kube-proxy-style kernel rules (the fail-open path) and one `xskproxy run` per node. Each
+scenario is a function (ServiceLab) -> Result; the demo prints them as a table, the e2e tests
+assert them one by one. Nothing here asserts speed.
+"""
+import collections
+import json
+import os
+import re
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import yaml
+
+from lab import cluster_services as svc
+from lab.netns import cluster_lab
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ANSWER = re.compile(r"pod=(\S+) client=([\d.]+):(\d+)")
+
+
+@dataclass
+class Result:
+    name: str
+    ok: bool
+    detail: str
+
+
+class ServiceLab:
+    """A cluster lab with Services, servers, kernel fallback rules and (optionally) agents."""
+
+    def __init__(self, lab, nodes=2, pods_per_node=2, workdir=None, pod_features=None,
+                 client_features=None, agent_options=None):
+        self.lab = lab
+        self.workdir = workdir or tempfile.mkdtemp(prefix="xskproxy-lab-")
+        self.cluster = cluster_lab(lab, nodes=nodes, pods_per_node=pods_per_node,
+                                   pod_features=pod_features, client_features=client_features)
+        self.agent_options = agent_options or {}
+        self.agents = {}
+        self.manifest_dir = os.path.join(self.workdir, "manifests")
+        os.makedirs(self.manifest_dir, exist_ok=True)
+        self.write_manifests()
+        node0 = self.cluster.nodes[0]
+        lab.add_route(self.cluster.client, svc.LB_NET, via=node0.ip)
+        for node in self.cluster.nodes:
+            lab.run(node.ns, ["iptables-restore"], input=svc.kernel_service_rules(self.cluster, node))
+        for pod in self.cluster.pods:
+            for kind, port in (("http", svc.HTTP_PORT), ("udp", svc.UDP_PORT), ("tcp-echo", svc.TCP_ECHO_PORT)):
+                lab.popen(pod.ns, [sys.executable, "-m", "lab.servers", kind, port, pod.name], cwd=REPO,
+                          stdout=None, stderr=None)
+        self.wait_for_servers()
+
+    # -- manifests and agents ------------------------------------------------------------------
+    def write_manifests(self, **kwargs):
+        """(Re)write the bundled manifests; running agents reload them."""
+        path = os.path.join(self.manifest_dir, "lab.yaml")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            yaml.safe_dump(svc.lab_manifest(self.cluster, **kwargs), f)
+        os.replace(tmp, path)
+
+    def agent_config(self, node):
+        options = {"proxyAll": True, "skipServices": ["default/skipped"], "proxyLoadBalancerIPs": True,
+                   "defaultLoadBalancerMode": "nat"}
+        options.update(self.agent_options)
+        return {"nodeName": node.name, "transportInterface": node.transport.name,
+                "gatewayInterface": node.gateway.name, "source": "files",
+                "manifestPath": self.manifest_dir,
+                "stateDir": os.path.join(self.workdir, f"state-{node.name}"),
+                "tables": {"conntrackEntries": 1 << 16, "affinityEntries": 1 << 12},
+                "antreaProxy": options}
+
+    def start_agent(self, node, wait=True):
+        path = os.path.join(self.workdir, f"{node.name}.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump(self.agent_config(node), f)
+        log = open(os.path.join(self.workdir, f"{node.name}.log"), "a")
+        proc = self.lab.popen(node.ns, [sys.executable, "-m", "control.cli", "run", "--config", path],
+                              cwd=REPO, stdout=log, stderr=log)
+        self.agents[node.name] = proc
+        if wait:
+            self.wait_for_agent(node)
+        return proc
+
+    def start_agents(self):
+        for node in self.cluster.nodes:
+            self.start_agent(node, wait=False)
+        for node in self.cluster.nodes:
+            self.wait_for_agent(node)
+
+    def stats_path(self, node):
+        return os.path.join(self.workdir, f"state-{node.name}", "stats.json")
+
+    def wait_for_agent(self, node, timeout=120.0):
+        """Until the agent published its first generation (stats.json says so) or died."""
+        deadline = time.monotonic() + timeout
+        proc = self.agents[node.name]
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"agent on {node.name} exited with {proc.returncode}: "
+                                   f"see {self.workdir}/{node.name}.log")
+            stats = self.agent_stats(node)
+            if stats and stats.get("generation", 0) > 0:
+                return stats
+            time.sleep(0.2)
+        raise TimeoutError(f"agent on {node.name} did not publish within {timeout}s")
+
+    def agent_stats(self, node):
+        try:
+            with open(self.stats_path(node)) as f:
+                return json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def stop_agent(self, node, sig=signal.SIGTERM, timeout=5.0):
+        proc = self.agents.pop(node.name)
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout)
+        return proc.returncode
+
+    def node_log(self, node):
+        with open(os.path.join(self.workdir, f"{node.name}.log")) as f:
+            return f.read()
+
+    # -- clients -----------------------------------------------------------------------------
+    def wait_for_servers(self, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        for pod in self.cluster.pods:
+            while self.http(pod.ns, f"http://{pod.iface.ip}:{svc.HTTP_PORT}/") is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"server in {pod.name} did not start")
+                time.sleep(0.2)
+
+    def http(self, ns, url, timeout=3):
+        """(pod, client ip) that answered a GET from `ns`, or None."""
+        proc = self.lab.run(ns, ["curl", "-s", "-m", str(timeout), url], check=False, timeout=timeout + 5)
+        m = _ANSWER.search(proc.stdout)
+        return (m.group(1), m.group(2)) if m else None
+
+    def http_many(self, ns, url, count):
+        """Counter of (pod, client ip) over `count` fresh connections; None for failures."""
+        return collections.Counter(self.http(ns, url) for _ in range(count))
+
+    def udp(self, ns, address, port, payload="ping", timeout=2):
+        script = ("import socket,sys;s=socket.socket(2,2);s.settimeout(%r);"
+                  "s.sendto(sys.argv[3].encode(),(sys.argv[1],int(sys.argv[2])));"
+                  "print(s.recvfrom(65535)[0].decode())" % timeout)
+        proc = self.lab.run(ns, [sys.executable, "-c", script, address, port, payload], check=False,
+                            timeout=timeout + 5)
+        m = _ANSWER.search(proc.stdout)
+        return (m.group(1), m.group(2)) if m else None
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+def _pods_of(node):
+    return {p.name for p in node.pods}
+
+
+def clusterip_tcp(sl):
+    """A Pod reaches a ClusterIP over TCP and is served by local and remote backends."""
+    pod = sl.cluster.nodes[0].pods[0]
+    answers = sl.http_many(pod.ns, "http://10.96.0.10/", 16)
+    served = {a[0] for a in answers if a}
+    ok = None not in answers and served & _pods_of(sl.cluster.nodes[0]) and served & _pods_of(sl.cluster.nodes[1])
+    return Result("ClusterIP TCP, local and remote backends", bool(ok), f"served by {sorted(served)}, "
+                  f"failures {answers[None]}")
+
+
+def clusterip_udp(sl):
+    """A Pod reaches a ClusterIP over UDP; remote backends see the Pod's own address (no SNAT)."""
+    pod = sl.cluster.nodes[0].pods[0]
+    answers = collections.Counter(sl.udp(pod.ns, "10.96.0.53", 53, f"q{i}") for i in range(12))
+    remote = [a for a in answers if a and a[0] not in _pods_of(sl.cluster.nodes[0])]
+    ok = None not in answers and remote and all(a[1] == pod.iface.ip for a in remote)
+    return Result("ClusterIP UDP", bool(ok), f"{dict(answers)}")
+
+
+def nodeport_cluster(sl):
+    """An external client reaches a NodePort (ETP Cluster); remote backends see the node's address (SNAT)."""
+    node0 = sl.cluster.nodes[0]
+    answers = sl.http_many(sl.cluster.client, f"http://{node0.ip}:30080/", 16)
+    remote = [a for a in answers if a and a[0] not in _pods_of(node0)]
+    ok = None not in answers and remote and all(a[1] == node0.ip for a in remote)
+    return Result("NodePort, externalTrafficPolicy Cluster (SNAT)", bool(ok), f"{dict(answers)}")
+
+
+def nodeport_local(sl):
+    """A NodePort with ETP Local is served only by the node's own Pods and sees the client's address."""
+    node0 = sl.cluster.nodes[0]
+    answers = sl.http_many(sl.cluster.client, f"http://{node0.ip}:30081/", 12)
+    ok = None not in answers and all(a[0] in _pods_of(node0) and a[1] == sl.cluster.client_if.ip for a in answers)
+    return Result("NodePort, externalTrafficPolicy Local (client IP kept)", ok, f"{dict(answers)}")
+
+
+def load_balancer_nat(sl):
+    """A LoadBalancer IP (nat mode) on node0 is served by node1's Pods."""
+    answers = sl.http_many(sl.cluster.client, "http://10.97.0.1/", 8)
+    ok = None not in answers and all(a[0] in _pods_of(sl.cluster.nodes[1]) for a in answers)
+    return Result("LoadBalancer IP, nat mode", ok, f"{dict(answers)}")
+
+
+def load_balancer_dsr(sl):
+    """A LoadBalancer IP in dsr mode: the backend sees the client's address (no SNAT)."""
+    answers = sl.http_many(sl.cluster.client, "http://10.97.0.2/", 8)
+    ok = None not in answers and all(a[1] == sl.cluster.client_if.ip for a in answers)
+    return Result("LoadBalancer IP, dsr mode (client IP kept)", ok, f"{dict(answers)}")
+
+
+def external_ip(sl):
+    """An externalIP is served by the Service's backends."""
+    answers = sl.http_many(sl.cluster.client, "http://10.97.0.3/", 8)
+    ok = None not in answers and all(a[0] in _pods_of(sl.cluster.nodes[1]) for a in answers)
+    return Result("externalIP", ok, f"{dict(answers)}")
+
+
+def session_affinity(sl):
+    """With ClientIP affinity every connection of one client lands on the same backend."""
+    pod = sl.cluster.nodes[0].pods[1]
+    answers = sl.http_many(pod.ns, "http://10.96.0.11/", 12)
+    ok = None not in answers and len({a[0] for a in answers}) == 1
+    return Result("session affinity ClientIP", ok, f"{dict(answers)}")
+
+
+def hairpin(sl):
+    """A Pod reaches itself through a Service whose only backend it is."""
+    pod = sl.cluster.pods[0]
+    answers = sl.http_many(pod.ns, "http://10.96.0.40/", 4)
+    ok = None not in answers and all(a[0] == pod.name for a in answers)
+    return Result("hairpin", ok, f"{dict(answers)}")
+
+
+def skipped_service(sl):
+    """A Service in skipServices is still served, by the kernel's rules."""
+    pod = sl.cluster.nodes[0].pods[0]
+    answers = sl.http_many(pod.ns, "http://10.96.0.50/", 4)
+    return Result("skipServices left to the kernel", None not in answers, f"{dict(answers)}")
+
+
+SCENARIOS = [clusterip_tcp, clusterip_udp, nodeport_cluster, nodeport_local, load_balancer_nat,
+             load_balancer_dsr, external_ip, session_affinity, hairpin, skipped_service]
+
+
+def run_scenarios(sl, scenarios=SCENARIOS, keep_going=True, report=print):
+    results = []
+    for scenario in scenarios:
+        try:
+            result = scenario(sl)
+        except Exception as e:  # a broken scenario is a failed row, not a crashed demo
+            result = Result(scenario.__name__, False, f"error: {e}")
+        report(f"  {'PASS' if result.ok else 'FAIL'}  {result.name}: {result.detail}")
+        results.append(result)
+        if not result.ok and not keep_going:
+            break
+    return results
