@@ -228,3 +228,60 @@ class NetlinkWatcher:
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
+
+
+@dataclass(frozen=True)
+class NodeNetwork:
+    """What the translate step needs of the node's network: the served links, the node's addresses
+    and the FIB. Neighbour state flapping between REACHABLE and STALE does not change it."""
+    links: tuple = ()               # Link of each served interface that exists
+    addresses: tuple = ()           # Address on any interface but loopback
+    fib: tuple = ()                 # FibEntry, longest prefix first
+
+
+def node_network(net, interfaces=None):
+    """NodeNetwork from a NetState (pure). `interfaces`: names of the served links (None: all)."""
+    loopback = {l.index for l in net.links if l.name == "lo"}
+    links = tuple(l for l in net.links if interfaces is None or l.name in interfaces)
+    addresses = tuple(a for a in net.addresses if a.ifindex not in loopback
+                      and not a.address.startswith("fe80:"))
+    return NodeNetwork(links=links, addresses=addresses, fib=fib_from_net_state(net, interfaces))
+
+
+class NetworkView:
+    """The node's NodeNetwork, re-read from netlink only after a notification (or the first time)."""
+
+    def __init__(self, interfaces=None, netns=None):
+        self.interfaces = tuple(interfaces) if interfaces else None
+        self.netns = netns
+        self._dirty = True
+        self._current = NodeNetwork()
+        self._watcher = None
+        self._lock = threading.Lock()
+
+    def mark_dirty(self):
+        self._dirty = True
+
+    def current(self):
+        with self._lock:
+            if self._dirty:
+                self._dirty = False
+                try:
+                    self._current = node_network(read_net_state_in(self.netns), self.interfaces)
+                except Exception:
+                    self._dirty = True          # keep the last good view, try again next time
+                    log.exception("event=netlink_read_failed netns=%s kept=last_good", self.netns)
+            return self._current
+
+    def start(self, on_change):
+        """Watch netlink; each notification marks the view dirty, then calls on_change()."""
+        def changed():
+            self._dirty = True
+            on_change()
+        self._watcher = NetlinkWatcher(changed, netns=self.netns).start()
+        return self
+
+    def stop(self):
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None

@@ -84,3 +84,39 @@ def test_watcher_reports_route_and_neighbour_changes(netns):
         assert {e.prefix: e.next_hop_mac for e in fib}["10.10.9.0/24"] == "02:00:00:00:00:09"
     finally:
         watcher.stop()
+
+
+def test_network_view_and_sync_loop_publish_a_new_fib(netns):
+    """A neighbour resolved in the namespace reaches a published Snapshot through the sync loop, and
+    a neighbour moving from REACHABLE to STALE (same MAC) publishes nothing new."""
+    from control.model import ClusterState
+    from control.netlink import NetworkView
+    from control.sync import SyncLoop, collector
+
+    class NoCluster:
+        def snapshot(self):
+            return ClusterState()
+
+    ip(netns, "route", "add", "10.10.5.0/24", "via", "192.168.50.5")
+    published = []
+    view = NetworkView(interfaces=("xtr", "xgw"), netns=netns)
+    loop = SyncLoop(collector(NoCluster(), view), published.append, debounce=0.02)
+    view.start(loop.notify)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not published and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert published and "10.10.5.0/24" not in {e.prefix for e in published[-1].network.fib}
+        ip(netns, "neigh", "add", "192.168.50.5", "lladdr", "02:00:00:00:00:05", "dev", "xtr", "nud", "reachable")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "10.10.5.0/24" not in {e.prefix for e in published[-1].network.fib}:
+            time.sleep(0.02)
+        assert "10.10.5.0/24" in {e.prefix for e in published[-1].network.fib}
+        count = len(published)
+        ip(netns, "neigh", "change", "192.168.50.5", "lladdr", "02:00:00:00:00:05", "dev", "xtr", "nud", "stale")
+        time.sleep(0.3)
+        assert len(published) == count and loop.counters["unchanged"] >= 1
+    finally:
+        view.stop()
+        loop.stop()

@@ -1,0 +1,128 @@
+"""The coalescing loop: change notifications from sources and netlink -> one publish of a new snapshot.
+
+notify() may be called from any thread, as often as events arrive; after a short quiet period
+(debounce, bounded by max_delay) the loop collects one snapshot and, if it differs from the last
+published one, calls publish(snapshot). A failing collect or publish is logged and retried with
+back-off; nothing a callback raises ends the loop.
+"""
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from control.model import ClusterState
+
+log = logging.getLogger("xskproxy.sync")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything translate needs, taken at one moment: the cluster and the node's network
+    (control.netlink.NodeNetwork, or None when netlink is not watched)."""
+    cluster: ClusterState = field(default_factory=ClusterState)
+    network: object = None
+
+
+def collector(cluster_source, network_view=None):
+    """A collect() for SyncLoop: Snapshot(source.snapshot(), network_view.current())."""
+    def collect():
+        network = network_view.current() if network_view is not None else None
+        return Snapshot(cluster=cluster_source.snapshot(), network=network)
+    return collect
+
+
+class SyncLoop:
+    """Runs collect() -> publish() on its own thread, coalescing notifications.
+
+    collect: () -> snapshot (any value with a meaningful ==)
+    publish: (snapshot) -> None; raising means "not published", retried after back-off
+    """
+
+    def __init__(self, collect, publish, debounce=0.05, max_delay=0.5, retry_initial=0.1, retry_max=5.0):
+        self.collect = collect
+        self.publish = publish
+        self.debounce = debounce
+        self.max_delay = max_delay
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self.published = None                    # the last snapshot publish() accepted
+        self.counters = {"notifications": 0, "syncs": 0, "publishes": 0, "unchanged": 0, "failures": 0}
+        self.last_error = None
+        self.last_publish_time = None            # time.time() of the last publish
+        self.last_sync_seconds = None            # collect + publish duration of the last publish
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._retry_delay = 0.0                  # > 0: the last attempt failed
+        self._thread = None
+
+    def notify(self):
+        """Something changed: sync soon. Cheap and thread-safe."""
+        self.counters["notifications"] += 1
+        self._wake.set()
+
+    def sync_once(self):
+        """Collect and publish if changed, now, on the caller's thread. Returns True if published;
+        False if unchanged; raises what collect/publish raised."""
+        self.counters["syncs"] += 1
+        started = time.perf_counter()
+        snapshot = self.collect()
+        if self.published is not None and snapshot == self.published:
+            self.counters["unchanged"] += 1
+            return False
+        self.publish(snapshot)
+        self.published = snapshot
+        self.counters["publishes"] += 1
+        self.last_publish_time = time.time()
+        self.last_sync_seconds = time.perf_counter() - started
+        return True
+
+    def _attempt(self):
+        try:
+            published = self.sync_once()
+        except Exception as e:
+            self.counters["failures"] += 1
+            self.last_error = f"{type(e).__name__}: {e}"
+            self._retry_delay = min(self.retry_max, max(self.retry_initial, self._retry_delay * 2))
+            log.exception("event=publish_failed error=%r retry_in=%.2fs", self.last_error[:300], self._retry_delay)
+            return
+        if self._retry_delay:
+            log.info("event=publish_recovered")
+        self._retry_delay = 0.0
+        if published:
+            log.debug("event=published seconds=%.4f", self.last_sync_seconds)
+
+    def _debounce(self):
+        """Wait until no notification came for `debounce` s, or `max_delay` s passed."""
+        first = time.monotonic()
+        while not self._stop.is_set():
+            self._wake.clear()
+            remaining = min(self.debounce, first + self.max_delay - time.monotonic())
+            if remaining <= 0 or not self._wake.wait(remaining):
+                return
+
+    def _run(self):
+        while not self._stop.is_set():
+            woke = self._wake.wait(self._retry_delay or None)
+            if self._stop.is_set():
+                break
+            if woke:
+                self._debounce()
+                if self._stop.is_set():
+                    break
+            self._attempt()
+
+    def start(self, initial_sync=True):
+        """Start the loop thread; with initial_sync, one sync runs first (in the thread)."""
+        self._stop.clear()
+        if initial_sync:
+            self._wake.set()
+        self._thread = threading.Thread(target=self._run, name="sync-loop", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout=5):
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
