@@ -19,7 +19,6 @@ the powers of sqrt(2) (1021, 1447, 2039, 2887, ..., 11863279, ...): the smallest
 - A prime size makes every skip in 1..M-1 a full permutation of the slots.
 """
 import ipaddress
-import socket
 import struct
 
 import numpy as np
@@ -104,15 +103,12 @@ def backend_hash_key(addr, port):
     return mixed | (1 << 63)  # never collides with an IPv4 key (those fit in 48 bits)
 
 
-def backend_hash_keys_v4(addrs_be, ports_be):
-    """Vectorised backend_hash_key for IPv4: addresses and ports in network byte order (as in
-    the backends table) -> uint64 keys."""
-    addrs = np.asarray(addrs_be, dtype=np.uint32)
-    ports = np.asarray(ports_be, dtype=np.uint16)
-    if socket.htonl(1) != 1:  # little-endian host: the tables hold network order
-        addrs = addrs.byteswap()
-        ports = ports.byteswap()
-    return (addrs.astype(np.uint64) << np.uint64(16)) | ports.astype(np.uint64)
+def backend_hash_keys_v4(addrs, ports):
+    """Vectorised backend_hash_key for IPv4: addresses and ports as host-order numbers (as the
+    pipeline's backends table holds them: 10.0.0.1 is 0x0a000001) -> uint64 keys."""
+    addrs = np.asarray(addrs, dtype=np.uint32).astype(np.uint64)
+    ports = np.asarray(ports, dtype=np.uint16).astype(np.uint64)
+    return (addrs << np.uint64(16)) | ports
 
 
 def _mix64_scalar(x):

@@ -11,9 +11,9 @@ from dataplane.maglev import (
 
 
 def ipv4_keys(n, first=0x0A000000, port=8080):
-    """Keys of n backends 10.x.y.z:port, as the translator makes them (network byte order in)."""
-    addrs = (np.arange(n, dtype=np.uint32) + np.uint32(first)).byteswap()
-    ports = np.full(n, port, dtype=np.uint16).byteswap()
+    """Keys of n backends 10.x.y.z:port, as the translator makes them (host-order numbers)."""
+    addrs = np.arange(n, dtype=np.uint32) + np.uint32(first)
+    ports = np.full(n, port, dtype=np.uint16)
     return backend_hash_keys_v4(addrs, ports)
 
 
