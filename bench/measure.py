@@ -35,19 +35,31 @@ WORKLOADS = [
 ]
 
 
-def read_cpu_busy():
-    """Per-CPU (busy, total) seconds from /proc/stat; busy excludes idle and iowait."""
+_PROC_STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def read_cpu_times():
+    """Per-CPU seconds spent in each /proc/stat state (user, system, softirq, idle, ...)."""
     hz = os.sysconf("SC_CLK_TCK")
     result = {}
     with open("/proc/stat") as f:
         for line in f:
             if line.startswith("cpu") and line[3].isdigit():
                 fields = line.split()
-                values = [int(v) for v in fields[1:]]
-                idle = values[3] + values[4]
-                total = sum(values[:8])
-                result[int(fields[0][3:])] = ((total - idle) / hz, total / hz)
+                result[int(fields[0][3:])] = {name: int(v) / hz for name, v in zip(_PROC_STAT_FIELDS, fields[1:])}
     return result
+
+
+def cpu_delta(before, after, cpu, forwarded):
+    """What `cpu` did between two read_cpu_times(): busy seconds, utilisation, shares, ns per packet."""
+    d = {name: after[cpu][name] - before[cpu][name] for name in _PROC_STAT_FIELDS}
+    total = sum(d.values())
+    busy = total - d["idle"] - d["iowait"]
+    share = (lambda x: x / total if total else 0.0)
+    return {"busy_s": busy, "utilisation": share(busy),
+            "user_share": share(d["user"] + d["nice"]), "system_share": share(d["system"]),
+            "softirq_share": share(d["softirq"] + d["irq"]), "steal_share": share(d["steal"]),
+            "ns_per_packet": busy / forwarded * 1e9 if forwarded else None}
 
 
 def unavailable_reason():
@@ -118,18 +130,13 @@ class BenchLab:
     def measure(self, dst_ip, dst_port, workload, seconds):
         """One measurement: forwarded pps at the sink, offered pps, CPU seconds per packet per core."""
         t, lab = self.topo, self.lab
-        sink0, ingress0, cpu0 = lab.link_stats(t.pods, "eth0"), lab.link_stats(t.node, "tr0"), read_cpu_busy()
+        sink0, ingress0, cpu0 = lab.link_stats(t.pods, "eth0"), lab.link_stats(t.node, "tr0"), read_cpu_times()
         gen = self.generate(dst_ip, dst_port, workload, seconds)
         time.sleep(0.05)  # let the last frames drain through the path
-        sink1, ingress1, cpu1 = lab.link_stats(t.pods, "eth0"), lab.link_stats(t.node, "tr0"), read_cpu_busy()
+        sink1, ingress1, cpu1 = lab.link_stats(t.pods, "eth0"), lab.link_stats(t.node, "tr0"), read_cpu_times()
         forwarded = sink1["rx_packets"] - sink0["rx_packets"]
         seconds_run = gen["seconds"]
-        per_cpu = {}
-        for cpu in (self.gen_cpu, self.path_cpu):
-            busy = cpu1[cpu][0] - cpu0[cpu][0]
-            total = cpu1[cpu][1] - cpu0[cpu][1]
-            per_cpu[cpu] = {"busy_s": busy, "utilisation": busy / total if total else 0.0,
-                            "ns_per_packet": busy / forwarded * 1e9 if forwarded else None}
+        per_cpu = {cpu: cpu_delta(cpu0, cpu1, cpu, forwarded) for cpu in (self.gen_cpu, self.path_cpu)}
         return {
             "forwarded": forwarded,
             "pps": forwarded / seconds_run if seconds_run else 0.0,

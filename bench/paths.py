@@ -255,6 +255,18 @@ class NumbaForwarder(_AfxdpWorker):
             return f"pyxdp is not built (make build): {e}"
         return None
 
+    def extra_ready(self, bench):
+        """The forwarder prints `forwarder: ready ...` once its worker runs."""
+        import select
+        while select.select([self.proc.stdout], [], [], 0)[0]:
+            line = self.proc.stdout.readline()
+            if not line:
+                return False
+            if line.startswith("forwarder: ready"):
+                self.ready_line = line.strip()
+                return True
+        return False
+
     def command(self, bench):
         t = bench.topo
         return [sys.executable, "-m", "dataplane.forwarder", "--transport", "tr0", "--gateway", "gw0",

@@ -50,8 +50,9 @@ def markdown(results):
             ratio = f" x{pps['median'] / ref_pps:.2f}" if ref_pps else ""
             cells.append(f"{_k(pps['median'])} [{_k(pps['min'])}-{_k(pps['max'])}]{ratio}")
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
-    lines += ["", "CPU time per forwarded packet on the path core (ns, median), its utilisation, and what "
-              "the generator offered (median pps):", ""]
+    lines += ["", "CPU time per forwarded packet on the path core (ns, median), its utilisation (user share in "
+              "brackets: for kernel paths that is other processes, i.e. noise), and what the generator "
+              "offered (median pps):", ""]
     lines.append("| path | " + " | ".join(f"{w['key']} ns/pkt | busy | offered" for w in workloads) + " |")
     lines.append("|---|" + "---|---|---|" * len(workloads))
     for row in results["rows"]:
@@ -62,8 +63,10 @@ def markdown(results):
                 cells += ["-", "-", "-"]
                 continue
             ns = cell["path_ns_per_packet"]
-            util = cell["path_cpu_utilisation"]
-            cells += [f"{ns['median']:.0f}" if ns else "-", f"{util['median'] * 100:.0f}%" if util else "-",
+            util, user = cell["path_cpu_utilisation"], cell.get("path_cpu_user_share")
+            busy = f"{util['median'] * 100:.0f}%" if util else "-"
+            busy += f" ({user['median'] * 100:.0f}%)" if user else ""
+            cells += [f"{ns['median']:.0f}" if ns else "-", busy,
                       _k(cell["offered_pps"]["median"])]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     call = results.get("batch_call") or {}

@@ -28,6 +28,8 @@ def _summary(samples):
     return {"pps": stats("pps"), "offered_pps": stats("offered_pps"),
             "path_ns_per_packet": stats("path_cpu", "ns_per_packet"),
             "path_cpu_utilisation": stats("path_cpu", "utilisation"),
+            "path_cpu_user_share": stats("path_cpu", "user_share"),
+            "path_cpu_softirq_share": stats("path_cpu", "softirq_share"),
             "generator_ns_per_packet": stats("generator_cpu", "ns_per_packet"),
             "runs": len(samples), "samples": samples}
 
@@ -80,7 +82,9 @@ def run_matrix(service_counts, runs, seconds, warmup, only=None, out_dir=RESULTS
                         samples[row.row_id][workload.key].append(m)
                         log(f"  {workload.key}: {m['pps'] / 1e3:8.1f} kpps forwarded "
                             f"(offered {m['offered_pps'] / 1e3:.0f} k, path core "
-                            f"{m['path_cpu']['utilisation'] * 100:.0f}% busy)")
+                            f"{m['path_cpu']['utilisation'] * 100:.0f}% busy: user "
+                            f"{m['path_cpu']['user_share'] * 100:.0f}%, softirq "
+                            f"{m['path_cpu']['softirq_share'] * 100:.0f}%)")
                 except Exception as e:  # a broken path is reported, the others still run
                     errors[row.row_id] = f"{type(e).__name__}: {e}"
                     log(f"  error: {errors[row.row_id]}")
