@@ -1,0 +1,876 @@
+"""Translate: the cluster model + the node's network + config -> the pipeline's tables and the
+steering maps' contents, one complete generation at a time. Never does I/O and never touches
+a table a published generation uses (new rings go to free space of the ring arena).
+
+Kubernetes semantics follow kube-proxy and Antrea (references in each function). The
+Translator keeps caches between calls so that an unchanged Service is not rebuilt: its plans,
+backend ids and Maglev rings carry over. Its outputs depend only on its inputs and on the
+history of ids (backend and service ids are stable across generations, never reused while a
+live generation may still refer to them).
+
+Byte order: the pipeline's tables hold host-order numbers (10.0.0.1 is 0x0a000001); the
+steering contents hold the strings and ints that dataplane.xsk.SteeringProgram takes.
+"""
+import ipaddress
+import logging
+import socket
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit
+
+from control.model import (
+    AFFINITY_TIMEOUT_DEFAULT, AFFINITY_TIMEOUT_MAX, ClusterState,
+)
+from dataplane import abi
+from dataplane.maglev import backend_hash_keys_v4, build_maglev_ring, maglev_ring_size
+from dataplane.tables import (
+    BACKEND_DTYPE, FRONTEND_DTYPE, NEIGHBOUR_DTYPE, NODE_DTYPE, ROUTE_DTYPE, SERVICE_DTYPE,
+    SOURCE_RANGE_DTYPE, ServiceTables, insert_frontend, insert_neighbour, next_pow2, set_routes,
+)
+
+log = logging.getLogger("xskproxy.translate")
+
+lib = abi.lib
+PROTOCOL_NUMBERS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": 132}
+IPPROTO_IPIP = 4
+ROLE_GATEWAY = lib.STEER_ROLE_GATEWAY
+ROLE_TRANSPORT = lib.STEER_ROLE_TRANSPORT
+ROLES_BOTH = ROLE_GATEWAY | ROLE_TRANSPORT
+
+
+# --- inputs ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProxyOptions:
+    """The options translate honours (antrea-agent.conf's antreaProxy section, plus ours)."""
+    proxy_all: bool = False
+    skip_services: tuple = ()             # "namespace/name" or a ClusterIP
+    proxy_load_balancer_ips: bool = True
+    default_load_balancer_mode: str = "nat"
+    node_port_addresses: tuple = ()       # CIDRs; empty: every node address
+    snat_port_range: tuple = (61000, 65535)
+    node_name: str = ""
+    transport_interface: str = ""
+    gateway_interface: str = ""
+
+    @classmethod
+    def from_config(cls, config, node_name=None):
+        """From control.config.Config (node_name overrides config.node_name, e.g. the host name)."""
+        ap = config.antrea_proxy
+        return cls(proxy_all=ap.proxy_all, skip_services=tuple(ap.skip_services),
+                   proxy_load_balancer_ips=ap.proxy_load_balancer_ips,
+                   default_load_balancer_mode=ap.default_load_balancer_mode,
+                   node_port_addresses=tuple(ap.node_port_addresses),
+                   snat_port_range=tuple(config.snat_port_range),
+                   node_name=node_name or config.node_name,
+                   transport_interface=config.transport_interface,
+                   gateway_interface=config.gateway_interface)
+
+
+@dataclass(frozen=True)
+class _NodeContext:
+    """What every Service's plan depends on besides the Service and its slices. When it
+    changes, every Service is re-planned (rings whose backends did not change are kept)."""
+    options: ProxyOptions
+    node_name: str
+    zone: object                          # this node's topology zone, or None
+    node_port_addrs: tuple                # host-order IPv4 addresses serving NodePorts
+    node_addr_of: tuple                   # sorted (node name, host-order InternalIP) pairs
+
+
+# --- outputs -----------------------------------------------------------------------------
+
+@dataclass
+class SteeringChanges:
+    """What to change in the steering maps to go from the previous translation to this one.
+    Keys as dataplane.xsk.SteeringProgram takes them: (address str, port, protocol number)."""
+    add_frontends: dict = field(default_factory=dict)      # (addr, port, proto) -> roles
+    remove_frontends: list = field(default_factory=list)   # (addr, port, proto)
+    add_backends: dict = field(default_factory=dict)       # (addr, port, proto) -> roles
+    remove_backends: list = field(default_factory=list)
+    add_prefixes: dict = field(default_factory=dict)       # "cidr" -> roles (0: excluded)
+    remove_prefixes: list = field(default_factory=list)
+    set_node_addrs: dict = field(default_factory=dict)     # addr -> (snat_min, snat_max, roles)
+    remove_node_addrs: list = field(default_factory=list)
+
+    def empty(self):
+        return not any((self.add_frontends, self.remove_frontends, self.add_backends,
+                        self.remove_backends, self.add_prefixes, self.remove_prefixes,
+                        self.set_node_addrs, self.remove_node_addrs))
+
+
+@dataclass(frozen=True)
+class SteeringContents:
+    """The complete contents of the steering maps (for a first load or a resync)."""
+    frontends: dict
+    backends: dict
+    prefixes: dict
+    node_addrs: dict
+
+
+def apply_steering_changes(program, changes):
+    """Apply SteeringChanges to a dataplane.xsk.SteeringProgram: removals first, then additions.
+    (The only function here that acts on something outside: the program passed in.)"""
+    for key in changes.remove_frontends:
+        program.remove_frontend(*key)
+    for key in changes.remove_backends:
+        program.remove_backend(*key)
+    for cidr in changes.remove_prefixes:
+        program.remove_prefix(cidr)
+    for addr in changes.remove_node_addrs:
+        program.remove_node_address(addr)
+    for key, roles in changes.add_frontends.items():
+        program.add_frontend(*key, roles)
+    for key, roles in changes.add_backends.items():
+        program.add_backend(*key, roles)
+    for cidr, roles in changes.add_prefixes.items():
+        program.add_prefix(cidr, roles)
+    for addr, (lo, hi, roles) in changes.set_node_addrs.items():
+        program.set_node_address(addr, lo, hi, roles)
+
+
+def steering_changes_between(old, new):
+    """SteeringChanges turning SteeringContents `old` into `new` (e.g. after an agent restart,
+    from what the maps hold to what they should hold)."""
+    changes = SteeringChanges()
+    for name, add, remove in (("frontends", changes.add_frontends, changes.remove_frontends),
+                              ("backends", changes.add_backends, changes.remove_backends),
+                              ("prefixes", changes.add_prefixes, changes.remove_prefixes),
+                              ("node_addrs", changes.set_node_addrs, changes.remove_node_addrs)):
+        before, after = getattr(old, name), getattr(new, name)
+        remove.extend(sorted(k for k in before if k not in after))
+        add.update({k: v for k, v in after.items() if before.get(k) != v})
+    return changes
+
+
+@dataclass
+class Translation:
+    """One generation's table contents plus what changed in the steering maps."""
+    generation: int
+    tables: ServiceTables
+    steering: SteeringChanges
+    service_names: dict           # service id -> "namespace/name:port/protocol"
+    stats: dict                   # counts: services, service_ports, backends, rebuilt, ...
+
+
+# --- stable ids --------------------------------------------------------------------------
+
+class StableIdAllocator:
+    """Ids for keys that stay the same while the key is in use. A released id is reused only
+    after every generation up to the one that released it has retired (reclaim), oldest first,
+    so a conntrack entry holding an old id sees it dead for as long as possible."""
+
+    def __init__(self, first_id=1):
+        self.first_id = first_id
+        self.ids = {}                       # key -> id
+        self.next_id = first_id             # high-water mark
+        self._pending = deque()             # (released in generation, id)
+        self._free = deque()                # reusable ids, oldest release first
+
+    def acquire(self, key):
+        """The id of key, allocating one if key is new. Returns (id, is_new)."""
+        existing = self.ids.get(key)
+        if existing is not None:
+            return existing, False
+        if self._free:
+            new_id = self._free.popleft()
+        else:
+            new_id = self.next_id
+            self.next_id += 1
+        self.ids[key] = new_id
+        return new_id, True
+
+    def release(self, key, generation):
+        """key is no longer used from `generation` on."""
+        released = self.ids.pop(key)
+        self._pending.append((generation, released))
+        return released
+
+    def reclaim(self, oldest_in_use):
+        """Make ids released in generations <= oldest_in_use reusable."""
+        while self._pending and self._pending[0][0] <= oldest_in_use:
+            self._free.append(self._pending.popleft()[1])
+
+    def __len__(self):
+        return len(self.ids)
+
+
+# --- the Maglev ring arena -----------------------------------------------------------------
+
+class RingArena:
+    """One uint32 array holding every Service's rings, shared by generations. A ring is written
+    once into free space and never changed; a released ring's space is reused only once every
+    generation that may read it has retired. Growing copies into a new, larger array: older
+    generations keep the old one."""
+
+    def __init__(self, capacity=1 << 16):
+        self.array = np.zeros(capacity, dtype=np.uint32)
+        self._free = [(0, capacity)]        # sorted, merged (offset, size) extents
+        self._pending = []                  # (released in generation, offset, size)
+        self.used = 0
+
+    def allocate(self, ring):
+        """Copy `ring` (uint32 backend ids) into free space; returns its offset."""
+        size = int(ring.size)
+        if size == 0:
+            return 0
+        for i, (offset, extent) in enumerate(self._free):
+            if extent >= size:
+                break
+        else:
+            self._grow(size)
+            i, (offset, extent) = len(self._free) - 1, self._free[-1]
+        if extent == size:
+            del self._free[i]
+        else:
+            self._free[i] = (offset + size, extent - size)
+        self.array[offset:offset + size] = ring
+        self.used += size
+        return offset
+
+    def release(self, offset, size, generation):
+        if size:
+            self._pending.append((generation, offset, size))
+
+    def reclaim(self, oldest_in_use):
+        """Free the rings released in generations <= oldest_in_use."""
+        keep, freed = [], []
+        for entry in self._pending:
+            (freed if entry[0] <= oldest_in_use else keep).append(entry)
+        if not freed:
+            return
+        self._pending = keep
+        extents = sorted(self._free + [(offset, size) for _, offset, size in freed])
+        merged = []
+        for offset, size in extents:
+            if merged and merged[-1][0] + merged[-1][1] == offset:
+                merged[-1] = (merged[-1][0], merged[-1][1] + size)
+            else:
+                merged.append((offset, size))
+        self._free = merged
+        self.used -= sum(size for _, _, size in freed)
+
+    def _grow(self, needed):
+        old = self.array.size
+        new_size = max(2 * old, old + needed)
+        array = np.zeros(new_size, dtype=np.uint32)
+        array[:old] = self.array
+        self.array = array
+        if self._free and self._free[-1][0] + self._free[-1][1] == old:
+            offset, size = self._free.pop()
+            self._free.append((offset, size + new_size - old))
+        else:
+            self._free.append((old, new_size - old))
+
+
+# --- per Service port plans -----------------------------------------------------------------
+
+@dataclass
+class _PortPlan:
+    """Everything one Service port contributes to a generation."""
+    key: tuple                    # (namespace, name, port name, protocol)
+    service_id: int
+    flags: int
+    affinity_timeout_s: int
+    frontends: tuple              # (addr, port, proto, kind, roles), host-order addr
+    backends: dict                # (addr, port, proto) -> (node_addr, flags), all referenced
+    cluster_keys: tuple           # backend keys of the cluster ring, sorted
+    local_keys: tuple             # backend keys of the local ring, sorted
+    source_ranges: tuple          # (net, mask)
+    ring: tuple = (0, 0)          # (offset, size) in the arena
+    local_ring: tuple = (0, 0)
+
+
+@dataclass
+class _ServiceEntry:
+    service: object
+    slices: tuple
+    plans: dict                   # port key -> _PortPlan
+
+
+def _ip4(text):
+    """Host-order int of an IPv4 address string, or None for anything else."""
+    try:
+        return int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+    except (OSError, TypeError):
+        return None
+
+
+def _ip4_str(value):
+    return socket.inet_ntop(socket.AF_INET, int(value).to_bytes(4, "big"))
+
+
+def _first_ip4(addresses):
+    for a in addresses:
+        v = _ip4(a)
+        if v is not None:
+            return v
+    return None
+
+
+def skip_reason(service, options):
+    """Why translate leaves a Service to the kernel/another proxy, or None (it is proxied).
+
+    As kube-proxy: a service-proxy-name label means another proxy owns it; ExternalName and
+    headless Services have no VIP. As Antrea's skipServices: "namespace/name" or a ClusterIP.
+    """
+    if service.service_proxy_name:
+        return "service-proxy-name"
+    if service.type == "ExternalName":
+        return "ExternalName"
+    if not service.cluster_ips:
+        return "headless"
+    skip = options.skip_services
+    if skip and (f"{service.namespace}/{service.name}" in skip
+                 or any(ip in skip for ip in service.cluster_ips)):
+        return "skipServices"
+    return None
+
+
+def _slice_port(slice_, service_port):
+    """The EndpointSlice port serving a Service port (matched by name and protocol, as
+    kube-proxy does), or None."""
+    for p in slice_.ports:
+        if p.name == service_port.name and p.protocol == service_port.protocol:
+            return p
+    return None
+
+
+def _categorize(endpoints, node_name, zone):
+    """kube-proxy's CategorizeEndpoints for one port: (cluster, local) lists of endpoints.
+
+    Cluster: ready endpoints (filtered by topology hints when every ready endpoint has hints
+    and at least one is hinted for this node's zone); when none is ready, the serving and
+    terminating ones. Local: this node's ready endpoints, else its serving+terminating ones.
+    """
+    ready = [e for e in endpoints if e[1].ready]
+    fallback = [e for e in endpoints if e[1].serving and e[1].terminating]
+    if ready:
+        cluster = ready
+        if zone and all(e[1].hint_zones for e in ready):
+            hinted = [e for e in ready if zone in e[1].hint_zones]
+            if hinted:
+                cluster = hinted
+    else:
+        cluster = fallback
+    local_ready = [e for e in ready if e[1].node_name == node_name]
+    local = local_ready or [e for e in fallback if e[1].node_name == node_name]
+    return cluster, local
+
+
+def _source_ranges_v4(cidrs):
+    out = []
+    for c in cidrs:
+        try:
+            net = ipaddress.ip_network(c, strict=False)
+        except ValueError:
+            continue
+        if net.version == 4:
+            out.append((int(net.network_address), int(net.netmask)))
+    return tuple(sorted(set(out)))
+
+
+def _plan_service(service, slices, ctx):
+    """The port plans of one proxied Service (no ids, no rings yet): port key -> _PortPlan."""
+    opts = ctx.options
+    mode = service.load_balancer_mode or opts.default_load_balancer_mode
+    base_flags = 0
+    if mode == "dsr":
+        base_flags |= lib.XSKP_SVC_DSR
+    affinity = 0
+    if service.session_affinity == "ClientIP":
+        base_flags |= lib.XSKP_SVC_AFFINITY_CLIENTIP
+        affinity = service.affinity_timeout_seconds or AFFINITY_TIMEOUT_DEFAULT
+        affinity = min(max(affinity, 1), AFFINITY_TIMEOUT_MAX)
+    if service.external_traffic_policy == "Local":
+        base_flags |= lib.XSKP_SVC_ETP_LOCAL
+    if service.internal_traffic_policy == "Local":
+        base_flags |= lib.XSKP_SVC_ITP_LOCAL
+    ranges = ()
+    if service.load_balancer_source_ranges:
+        base_flags |= lib.XSKP_SVC_SOURCE_RANGES
+        ranges = _source_ranges_v4(service.load_balancer_source_ranges)
+
+    external_roles = ROLES_BOTH if opts.proxy_all else ROLE_GATEWAY
+    node_addr_of = dict(ctx.node_addr_of)
+    ipv4_slices = [s for s in slices if s.address_type == "IPv4"]
+    plans = {}
+    for sp in service.ports:
+        proto = PROTOCOL_NUMBERS.get(sp.protocol)
+        if proto is None:
+            continue
+        frontends = []
+        for ip in service.cluster_ips:
+            addr = _ip4(ip)
+            if addr is not None:
+                frontends.append((addr, sp.port, proto, lib.XSKP_FE_CLUSTER_IP, ROLE_GATEWAY))
+        if opts.proxy_all and sp.node_port and service.type in ("NodePort", "LoadBalancer"):
+            for addr in ctx.node_port_addrs:
+                frontends.append((addr, sp.node_port, proto, lib.XSKP_FE_NODE_PORT, ROLES_BOTH))
+        for ip in service.external_ips:
+            addr = _ip4(ip)
+            if addr is not None:
+                frontends.append((addr, sp.port, proto, lib.XSKP_FE_EXTERNAL_IP, external_roles))
+        if opts.proxy_load_balancer_ips and service.type == "LoadBalancer":
+            for ip in service.load_balancer_ips:
+                addr = _ip4(ip)
+                if addr is not None:
+                    frontends.append((addr, sp.port, proto, lib.XSKP_FE_LOAD_BALANCER,
+                                      external_roles))
+        # Endpoints of this port, deduplicated by (address, port) across slices.
+        seen = {}
+        for s in ipv4_slices:
+            port = _slice_port(s, sp)
+            if port is None or not port.port:
+                continue
+            for ep in s.endpoints:
+                addr = _ip4(ep.addresses[0]) if ep.addresses else None
+                if addr is None:
+                    continue
+                seen.setdefault((addr, port.port, proto), ep)
+        endpoints = sorted(seen.items(), key=lambda kv: kv[0])
+        cluster, local = _categorize(endpoints, ctx.node_name, ctx.zone)
+        backends = {}
+        for key, ep in cluster + local:
+            flags = lib.XSKP_BE_ALIVE
+            if ep.node_name == ctx.node_name:
+                flags |= lib.XSKP_BE_LOCAL
+            if ep.terminating:
+                flags |= lib.XSKP_BE_TERMINATING
+            backends[key] = (node_addr_of.get(ep.node_name, 0), flags)
+        needs_local = bool(base_flags & (lib.XSKP_SVC_ETP_LOCAL | lib.XSKP_SVC_ITP_LOCAL))
+        key = (service.namespace, service.name, sp.name, sp.protocol)
+        plans[key] = _PortPlan(
+            key=key, service_id=0, flags=base_flags, affinity_timeout_s=affinity,
+            frontends=tuple(frontends), backends=backends,
+            cluster_keys=tuple(k for k, _ in cluster),
+            local_keys=tuple(k for k, _ in local) if needs_local else (),
+            source_ranges=ranges)
+    return plans
+
+
+@njit(cache=True, nogil=True)
+def _fill_frontends(table, addrs, ports, protos, kinds, service_ids):
+    """Insert every frontend row into the empty hash table; returns how many did not fit."""
+    failed = 0
+    for i in range(addrs.shape[0]):
+        if insert_frontend(table, addrs[i], ports[i], protos[i], kinds[i], service_ids[i]) < 0:
+            failed += 1
+    return failed
+
+
+class Translator:
+    """model + node network -> Translation, keeping what did not change between calls.
+
+    translate() is not thread-safe: call it from the control thread only. `oldest_in_use` is
+    the oldest generation a worker may still read (dataplane.store.GenerationStore's
+    oldest_in_use()); ids and ring space released after it are not reused before it retires.
+    """
+
+    def __init__(self, options):
+        self.options = options
+        self.generation = 0
+        self.fib_generation = 0
+        self.backend_ids = StableIdAllocator(first_id=1)
+        self.service_ids = StableIdAllocator(first_id=1)
+        self.arena = RingArena()
+        self._entries = {}                       # service key -> _ServiceEntry
+        self._ctx = None
+        self._backend_refs = {}                  # backend key -> reference count
+        self._backend_rows = np.zeros(1024, BACKEND_DTYPE)
+        self._service_rows = np.zeros(1024, SERVICE_DTYPE)
+        self._service_names = {}
+        self._frontend_owners = {}               # (addr, port, proto) -> {port key: (kind, sid, roles)}
+        self._steer_frontends = {}
+        self._steer_backends = {}                # what the maps should hold
+        self._reported_backends = {}             # what earlier translations reported
+        self._dirty_backend_keys = set()
+        self._ranged_plans = {}                  # port key -> plan with source ranges
+        self._dsr_plans = set()
+        self._frontend_extra = {}
+        self._steering_frontends_dirty = False
+        self._steer_prefixes = {}
+        self._steer_node_addrs = {}
+        self._previous_tables = None
+        self._backends_dirty = True
+        self._frontends_dirty = True
+        self._network_key = object()
+        self._fib_parts = None
+
+    # -- public ------------------------------------------------------------------------------
+
+    def translate(self, state, network=None, oldest_in_use=None):
+        """Translation of `state` (ClusterState) on a node whose network is `network`
+        (control.netlink.NodeNetwork or None: addresses from the Node object, no FIB)."""
+        generation = self.generation + 1
+        if oldest_in_use is None:
+            oldest_in_use = self.generation       # only the last published one is read
+        self.arena.reclaim(oldest_in_use)
+        self.backend_ids.reclaim(oldest_in_use)
+        self.service_ids.reclaim(oldest_in_use)
+        changes = SteeringChanges()
+
+        ctx = self._context(state, network)
+        if ctx != self._ctx:
+            self._ctx = ctx
+            for entry in self._entries.values():
+                entry.service = None              # re-plan every Service, keep equal rings
+
+        slices_by_service = {}
+        for s in state.endpoint_slices.values():
+            slices_by_service.setdefault(s.service_key, []).append(s)
+
+        rebuilt = skipped = 0
+        wanted = set()
+        for key, service in state.services.items():
+            if skip_reason(service, self.options):
+                skipped += 1
+                continue
+            wanted.add(key)
+            slices = tuple(sorted(slices_by_service.get(key, ()), key=lambda s: s.name))
+            entry = self._entries.get(key)
+            if entry is not None and entry.service == service and entry.slices == slices:
+                continue
+            try:
+                plans = _plan_service(service, slices, ctx)
+            except Exception:                     # a model the converter let through; keep going
+                log.exception("event=translate_service_failed service=%s/%s", *key)
+                continue
+            self._replace_service(key, _ServiceEntry(service, slices, plans), generation)
+            rebuilt += 1
+        for key in [k for k in self._entries if k not in wanted]:
+            self._replace_service(key, None, generation)
+
+        self._network_parts(state, network, ctx, changes)
+        frontends_dirty = (self._frontends_dirty or self._steering_frontends_dirty
+                           or self._previous_tables is None)
+        self._steering_frontends_dirty = False
+        tables = self._assemble(generation, changes)
+        self._flush_steering(changes, frontends_dirty)
+        self.generation = generation
+        stats = {"services": len(self._entries), "skipped_services": skipped,
+                 "service_ports": len(self.service_ids), "backends": len(self.backend_ids),
+                 "rebuilt_services": rebuilt, "frontends": len(self._frontend_owners),
+                 "ring_slots": self.arena.used, "ring_arena_slots": int(self.arena.array.size)}
+        return Translation(generation, tables, changes, dict(self._service_names), stats)
+
+    def steering_contents(self):
+        """What the steering maps should hold now (copies)."""
+        return SteeringContents(dict(self._steer_frontends), dict(self._steer_backends),
+                                dict(self._steer_prefixes), dict(self._steer_node_addrs))
+
+    # -- Services ----------------------------------------------------------------------------
+
+    def _context(self, state, network):
+        opts = self.options
+        node = state.nodes.get(opts.node_name)
+        addresses = []
+        if network is not None:
+            addresses = [a.address for a in network.addresses]
+        if not addresses and node is not None:
+            addresses = list(node.internal_ips())
+        nets = [ipaddress.ip_network(c, strict=False) for c in opts.node_port_addresses]
+        node_port_addrs = []
+        for a in addresses:
+            v = _ip4(a)
+            if v is None:
+                continue
+            if nets and not any(ipaddress.ip_address(a) in n for n in nets):
+                continue
+            node_port_addrs.append(v)
+        node_addr_of = []
+        for name, n in state.nodes.items():
+            v = _first_ip4(n.internal_ips())
+            if v is not None:
+                node_addr_of.append((name, v))
+        return _NodeContext(options=opts, node_name=opts.node_name,
+                            zone=node.zone if node is not None else None,
+                            node_port_addrs=tuple(sorted(set(node_port_addrs))),
+                            node_addr_of=tuple(sorted(node_addr_of)))
+
+    def _replace_service(self, key, entry, generation):
+        """Swap a Service's plans: acquire ids and rings of the new ones, release the old ones."""
+        old = self._entries.pop(key, None)
+        old_plans = old.plans if old is not None else {}
+        new_plans = entry.plans if entry is not None else {}
+        for port_key, plan in new_plans.items():
+            self._add_plan(plan, old_plans.get(port_key))
+        for port_key, plan in old_plans.items():
+            self._remove_plan(plan, new_plans.get(port_key), generation)
+        if entry is not None:
+            self._entries[key] = entry
+
+    def _add_plan(self, plan, previous):
+        sid, _ = self.service_ids.acquire(plan.key)
+        plan.service_id = sid
+        for bkey, (node_addr, flags) in plan.backends.items():
+            self._acquire_backend(bkey, node_addr, flags)
+        plan.ring = self._ring_for(plan.cluster_keys, previous.cluster_keys if previous else None,
+                                   previous.ring if previous else None)
+        plan.local_ring = self._ring_for(plan.local_keys, previous.local_keys if previous else None,
+                                         previous.local_ring if previous else None)
+        self._grow_rows("_service_rows", sid)
+        row = self._service_rows[sid]
+        row["flags"], row["affinity_timeout_s"] = plan.flags, plan.affinity_timeout_s
+        row["ring_offset"], row["ring_size"] = plan.ring
+        row["local_ring_offset"], row["local_ring_size"] = plan.local_ring
+        self._service_names[sid] = "{}/{}:{}/{}".format(*plan.key)
+        self._ranged_plans.pop(plan.key, None)
+        if plan.flags & lib.XSKP_SVC_SOURCE_RANGES:
+            self._ranged_plans[plan.key] = plan
+        self._dsr_plans.discard(plan.key)
+        if plan.flags & lib.XSKP_SVC_DSR:
+            self._dsr_plans.add(plan.key)
+        old_frontends = set(previous.frontends) if previous else set()
+        if set(plan.frontends) != old_frontends or (previous and previous.service_id != sid):
+            if previous:
+                self._drop_frontends(previous)
+            for addr, port, proto, kind, roles in plan.frontends:
+                self._frontend_owners.setdefault((addr, port, proto), {})[plan.key] = (kind, sid, roles)
+            self._frontends_dirty = True
+
+    def _remove_plan(self, plan, replacement, generation):
+        if replacement is None:
+            self._drop_frontends(plan)
+            self._frontends_dirty = True
+            self.service_ids.release(plan.key, generation)
+            self._service_rows[plan.service_id] = np.zeros((), SERVICE_DTYPE)
+            self._service_names.pop(plan.service_id, None)
+            self._ranged_plans.pop(plan.key, None)
+            self._dsr_plans.discard(plan.key)
+        if replacement is None or replacement.ring != plan.ring:
+            self.arena.release(*plan.ring, generation)
+        if replacement is None or replacement.local_ring != plan.local_ring:
+            self.arena.release(*plan.local_ring, generation)
+        for bkey in plan.backends:
+            self._release_backend(bkey, generation)
+
+    def _drop_frontends(self, plan):
+        for addr, port, proto, _, _ in plan.frontends:
+            owners = self._frontend_owners.get((addr, port, proto))
+            if owners is not None:
+                owners.pop(plan.key, None)
+                if not owners:
+                    del self._frontend_owners[(addr, port, proto)]
+
+    def _ring_for(self, keys, previous_keys, previous_ring):
+        """(offset, size) of the ring over backend `keys`: the previous one if they are the
+        same backends (ids are stable, so the same ids), else a new one in the arena."""
+        if previous_ring is not None and previous_keys == keys:
+            return previous_ring
+        if not keys:
+            return (0, 0)
+        ids = np.array([self.backend_ids.ids[k] for k in keys], dtype=np.uint32)
+        arr = np.array([(k[0], k[1]) for k in keys], dtype=np.uint64)
+        hash_keys = backend_hash_keys_v4(arr[:, 0], arr[:, 1])
+        size = maglev_ring_size(len(keys), previous=previous_ring[1] if previous_ring else 0)
+        ring = ids[build_maglev_ring(hash_keys, ring_size=size)]
+        return (self.arena.allocate(ring), int(ring.size))
+
+    # -- backends ----------------------------------------------------------------------------
+
+    def _acquire_backend(self, key, node_addr, flags):
+        bid, new = self.backend_ids.acquire(key)
+        self._backend_refs[key] = self._backend_refs.get(key, 0) + 1
+        self._grow_rows("_backend_rows", bid)
+        row = self._backend_rows[bid]
+        if new or row["flags"] != flags or row["node_addr"] != node_addr:
+            row["addr"], row["port"], row["flags"], row["node_addr"] = key[0], key[1], flags, node_addr
+            self._backends_dirty = True
+        roles = ROLE_GATEWAY if flags & lib.XSKP_BE_LOCAL else ROLE_TRANSPORT
+        steer_key = (_ip4_str(key[0]), key[1], key[2])
+        if self._steer_backends.get(steer_key) != roles:
+            self._steer_backends[steer_key] = roles
+            self._dirty_backend_keys.add(steer_key)
+
+    def _release_backend(self, key, generation):
+        count = self._backend_refs[key] - 1
+        if count:
+            self._backend_refs[key] = count
+            return
+        del self._backend_refs[key]
+        bid = self.backend_ids.release(key, generation)
+        self._backend_rows[bid]["flags"] = 0      # not ALIVE; address kept for stale checks
+        self._backends_dirty = True
+        steer_key = (_ip4_str(key[0]), key[1], key[2])
+        self._steer_backends.pop(steer_key, None)
+        self._dirty_backend_keys.add(steer_key)
+
+    def _grow_rows(self, name, index):
+        rows = getattr(self, name)
+        if index >= rows.size:
+            grown = np.zeros(next_pow2(index + 1), rows.dtype)
+            grown[:rows.size] = rows
+            setattr(self, name, grown)
+
+    # -- node network ------------------------------------------------------------------------
+
+    def _network_parts(self, state, network, ctx, changes):
+        """Routes, neighbours, node constants and the prefix/node-address steering."""
+        opts = self.options
+        links = {l.name: l for l in network.links} if network is not None else {}
+        transport, gateway = links.get(opts.transport_interface), links.get(opts.gateway_interface)
+        iface_of = {}
+        if transport is not None:
+            iface_of[transport.index] = lib.XSKP_IFACE_TRANSPORT
+        if gateway is not None:
+            iface_of[gateway.index] = lib.XSKP_IFACE_GATEWAY
+        transport_addr = None
+        if network is not None and transport is not None:
+            transport_addr = _first_ip4(a.address for a in network.addresses
+                                        if a.ifindex == transport.index)
+        if transport_addr is None:
+            transport_addr = dict(ctx.node_addr_of).get(ctx.node_name, 0)
+        local = state.nodes.get(ctx.node_name)
+        local_cidrs = [ipaddress.ip_network(c, strict=False) for c in (local.pod_cidrs if local else ())]
+        local_cidrs = [c for c in local_cidrs if c.version == 4]
+        remote_cidrs = [ipaddress.ip_network(c, strict=False)
+                        for name, n in state.nodes.items() if name != ctx.node_name
+                        for c in n.pod_cidrs]
+        remote_cidrs = [c for c in remote_cidrs if c.version == 4]
+        pod_cidrs = local_cidrs + remote_cidrs
+
+        routes, neighbours, prefixes = [], [], {}
+        for e in (network.fib if network is not None else ()):
+            iface = iface_of.get(e.ifindex)
+            net = ipaddress.ip_network(e.prefix, strict=False)
+            if iface is None or net.version != 4:
+                continue
+            hop = (_ip4(e.next_hop) if e.next_hop else None) or int(net.network_address)
+            bypass = any(net.subnet_of(c) for c in pod_cidrs)
+            routes.append((int(net.network_address), net.prefixlen, hop or 0, iface,
+                           lib.XSKP_ROUTE_BYPASS if bypass else 0))
+            neighbours.append((hop, iface, bytes.fromhex(e.next_hop_mac.replace(":", ""))))
+            # Netfilter bypass steering: remote Pod CIDRs arriving from local Pods, resolved
+            # local Pods arriving from the transport. Only what the FIB can forward.
+            if not bypass:
+                continue
+            if iface == lib.XSKP_IFACE_TRANSPORT and any(net.subnet_of(c) for c in remote_cidrs):
+                prefixes[str(net)] = ROLE_GATEWAY
+            elif iface == lib.XSKP_IFACE_GATEWAY and any(net.subnet_of(c) for c in local_cidrs):
+                prefixes[str(net)] = ROLE_TRANSPORT
+        if network is not None:
+            for a in network.addresses:               # never steer the node's own addresses
+                v = _ip4(a.address)
+                if v is not None and any(ipaddress.ip_address(a.address) in c for c in pod_cidrs):
+                    prefixes[f"{a.address}/32"] = 0
+
+        macs = [bytes(6), bytes(6)]
+        if transport is not None and transport.mac:
+            macs[lib.XSKP_IFACE_TRANSPORT] = bytes.fromhex(transport.mac.replace(":", ""))
+        if gateway is not None and gateway.mac:
+            macs[lib.XSKP_IFACE_GATEWAY] = bytes.fromhex(gateway.mac.replace(":", ""))
+        fib_parts = (tuple(routes), tuple(neighbours), tuple(macs), transport_addr)
+        if fib_parts != self._fib_parts:
+            self._fib_parts = fib_parts
+            self.fib_generation += 1
+        self._transport_addr = transport_addr
+
+        lo, hi = opts.snat_port_range
+        node_addrs = {}
+        if transport_addr:
+            node_addrs[_ip4_str(transport_addr)] = (lo, hi, ROLES_BOTH)
+        extra = {}
+        if transport_addr and self._dsr_plans:
+            # DSR: other nodes send IPIP to this node for its local backends.
+            extra[(_ip4_str(transport_addr), 0, IPPROTO_IPIP)] = ROLE_TRANSPORT
+        if extra != self._frontend_extra:
+            self._frontend_extra = extra
+            self._steering_frontends_dirty = True
+        self._diff_into(self._steer_prefixes, prefixes, changes.add_prefixes, changes.remove_prefixes)
+        self._diff_into(self._steer_node_addrs, node_addrs, changes.set_node_addrs,
+                        changes.remove_node_addrs)
+
+    @staticmethod
+    def _diff_into(current, wanted, add, remove):
+        for k in sorted(k for k in current if k not in wanted):
+            remove.append(k)
+            del current[k]
+        for k, v in wanted.items():
+            if current.get(k) != v:
+                add[k] = v
+                current[k] = v
+
+    # -- assembly ----------------------------------------------------------------------------
+
+    def _assemble(self, generation, changes):
+        prev = self._previous_tables
+        if self._frontends_dirty or prev is None:
+            rows = sorted(self._frontend_owners.items())
+            n = len(rows)
+            addrs = np.empty(n, np.uint32)
+            ports = np.empty(n, np.uint16)
+            protos = np.empty(n, np.uint8)
+            kinds = np.empty(n, np.uint8)
+            sids = np.empty(n, np.uint32)
+            for i, ((addr, port, proto), owners) in enumerate(rows):
+                kind, sid, _ = owners[min(owners)]    # a clash (same IP:port twice): one wins
+                addrs[i], ports[i], protos[i], kinds[i], sids[i] = addr, port, proto, kind, sid
+            frontends = np.zeros(next_pow2(2 * max(n, 4)), FRONTEND_DTYPE)
+            _fill_frontends(frontends, addrs, ports, protos, kinds, sids)
+        else:
+            frontends = prev.frontends
+        if self._backends_dirty or prev is None:
+            backends = self._backend_rows[:max(self.backend_ids.next_id, 1)].copy()
+        else:
+            backends = prev.backends
+        services = self._service_rows[:max(self.service_ids.next_id, 1)].copy()
+        ranges = []
+        for _, plan in sorted(self._ranged_plans.items()):
+            row = services[plan.service_id]
+            row["source_ranges_offset"], row["source_ranges_count"] = len(ranges), len(plan.source_ranges)
+            ranges.extend(plan.source_ranges)
+        source_ranges = np.zeros(max(len(ranges), 1), SOURCE_RANGE_DTYPE)
+        for i, (net, mask) in enumerate(ranges):
+            source_ranges[i]["net"], source_ranges[i]["mask"] = net, mask
+
+        routes_spec, neighbour_spec, macs, transport_addr = self._fib_parts
+        if prev is not None and prev.node[0]["fib_generation"] == self.fib_generation:
+            routes, neighbours = prev.routes, prev.neighbours
+            route_count = int(prev.node[0]["route_count"])
+        else:
+            routes = np.zeros(max(len(routes_spec), 1), ROUTE_DTYPE)
+            neighbours = np.zeros(next_pow2(2 * max(len(neighbour_spec), 4)), NEIGHBOUR_DTYPE)
+            holder = ServiceTables(None, None, None, None, None, routes, neighbours,
+                                   np.zeros(1, NODE_DTYPE))
+            set_routes(holder, list(routes_spec))
+            route_count = int(holder.node[0]["route_count"])
+            for addr, iface, mac in neighbour_spec:
+                insert_neighbour(neighbours, addr, iface, np.frombuffer(mac, np.uint8))
+        node = np.zeros(1, NODE_DTYPE)
+        node[0]["node_addr"] = transport_addr or 0
+        node[0]["snat_port_min"], node[0]["snat_port_max"] = self.options.snat_port_range
+        node[0]["iface_mac"] = np.frombuffer(b"".join(macs), np.uint8).reshape(2, 6)
+        node[0]["generation"] = generation
+        node[0]["fib_generation"] = self.fib_generation
+        node[0]["route_count"] = route_count
+        tables = ServiceTables(frontends=frontends, services=services, backends=backends,
+                               maglev=self.arena.array, source_ranges=source_ranges,
+                               routes=routes, neighbours=neighbours, node=node)
+        self._previous_tables = tables
+        self._frontends_dirty = self._backends_dirty = False
+        return tables
+
+    def _flush_steering(self, changes, frontends_dirty):
+        if frontends_dirty:
+            wanted = {}
+            for (addr, port, proto), owners in self._frontend_owners.items():
+                roles = 0
+                for _, _, r in owners.values():
+                    roles |= r
+                wanted[(_ip4_str(addr), port, proto)] = roles
+            wanted.update(self._frontend_extra)
+            self._diff_into(self._steer_frontends, wanted, changes.add_frontends,
+                            changes.remove_frontends)
+        # Backends changed in place as they were acquired and released: report only those.
+        for k in sorted(self._dirty_backend_keys):
+            roles = self._steer_backends.get(k)
+            if roles is None:
+                if self._reported_backends.pop(k, None) is not None:
+                    changes.remove_backends.append(k)
+            elif self._reported_backends.get(k) != roles:
+                self._reported_backends[k] = roles
+                changes.add_backends[k] = roles
+        self._dirty_backend_keys.clear()
