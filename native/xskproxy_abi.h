@@ -345,6 +345,7 @@ enum xskp_ct_state {
 #define XSKP_CT_DSR_ENCAP 8             /* forward direction is IPIP-encapsulated to encap_dst */
 #define XSKP_CT_DSR_LOCAL 16            /* flow arrived IPIP-encapsulated (DSR backend node) */
 #define XSKP_CT_TOMBSTONE 32            /* deleted slot, keeps probe chains intact */
+#define XSKP_CT_FIN_SEEN 64             /* this direction has sent a TCP FIN */
 
 /* One direction of a tracked flow in an open-addressing table (linear probing within
  * XSKP_CT_MAX_PROBE slots, power-of-two capacity), keyed by the 5-tuple as the frame arrives.

@@ -1,0 +1,250 @@
+"""Conntrack and ClientIP affinity tables for the pipeline: njit lookup, insert (with expiry and
+eviction), delete, timeouts. Mutates only the FlowTables arrays it is given; never raises.
+
+Layout (struct xskp_ct_entry, dataplane/tables.py): open addressing, power-of-two capacity,
+linear probing inside a window of XSKP_CT_MAX_PROBE slots from the key's hash. A lookup stops
+at an empty slot (flags == 0) or at the end of the window; deleted slots become tombstones
+(or empty when the next slot is empty) so probe chains stay intact. A flow is two entries,
+original and reply, keyed by the 5-tuple each direction arrives with and linked by `peer`
+(DSR ingress flows are one entry, peer XSKP_NO_PEER). The TCP/UDP state is mirrored in both
+entries; each entry has its own last_seen and a flow expires when both are older than the
+state's timeout. Inserting into a full window first reuses tombstones and expired flows, then
+evicts the oldest flow in the window that is not ESTABLISHED; if every one is, the insert
+fails (XSKP_DROP_CT_FULL).
+"""
+import numpy as np
+from numba import njit
+
+from dataplane import abi
+from dataplane.tables import hash_flow, hash_client
+
+CT_IN_USE = abi.lib.XSKP_CT_IN_USE
+CT_REPLY = abi.lib.XSKP_CT_REPLY
+CT_TOMBSTONE = abi.lib.XSKP_CT_TOMBSTONE
+CT_MAX_PROBE = abi.lib.XSKP_CT_MAX_PROBE
+NO_PEER = abi.lib.XSKP_NO_PEER
+
+ST_NEW = abi.lib.XSKP_CT_NEW
+ST_SYN_SENT = abi.lib.XSKP_CT_SYN_SENT
+ST_SYN_RECV = abi.lib.XSKP_CT_SYN_RECV
+ST_ESTABLISHED = abi.lib.XSKP_CT_ESTABLISHED
+ST_FIN_WAIT = abi.lib.XSKP_CT_FIN_WAIT
+ST_CLOSING = abi.lib.XSKP_CT_CLOSING
+
+NS_PER_S = 1000000000
+_TCP_SYN_NS = abi.lib.XSKP_CT_TIMEOUT_TCP_SYN_S * NS_PER_S
+_TCP_ESTABLISHED_NS = abi.lib.XSKP_CT_TIMEOUT_TCP_ESTABLISHED_S * NS_PER_S
+_TCP_FIN_WAIT_NS = abi.lib.XSKP_CT_TIMEOUT_TCP_FIN_WAIT_S * NS_PER_S
+_TCP_CLOSING_NS = abi.lib.XSKP_CT_TIMEOUT_TCP_CLOSING_S * NS_PER_S
+_UDP_NS = abi.lib.XSKP_CT_TIMEOUT_UDP_S * NS_PER_S
+_UDP_ESTABLISHED_NS = abi.lib.XSKP_CT_TIMEOUT_UDP_ESTABLISHED_S * NS_PER_S
+IPPROTO_TCP = 6
+
+
+@njit(cache=True, nogil=True, inline="always")
+def ct_timeout_ns(proto, state):
+    """Idle timeout of a flow in state (enum xskp_ct_state) for proto, in ns (uint64)."""
+    if proto == IPPROTO_TCP:
+        if state == ST_ESTABLISHED:
+            return np.uint64(_TCP_ESTABLISHED_NS)
+        if state == ST_FIN_WAIT:
+            return np.uint64(_TCP_FIN_WAIT_NS)
+        if state == ST_CLOSING:
+            return np.uint64(_TCP_CLOSING_NS)
+        return np.uint64(_TCP_SYN_NS)
+    if state == ST_ESTABLISHED:
+        return np.uint64(_UDP_ESTABLISHED_NS)
+    return np.uint64(_UDP_NS)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def idle_ns(now_ns, last_seen_ns):
+    """now - last_seen as uint64, 0 when last_seen lies in the future (adopted state)."""
+    now_ns = np.uint64(now_ns)
+    last_seen_ns = np.uint64(last_seen_ns)
+    if last_seen_ns >= now_ns:
+        return np.uint64(0)
+    return now_ns - last_seen_ns
+
+
+@njit(cache=True, nogil=True, inline="always")
+def ct_slot_of(ct, src_addr, dst_addr, src_port, dst_port, proto):
+    return hash_flow(src_addr, dst_addr, src_port, dst_port, proto) & np.uint64(ct.shape[0] - 1)
+
+
+@njit(cache=True, nogil=True)
+def ct_lookup(ct, src_addr, dst_addr, src_port, dst_port, proto):
+    """Index of the in-use entry keyed by this 5-tuple, or -1 (expiry is the caller's business)."""
+    mask = np.uint64(ct.shape[0] - 1)
+    slot = ct_slot_of(ct, src_addr, dst_addr, src_port, dst_port, proto)
+    for _ in range(CT_MAX_PROBE):
+        e = ct[slot]
+        if e.flags == 0:
+            return np.int64(-1)
+        if ((e.flags & CT_IN_USE) != 0 and e.src_addr == src_addr and e.dst_addr == dst_addr
+                and e.src_port == src_port and e.dst_port == dst_port and e.proto == proto):
+            return np.int64(slot)
+        slot = (slot + np.uint64(1)) & mask
+    return np.int64(-1)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _ct_clear_slot(ct, idx):
+    mask = ct.shape[0] - 1
+    if ct[(idx + 1) & mask].flags == 0:
+        ct[idx].flags = 0
+    else:
+        ct[idx].flags = CT_TOMBSTONE
+
+
+@njit(cache=True, nogil=True)
+def ct_delete_flow(ct, idx):
+    """Remove the entry at idx and its peer (both become tombstones or empty slots)."""
+    if idx < 0 or idx >= ct.shape[0]:
+        return
+    e = ct[idx]
+    if (e.flags & CT_IN_USE) == 0:
+        return
+    peer = np.int64(e.peer)
+    _ct_clear_slot(ct, idx)
+    if peer != NO_PEER and peer < ct.shape[0] and peer != idx:
+        p = ct[peer]
+        if (p.flags & CT_IN_USE) != 0 and np.int64(p.peer) == idx:
+            _ct_clear_slot(ct, peer)
+
+
+@njit(cache=True, nogil=True)
+def ct_flow_expired(ct, idx, now_ns):
+    """True when the flow of entry idx has been idle (both directions) past its state's timeout."""
+    e = ct[idx]
+    timeout = ct_timeout_ns(e.proto, e.state)
+    if idle_ns(now_ns, e.last_seen_ns) <= timeout:
+        return False
+    peer = np.int64(e.peer)
+    if peer != NO_PEER and peer < ct.shape[0]:
+        p = ct[peer]
+        if (p.flags & CT_IN_USE) != 0 and idle_ns(now_ns, p.last_seen_ns) <= timeout:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def ct_find_free_slot(ct, src_addr, dst_addr, src_port, dst_port, proto, now_ns, exclude,
+                      counters, cnt_expired, cnt_evicted):
+    """A slot for a new entry with this key: the first empty or tombstoned slot of the window,
+    else one freed by removing an expired flow (counted under cnt_expired), else one freed by
+    evicting the oldest non-ESTABLISHED flow (cnt_evicted). -1 when nothing can go. Never
+    returns or evicts `exclude` (the other half of a pair being inserted)."""
+    mask = np.uint64(ct.shape[0] - 1)
+    start = ct_slot_of(ct, src_addr, dst_addr, src_port, dst_port, proto)
+    slot = start
+    victim = np.int64(-1)
+    victim_seen = np.uint64(0xffffffffffffffff)
+    for _ in range(CT_MAX_PROBE):
+        idx = np.int64(slot)
+        e = ct[idx]
+        if (e.flags & CT_IN_USE) == 0:
+            if idx != exclude:
+                return idx
+        elif idx != exclude and np.int64(e.peer) != exclude:
+            if ct_flow_expired(ct, idx, now_ns):
+                ct_delete_flow(ct, idx)
+                counters[cnt_expired] += 1
+                return idx
+            if e.state != ST_ESTABLISHED and e.last_seen_ns < victim_seen:
+                victim = idx
+                victim_seen = e.last_seen_ns
+        slot = (slot + np.uint64(1)) & mask
+    if victim >= 0:
+        ct_delete_flow(ct, victim)
+        counters[cnt_evicted] += 1
+        return victim
+    return np.int64(-1)
+
+
+@njit(cache=True, nogil=True)
+def ct_write_entry(ct, idx, flags, src_addr, dst_addr, src_port, dst_port, proto, state,
+                   new_src_addr, new_dst_addr, new_src_port, new_dst_port, encap_dst,
+                   backend_id, service_id, now_ns):
+    """Fill entry idx (key, rewrite, ids, timestamps; peer NO_PEER; MACs invalid until resolved)."""
+    e = ct[idx]
+    e.src_addr = src_addr
+    e.dst_addr = dst_addr
+    e.src_port = src_port
+    e.dst_port = dst_port
+    e.proto = proto
+    e.state = state
+    e.new_src_addr = new_src_addr
+    e.new_dst_addr = new_dst_addr
+    e.new_src_port = new_src_port
+    e.new_dst_port = new_dst_port
+    e.encap_dst = encap_dst
+    e.peer = NO_PEER
+    e.backend_id = backend_id
+    e.service_id = service_id
+    e.out_iface = 0
+    e.fib_generation = 0
+    for k in range(6):
+        e.dst_mac[k] = 0
+        e.src_mac[k] = 0
+    e.last_seen_ns = now_ns
+    e.created_ns = now_ns
+    e.flags = flags | CT_IN_USE
+
+
+@njit(cache=True, nogil=True)
+def ct_set_state(ct, idx, state):
+    """Set the flow state on entry idx and its peer."""
+    e = ct[idx]
+    e.state = state
+    peer = np.int64(e.peer)
+    if peer != NO_PEER and peer < ct.shape[0]:
+        ct[peer].state = state
+
+
+# --- ClientIP affinity --------------------------------------------------------------------
+
+@njit(cache=True, nogil=True)
+def affinity_lookup(affinity, client_addr, service_id, timeout_ns, now_ns):
+    """Backend id remembered for (client, service) and not idle past timeout_ns, else 0."""
+    mask = np.uint64(affinity.shape[0] - 1)
+    slot = hash_client(client_addr, service_id) & mask
+    for _ in range(CT_MAX_PROBE):
+        a = affinity[slot]
+        if a.in_use != 0 and a.client_addr == client_addr and a.service_id == service_id:
+            if idle_ns(now_ns, a.last_seen_ns) > np.uint64(timeout_ns):
+                return np.int64(0)
+            return np.int64(a.backend_id)
+        slot = (slot + np.uint64(1)) & mask
+    return np.int64(0)
+
+
+@njit(cache=True, nogil=True)
+def affinity_remember(affinity, client_addr, service_id, backend_id, now_ns):
+    """Record (client, service) -> backend at now: its own slot, else a free one in the window,
+    else the least recently used one of the window."""
+    mask = np.uint64(affinity.shape[0] - 1)
+    slot = hash_client(client_addr, service_id) & mask
+    target = np.int64(-1)
+    oldest = np.int64(-1)
+    oldest_seen = np.uint64(0xffffffffffffffff)
+    for _ in range(CT_MAX_PROBE):
+        a = affinity[slot]
+        if a.in_use != 0 and a.client_addr == client_addr and a.service_id == service_id:
+            target = np.int64(slot)
+            break
+        if a.in_use == 0:
+            if target < 0:
+                target = np.int64(slot)
+        elif a.last_seen_ns < oldest_seen:
+            oldest = np.int64(slot)
+            oldest_seen = a.last_seen_ns
+        slot = (slot + np.uint64(1)) & mask
+    if target < 0:
+        target = oldest
+    a = affinity[target]
+    a.client_addr = client_addr
+    a.service_id = service_id
+    a.backend_id = backend_id
+    a.last_seen_ns = now_ns
+    a.in_use = 1

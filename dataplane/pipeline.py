@@ -1,0 +1,843 @@
+"""The packet pipeline: process_batch parses each frame, tracks, load-balances, NATs, tunnels
+(DSR) or route-forwards it and returns a verdict. Pure: no I/O, no clock (now comes in), no
+allocation per packet, never raises; it writes only inside each frame's UMEM chunk, the flow
+tables and the counters.
+
+Stages (Katran style: each returns a verdict >= 0, or XSKP_VERDICT_CONTINUE = -1):
+  descriptor check -> L2 (Ethernet, one 802.1Q/802.1ad tag) -> IPv4 -> DSR decapsulation (IPIP
+  to the node address, then the inner packet goes through once more) -> L4 (TCP, UDP, ICMP)
+  -> partial checksum completion -> ICMP error translation -> conntrack -> Service (new flow)
+  -> netfilter bypass -> XSKP_DROP_NOT_OURS.
+
+Verdicts and counters: verdicts[i] is enum xskp_verdict (DROP, TX_TRANSPORT, TX_GATEWAY; never
+CONTINUE). counters (uint64[XSKP_COUNTER_MAX]) counts each frame once, under its drop reason
+(enum xskp_drop_reason) or XSKP_CNT_TX_TRANSPORT / XSKP_CNT_TX_GATEWAY; the other XSKP_CNT_*
+count events (flows created, SNAT, DSR, ...). A frame is addrs[i] (UMEM offset of its first
+byte) and lens[i]; both are rewritten when the frame start moves (DSR encapsulation moves it
+into the headroom, decapsulation moves it forward). UMEM chunks are XSKP_FRAME_SIZE-aligned
+(aligned mode): a frame never leaves the chunk its address lies in.
+
+Decisions:
+- Addresses/ports in tables are host-order numbers (see native/xskproxy_abi.h).
+- Fragments (MF set or offset != 0): routing needs no ports, so a fragment to a bypass route is
+  forwarded like any bypassed frame; any other fragment (Service traffic) is dropped as
+  XSKP_DROP_FRAGMENT. The steering program passes fragments to the kernel, so they only
+  arrive here through stale steering.
+- IPv6 is recognised and counted as XSKP_DROP_UNSUPPORTED (steering does not redirect it yet).
+  Other ethertypes and ARP: XSKP_DROP_NOT_OURS.
+- Checksums: RFC 1624 incremental updates of the IPv4 header and TCP/UDP checksums; a UDP
+  checksum of 0 (none) stays 0 and a computed 0 is sent as 0xffff. Partial (CHECKSUM_PARTIAL)
+  checksums from local veth senders: the field then holds the folded pseudo-header sum. A
+  TCP/UDP frame whose field equals that sum and whose full checksum does not verify is taken
+  as partial and its checksum is COMPLETED in software over the whole segment (counted under
+  XSKP_CNT_CSUM_COMPLETED) before any rewrite, because an AF_XDP tx frame carries no offload
+  request and its receiver would drop a partial checksum. Only partial frames pay the O(len)
+  sum; full ones pay a pseudo-header sum and a compare. (A full checksum that happens to equal
+  the pseudo-header sum verifies and is left alone.)
+- TTL is decremented on every forwarded frame (we route); TTL <= 1 is XSKP_DROP_TTL_EXCEEDED.
+- SNAT: external frontends (NodePort, LB IP, externalIP) with externalTrafficPolicy Cluster and a
+  remote backend are SNATed to node.node_addr, with a port in [snat_port_min, snat_port_max]
+  chosen from the flow hash and probed against the conntrack table (the reply key
+  (backend, node_addr, backend port, port) must be free), up to XSKP_SNAT_MAX_TRIES ports.
+- Hairpin (client == chosen backend): SNATed to node.node_addr with a SNAT port, like the case
+  above, so the Pod sees the connection from the node and replies through xskproxy (the
+  steering program redirects node address + SNAT range on the gateway too). kube-proxy
+  masquerades hairpin traffic in the same spirit; Antrea uses a virtual IP instead.
+- DSR applies to LoadBalancer IPs and externalIPs of Services with XSKP_SVC_DSR (NodePorts are
+  per-node addresses the backend node does not own). The ingress node keeps a one-way entry
+  (XSKP_CT_DSR_ENCAP) and IPIP-encapsulates every frame of the flow to the backend's
+  node_addr (outer TTL 64, DF copied, inner TTL decremented); a local backend is served by
+  plain NAT. The backend node decapsulates IPIP addressed to node_addr arriving on the
+  transport, looks the inner frontend up, picks from the Service's LOCAL ring, DNATs, tracks
+  (XSKP_CT_DSR_LOCAL) and its reply entry rewrites the source back to the VIP and routes the
+  reply straight to the client. No SNAT on DSR flows. MTU is not adjusted (20 bytes).
+- TCP states: SYN -> SYN_SENT, SYN+ACK reply -> SYN_RECV, ACK -> ESTABLISHED, FIN from one side
+  -> FIN_WAIT, from both or RST -> CLOSING; a non-SYN segment with no entry is picked up as
+  SYN_RECV (becomes ESTABLISHED at its next original-direction ACK; a stray ACK expires in
+  30 s); an RST with no entry is XSKP_DROP_TCP_INVALID. UDP: NEW until a reply, then
+  ESTABLISHED. Timeouts: XSKP_CT_TIMEOUT_* in the header (30 s SYN, 6 h established, 60 s
+  FIN_WAIT, 10 s CLOSING, UDP 30 s / 120 s).
+- A conntrack hit whose backend id is no longer ALIVE or whose address/port/node changed
+  removes the flow (XSKP_CNT_CT_STALE) and the frame is balanced again as a new flow.
+- ClientIP affinity: (client, service) -> backend, refreshed at each new flow, honoured while
+  idle < affinity_timeout_s (1..86,400 s, no truncation) and the backend is still alive, local
+  when the local ring is in use, and not terminating while the ring has ready backends.
+- Conntrack entries cache the out interface and MACs with node.fib_generation; a changed
+  generation re-resolves route + neighbour (XSKP_CNT_FIB_REFRESH).
+- ICMP errors (types 3, 11, 12) quoting a TCP/UDP flow we translated: the quoted header is
+  restored to what its sender saw (addresses, ports, its IPv4 checksum, its L4 checksum when
+  quoted), the outer destination (and the outer source when the error comes from the peer
+  itself) is translated like a frame of the entry's direction, the ICMP checksum recomputed.
+- Numba caches compiled code keyed on this package's source files: the header's constants are
+  compiled in, so after changing native/xskproxy_abi.h touch dataplane/*.py or clear
+  __pycache__ (tests/unit/test_pipeline.py runs from a fresh cache in CI).
+"""
+import numpy as np
+from numba import njit
+
+from dataplane import abi
+from dataplane._checksum import (load16, load32, store16, store32, csum_fold, csum_diff16,
+                                 csum_diff32, csum_apply, csum_sum_bytes, ipv4_header_checksum,
+                                 pseudo_header_sum, l4_checksum_full)
+from dataplane._conntrack import (ct_lookup, ct_delete_flow, ct_flow_expired, ct_find_free_slot,
+                                  ct_write_entry, ct_set_state, affinity_lookup,
+                                  affinity_remember, NO_PEER, NS_PER_S)
+from dataplane.tables import (lookup_frontend, lookup_neighbour, lookup_route, hash_flow,
+                              svc_is_dsr, svc_has_affinity, svc_etp_local, svc_itp_local,
+                              svc_has_source_ranges, fe_is_external, fe_allows_dsr, be_is_alive,
+                              be_is_local, route_allows_bypass)
+
+L = abi.lib
+CONTINUE = L.XSKP_VERDICT_CONTINUE
+V_DROP = L.XSKP_VERDICT_DROP
+V_TX_TRANSPORT = L.XSKP_VERDICT_TX_TRANSPORT
+V_TX_GATEWAY = L.XSKP_VERDICT_TX_GATEWAY
+IFACE_TRANSPORT = L.XSKP_IFACE_TRANSPORT
+IFACE_GATEWAY = L.XSKP_IFACE_GATEWAY
+IFACE_MAX = L.XSKP_IFACE_MAX
+
+FRAME_SIZE = L.XSKP_FRAME_SIZE
+FRAME_MASK = ~(FRAME_SIZE - 1)
+
+DROP_TRUNCATED = L.XSKP_DROP_TRUNCATED
+DROP_BAD_IP = L.XSKP_DROP_BAD_IP
+DROP_FRAGMENT = L.XSKP_DROP_FRAGMENT
+DROP_TTL_EXCEEDED = L.XSKP_DROP_TTL_EXCEEDED
+DROP_NOT_OURS = L.XSKP_DROP_NOT_OURS
+DROP_NO_BACKEND = L.XSKP_DROP_NO_BACKEND
+DROP_SOURCE_RANGE = L.XSKP_DROP_SOURCE_RANGE
+DROP_NO_ROUTE = L.XSKP_DROP_NO_ROUTE
+DROP_NO_NEIGHBOUR = L.XSKP_DROP_NO_NEIGHBOUR
+DROP_CT_FULL = L.XSKP_DROP_CT_FULL
+DROP_SNAT_EXHAUSTED = L.XSKP_DROP_SNAT_EXHAUSTED
+DROP_NO_HEADROOM = L.XSKP_DROP_NO_HEADROOM
+DROP_UNSUPPORTED = L.XSKP_DROP_UNSUPPORTED
+DROP_TCP_INVALID = L.XSKP_DROP_TCP_INVALID
+DROP_BAD_DESC = L.XSKP_DROP_BAD_DESC
+
+CNT_TX_TRANSPORT = L.XSKP_CNT_TX_TRANSPORT
+CNT_TX_GATEWAY = L.XSKP_CNT_TX_GATEWAY
+CNT_CT_HIT = L.XSKP_CNT_CT_HIT
+CNT_CT_CREATED = L.XSKP_CNT_CT_CREATED
+CNT_CT_EXPIRED = L.XSKP_CNT_CT_EXPIRED
+CNT_CT_EVICTED = L.XSKP_CNT_CT_EVICTED
+CNT_CT_STALE = L.XSKP_CNT_CT_STALE
+CNT_DNAT = L.XSKP_CNT_DNAT
+CNT_SNAT = L.XSKP_CNT_SNAT
+CNT_HAIRPIN = L.XSKP_CNT_HAIRPIN
+CNT_DSR_ENCAP = L.XSKP_CNT_DSR_ENCAP
+CNT_DSR_DECAP = L.XSKP_CNT_DSR_DECAP
+CNT_BYPASS = L.XSKP_CNT_BYPASS
+CNT_ICMP_ERROR_TRANSLATED = L.XSKP_CNT_ICMP_ERROR_TRANSLATED
+CNT_CSUM_COMPLETED = L.XSKP_CNT_CSUM_COMPLETED
+CNT_AFFINITY_HIT = L.XSKP_CNT_AFFINITY_HIT
+CNT_FIB_REFRESH = L.XSKP_CNT_FIB_REFRESH
+COUNTER_MAX = L.XSKP_COUNTER_MAX
+
+FE_LOAD_BALANCER = L.XSKP_FE_LOAD_BALANCER
+BE_TERMINATING = L.XSKP_BE_TERMINATING
+CT_REPLY = L.XSKP_CT_REPLY
+CT_SNAT = L.XSKP_CT_SNAT
+CT_DSR_ENCAP = L.XSKP_CT_DSR_ENCAP
+CT_DSR_LOCAL = L.XSKP_CT_DSR_LOCAL
+CT_FIN_SEEN = L.XSKP_CT_FIN_SEEN
+ST_NEW = L.XSKP_CT_NEW
+ST_SYN_SENT = L.XSKP_CT_SYN_SENT
+ST_SYN_RECV = L.XSKP_CT_SYN_RECV
+ST_ESTABLISHED = L.XSKP_CT_ESTABLISHED
+ST_FIN_WAIT = L.XSKP_CT_FIN_WAIT
+ST_CLOSING = L.XSKP_CT_CLOSING
+SNAT_MAX_TRIES = L.XSKP_SNAT_MAX_TRIES
+
+ETH_P_IP = 0x0800
+ETH_P_ARP = 0x0806
+ETH_P_IPV6 = 0x86dd
+ETH_P_8021Q = 0x8100
+ETH_P_8021AD = 0x88a8
+IPPROTO_ICMP = 1
+IPPROTO_IPIP = 4
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+TCP_FIN = 0x01
+TCP_SYN = 0x02
+TCP_RST = 0x04
+TCP_ACK = 0x10
+IPIP_OUTER_TTL = 64
+
+
+# --- forwarding helpers ---------------------------------------------------------------------
+
+@njit(cache=True, nogil=True, inline="always")
+def verdict_of_iface(iface):
+    if iface == IFACE_TRANSPORT:
+        return V_TX_TRANSPORT
+    return V_TX_GATEWAY
+
+
+@njit(cache=True, nogil=True)
+def resolve_next_hop(st, addr):
+    """(drop reason or 0, out iface, neighbour slot) for a frame to addr: route, then neighbour."""
+    node = st.node[0]
+    r = lookup_route(st.routes, np.int64(node.route_count), addr)
+    if r < 0:
+        return DROP_NO_ROUTE, 0, -1
+    route = st.routes[r]
+    iface = np.int64(route.iface)
+    if iface >= IFACE_MAX:
+        return DROP_NO_ROUTE, 0, -1
+    next_hop = np.int64(route.next_hop)
+    if next_hop == 0:
+        next_hop = np.int64(addr)
+    nb = lookup_neighbour(st.neighbours, next_hop, iface)
+    if nb < 0:
+        return DROP_NO_NEIGHBOUR, 0, -1
+    return 0, iface, nb
+
+
+@njit(cache=True, nogil=True)
+def ct_resolve(st, ct, idx):
+    """Cache out interface and MACs for entry idx; 0 or the drop reason (then the entry keeps a
+    mismatching fib_generation so the next frame retries)."""
+    e = ct[idx]
+    node = st.node[0]
+    target = np.int64(e.encap_dst) if (e.flags & CT_DSR_ENCAP) != 0 else np.int64(e.new_dst_addr)
+    reason, iface, nb = resolve_next_hop(st, target)
+    if reason != 0:
+        e.fib_generation = node.fib_generation ^ np.uint32(1)
+        return reason
+    e.out_iface = iface
+    neighbour = st.neighbours[nb]
+    for k in range(6):
+        e.dst_mac[k] = neighbour.mac[k]
+        e.src_mac[k] = node.iface_mac[iface, k]
+    e.fib_generation = node.fib_generation
+    return 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def decrement_ttl(umem, l3):
+    """Decrement the IPv4 TTL; returns the checksum diff, or -1 when TTL would reach 0."""
+    ttl = np.int64(umem[l3 + 8])
+    if ttl <= 1:
+        return np.int64(-1)
+    old_word = load16(umem, l3 + 8)
+    umem[l3 + 8] = ttl - 1
+    return csum_diff16(old_word, old_word - 0x100)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def write_macs_from_entry(umem, base, e):
+    for k in range(6):
+        umem[base + k] = e.dst_mac[k]
+        umem[base + 6 + k] = e.src_mac[k]
+
+
+@njit(cache=True, nogil=True)
+def encapsulate_ipip(umem, addrs, lens, i, base, l2_len, l3, ip_end, chunk, outer_src, outer_dst):
+    """Prepend an outer IPv4 header (IPIP) between L2 and the packet, moving the frame start 20
+    bytes into the headroom. Returns the new frame start, or -1 without headroom."""
+    new_base = base - 20
+    if new_base < chunk:
+        return np.int64(-1)
+    for k in range(l2_len):
+        umem[new_base + k] = umem[base + k]
+    o = new_base + l2_len
+    inner_len = ip_end - l3
+    umem[o] = 0x45
+    umem[o + 1] = umem[l3 + 1]
+    store16(umem, o + 2, inner_len + 20)
+    store16(umem, o + 4, 0)
+    store16(umem, o + 6, load16(umem, l3 + 6) & 0x4000)
+    umem[o + 8] = IPIP_OUTER_TTL
+    umem[o + 9] = IPPROTO_IPIP
+    store16(umem, o + 10, 0)
+    store32(umem, o + 12, outer_src)
+    store32(umem, o + 16, outer_dst)
+    store16(umem, o + 10, ipv4_header_checksum(umem, o, 20))
+    addrs[i] = new_base
+    lens[i] = l2_len + 20 + inner_len
+    return new_base
+
+
+@njit(cache=True, nogil=True)
+def apply_entry(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
+                src, dst, sport, dport, chunk, st, ct, idx, counters):
+    """Forward a frame by conntrack entry idx: refresh cached MACs if the FIB changed, decrement
+    TTL, NAT (or IPIP-encapsulate for DSR), write MACs. Returns (verdict, drop reason)."""
+    e = ct[idx]
+    node = st.node[0]
+    if e.fib_generation != node.fib_generation:
+        reason = ct_resolve(st, ct, idx)
+        if reason != 0:
+            return V_DROP, reason
+        counters[CNT_FIB_REFRESH] += 1
+    ip_diff = decrement_ttl(umem, l3)
+    if ip_diff < 0:
+        return V_DROP, DROP_TTL_EXCEEDED
+    if (e.flags & CT_DSR_ENCAP) != 0:
+        store16(umem, l3 + 10, csum_apply(load16(umem, l3 + 10), ip_diff))
+        new_base = encapsulate_ipip(umem, addrs, lens, i, base, l3 - base, l3, ip_end, chunk,
+                                    np.int64(node.node_addr), np.int64(e.encap_dst))
+        if new_base < 0:
+            return V_DROP, DROP_NO_HEADROOM
+        counters[CNT_DSR_ENCAP] += 1
+        write_macs_from_entry(umem, new_base, e)
+        return verdict_of_iface(e.out_iface), 0
+    l4_diff = np.int64(0)
+    new_src = np.int64(e.new_src_addr)
+    new_dst = np.int64(e.new_dst_addr)
+    if new_src != src:
+        store32(umem, l3 + 12, new_src)
+        d = csum_diff32(src, new_src)
+        ip_diff += d
+        l4_diff += d
+    if new_dst != dst:
+        store32(umem, l3 + 16, new_dst)
+        d = csum_diff32(dst, new_dst)
+        ip_diff += d
+        l4_diff += d
+    store16(umem, l3 + 10, csum_apply(load16(umem, l3 + 10), ip_diff))
+    if proto == IPPROTO_TCP or proto == IPPROTO_UDP:
+        new_sport = np.int64(e.new_src_port)
+        new_dport = np.int64(e.new_dst_port)
+        if new_sport != sport:
+            store16(umem, l4, new_sport)
+            l4_diff += csum_diff16(sport, new_sport)
+        if new_dport != dport:
+            store16(umem, l4 + 2, new_dport)
+            l4_diff += csum_diff16(dport, new_dport)
+        if l4_diff != 0:
+            check = load16(umem, csum_off)
+            if not (proto == IPPROTO_UDP and check == 0):
+                check = csum_apply(check, l4_diff)
+                if proto == IPPROTO_UDP and check == 0:
+                    check = 0xffff
+                store16(umem, csum_off, check)
+    write_macs_from_entry(umem, base, e)
+    return verdict_of_iface(e.out_iface), 0
+
+
+# --- stages ---------------------------------------------------------------------------------
+
+@njit(cache=True, nogil=True)
+def complete_partial_checksum(umem, l4, ip_end, proto, src, dst, csum_off, counters):
+    """Complete a partial (offload) TCP/UDP checksum in software; see the module docstring."""
+    l4_len = ip_end - l4
+    check = load16(umem, csum_off)
+    if proto == IPPROTO_UDP and check == 0:
+        return
+    pseudo = pseudo_header_sum(src, dst, proto, l4_len)
+    if check != csum_fold(pseudo):
+        return
+    if csum_fold(csum_sum_bytes(umem, l4, ip_end, pseudo)) == 0xffff:
+        return
+    full = l4_checksum_full(umem, l4, l4_len, src, dst, proto, csum_off)
+    if proto == IPPROTO_UDP and full == 0:
+        full = 0xffff
+    store16(umem, csum_off, full)
+    counters[CNT_CSUM_COMPLETED] += 1
+
+
+@njit(cache=True, nogil=True)
+def entry_backend_valid(e, backends):
+    """The backend a conntrack entry was made for is still ALIVE at the same address/port/node."""
+    bid = np.int64(e.backend_id)
+    if bid <= 0 or bid >= backends.shape[0]:
+        return False
+    be = backends[bid]
+    if not be_is_alive(be):
+        return False
+    if (e.flags & CT_REPLY) != 0:
+        return e.src_addr == be.addr and e.src_port == be.port
+    if (e.flags & CT_DSR_ENCAP) != 0:
+        return e.encap_dst == be.node_addr
+    return e.new_dst_addr == be.addr and e.new_dst_port == be.port
+
+
+@njit(cache=True, nogil=True)
+def track_tcp(ct, idx, tcp_flags):
+    """Advance the TCP state of the flow of entry idx for a segment with tcp_flags."""
+    e = ct[idx]
+    is_reply = (e.flags & CT_REPLY) != 0
+    has_peer = np.int64(e.peer) != NO_PEER
+    state = np.int64(e.state)
+    new_state = state
+    if (tcp_flags & TCP_RST) != 0:
+        new_state = ST_CLOSING
+    elif (tcp_flags & TCP_SYN) != 0:
+        if (tcp_flags & TCP_ACK) == 0:
+            if not is_reply and state >= ST_FIN_WAIT:
+                new_state = ST_SYN_SENT
+                e.flags &= ~np.uint8(CT_FIN_SEEN)
+                if has_peer and np.int64(e.peer) < ct.shape[0]:
+                    ct[e.peer].flags &= ~np.uint8(CT_FIN_SEEN)
+        elif is_reply and state == ST_SYN_SENT:
+            new_state = ST_SYN_RECV
+    elif (tcp_flags & TCP_FIN) != 0:
+        e.flags |= np.uint8(CT_FIN_SEEN)
+        peer_fin = False
+        if has_peer and np.int64(e.peer) < ct.shape[0]:
+            peer_fin = (ct[e.peer].flags & CT_FIN_SEEN) != 0
+        if peer_fin:
+            new_state = ST_CLOSING
+        elif state < ST_FIN_WAIT:
+            new_state = ST_FIN_WAIT
+    elif (tcp_flags & TCP_ACK) != 0 and not is_reply:
+        if state == ST_SYN_RECV or (state == ST_SYN_SENT and not has_peer):
+            new_state = ST_ESTABLISHED
+    if new_state != state:
+        ct_set_state(ct, idx, new_state)
+
+
+@njit(cache=True, nogil=True)
+def conntrack_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, src, dst,
+                    sport, dport, tcp_flags, chunk, st, ft, counters, now_ns):
+    """Frames of tracked flows: translate by their entry. CONTINUE when untracked (or the entry
+    expired or lost its backend, which removes the flow)."""
+    ct = ft.ct
+    idx = ct_lookup(ct, src, dst, sport, dport, proto)
+    if idx < 0:
+        return CONTINUE, 0
+    if ct_flow_expired(ct, idx, now_ns):
+        ct_delete_flow(ct, idx)
+        counters[CNT_CT_EXPIRED] += 1
+        return CONTINUE, 0
+    e = ct[idx]
+    if not entry_backend_valid(e, st.backends):
+        ct_delete_flow(ct, idx)
+        counters[CNT_CT_STALE] += 1
+        return CONTINUE, 0
+    if proto == IPPROTO_TCP:
+        track_tcp(ct, idx, tcp_flags)
+    elif e.state == ST_NEW and (e.flags & CT_REPLY) != 0:
+        ct_set_state(ct, idx, ST_ESTABLISHED)
+    e.last_seen_ns = now_ns
+    counters[CNT_CT_HIT] += 1
+    return apply_entry(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
+                       src, dst, sport, dport, chunk, st, ct, idx, counters)
+
+
+@njit(cache=True, nogil=True)
+def source_allowed(source_ranges, offset, count, src):
+    """loadBalancerSourceRanges: src lies in one of the service's ranges (no ranges: allowed)."""
+    if count == 0:
+        return True
+    for k in range(count):
+        j = offset + k
+        if j >= source_ranges.shape[0]:
+            break
+        r = source_ranges[j]
+        if (np.uint32(src) & r.mask) == r.net:
+            return True
+    return False
+
+
+@njit(cache=True, nogil=True)
+def select_backend_maglev(maglev, backends, ring_offset, ring_size, flow_hash):
+    """Backend id at the flow's position in the ring slice, or 0 (no usable backend)."""
+    if ring_size == 0 or ring_offset + ring_size > maglev.shape[0]:
+        return np.int64(0)
+    bid = np.int64(maglev[ring_offset + np.int64(flow_hash % np.uint64(ring_size))])
+    if bid <= 0 or bid >= backends.shape[0] or not be_is_alive(backends[bid]):
+        return np.int64(0)
+    return bid
+
+
+@njit(cache=True, nogil=True)
+def affinity_backend_usable(st, bid, ring_offset, ring_size, need_local):
+    """A remembered ClientIP backend may still be used for a new flow (see module docstring)."""
+    backends = st.backends
+    if bid <= 0 or bid >= backends.shape[0] or ring_size == 0:
+        return False
+    be = backends[bid]
+    if not be_is_alive(be) or (need_local and not be_is_local(be)):
+        return False
+    if (be.flags & BE_TERMINATING) != 0 and ring_offset < st.maglev.shape[0]:
+        first = np.int64(st.maglev[ring_offset])
+        if 0 < first < backends.shape[0] and (backends[first].flags & BE_TERMINATING) == 0:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def allocate_snat_port(ct, node, backend_addr, backend_port, proto, flow_hash, now_ns, counters):
+    """A SNAT port whose reply key (backend, node_addr, backend_port, port) is free, or -1."""
+    port_min = np.int64(node.snat_port_min)
+    port_max = np.int64(node.snat_port_max)
+    if port_min == 0 or port_max < port_min:
+        return np.int64(-1)
+    span = port_max - port_min + 1
+    start = np.int64(flow_hash % np.uint64(span))
+    node_addr = np.int64(node.node_addr)
+    for t in range(min(SNAT_MAX_TRIES, span)):
+        port = port_min + (start + t) % span
+        idx = ct_lookup(ct, backend_addr, node_addr, backend_port, port, proto)
+        if idx < 0:
+            return port
+        if ct_flow_expired(ct, idx, now_ns):
+            ct_delete_flow(ct, idx)
+            counters[CNT_CT_EXPIRED] += 1
+            return port
+    return np.int64(-1)
+
+
+@njit(cache=True, nogil=True)
+def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, src, dst, sport,
+                  dport, tcp_flags, decapsulated, chunk, st, ft, counters, now_ns):
+    """New flows to a Service frontend: source ranges, backend (affinity, Maglev), DSR or DNAT
+    (+ SNAT), conntrack entries, then forward. CONTINUE when dst is no frontend."""
+    fe_idx = lookup_frontend(st.frontends, dst, dport, proto)
+    if fe_idx < 0:
+        return CONTINUE, 0
+    fe = st.frontends[fe_idx]
+    sid = np.int64(fe.service_id)
+    if sid >= st.services.shape[0]:
+        return V_DROP, DROP_NOT_OURS
+    svc = st.services[sid]
+    kind = np.int64(fe.kind)
+    external = fe_is_external(kind)
+    if (svc_has_source_ranges(svc) and kind == FE_LOAD_BALANCER
+            and not source_allowed(st.source_ranges, np.int64(svc.source_ranges_offset),
+                                   np.int64(svc.source_ranges_count), src)):
+        return V_DROP, DROP_SOURCE_RANGE
+    if proto == IPPROTO_TCP and (tcp_flags & TCP_RST) != 0:
+        return V_DROP, DROP_TCP_INVALID
+    use_local = decapsulated or (external and svc_etp_local(svc)) or (
+        not external and svc_itp_local(svc))
+    if use_local:
+        ring_offset = np.int64(svc.local_ring_offset)
+        ring_size = np.int64(svc.local_ring_size)
+    else:
+        ring_offset = np.int64(svc.ring_offset)
+        ring_size = np.int64(svc.ring_size)
+    flow_hash = hash_flow(src, dst, sport, dport, proto)
+    bid = np.int64(0)
+    affinity = svc_has_affinity(svc)
+    if affinity:
+        timeout_s = max(np.int64(svc.affinity_timeout_s), 1)
+        remembered = affinity_lookup(ft.affinity, src, sid, np.uint64(timeout_s * NS_PER_S), now_ns)
+        if remembered != 0 and affinity_backend_usable(st, remembered, ring_offset, ring_size,
+                                                       use_local):
+            bid = remembered
+            counters[CNT_AFFINITY_HIT] += 1
+    if bid == 0:
+        bid = select_backend_maglev(st.maglev, st.backends, ring_offset, ring_size, flow_hash)
+        if bid == 0:
+            return V_DROP, DROP_NO_BACKEND
+    if affinity:
+        affinity_remember(ft.affinity, src, sid, bid, now_ns)
+    be = st.backends[bid]
+    if proto == IPPROTO_TCP:
+        if (tcp_flags & TCP_SYN) != 0 and (tcp_flags & TCP_ACK) == 0:
+            state = ST_SYN_SENT
+        else:
+            state = ST_SYN_RECV
+    else:
+        state = ST_NEW
+    ct = ft.ct
+    node = st.node[0]
+    if svc_is_dsr(svc) and fe_allows_dsr(kind) and not decapsulated and not be_is_local(be):
+        o = ct_find_free_slot(ct, src, dst, sport, dport, proto, now_ns, -1,
+                              counters, CNT_CT_EXPIRED, CNT_CT_EVICTED)
+        if o < 0:
+            return V_DROP, DROP_CT_FULL
+        ct_write_entry(ct, o, CT_DSR_ENCAP, src, dst, sport, dport, proto, state,
+                       src, dst, sport, dport, np.int64(be.node_addr), bid, sid, now_ns)
+        reason = ct_resolve(st, ct, o)
+        if reason != 0:
+            ct_delete_flow(ct, o)
+            return V_DROP, reason
+        counters[CNT_CT_CREATED] += 1
+        return apply_entry(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
+                           src, dst, sport, dport, chunk, st, ct, o, counters)
+    backend_addr = np.int64(be.addr)
+    backend_port = np.int64(be.port)
+    new_src = src
+    new_sport = sport
+    flags = 0
+    hairpin = backend_addr == src
+    if hairpin or (external and not svc_etp_local(svc) and not be_is_local(be)
+                   and not decapsulated):
+        port = allocate_snat_port(ct, node, backend_addr, backend_port, proto, flow_hash, now_ns,
+                                  counters)
+        if port < 0:
+            return V_DROP, DROP_SNAT_EXHAUSTED
+        new_src = np.int64(node.node_addr)
+        new_sport = port
+        flags |= CT_SNAT
+    else:
+        # the client reused its port towards the same backend: the old flow is over
+        old = ct_lookup(ct, backend_addr, src, backend_port, sport, proto)
+        if old >= 0:
+            ct_delete_flow(ct, old)
+    if decapsulated:
+        flags |= CT_DSR_LOCAL
+    o = ct_find_free_slot(ct, src, dst, sport, dport, proto, now_ns, -1,
+                          counters, CNT_CT_EXPIRED, CNT_CT_EVICTED)
+    if o < 0:
+        return V_DROP, DROP_CT_FULL
+    ct_write_entry(ct, o, flags, src, dst, sport, dport, proto, state,
+                   new_src, backend_addr, new_sport, backend_port, 0, bid, sid, now_ns)
+    r = ct_find_free_slot(ct, backend_addr, new_src, backend_port, new_sport, proto, now_ns, o,
+                          counters, CNT_CT_EXPIRED, CNT_CT_EVICTED)
+    if r < 0:
+        ct_delete_flow(ct, o)
+        return V_DROP, DROP_CT_FULL
+    ct_write_entry(ct, r, flags | CT_REPLY, backend_addr, new_src, backend_port, new_sport, proto,
+                   state, dst, src, dport, sport, 0, bid, sid, now_ns)
+    ct[o].peer = r
+    ct[r].peer = o
+    reason = ct_resolve(st, ct, o)
+    if reason != 0:
+        ct_delete_flow(ct, o)
+        return V_DROP, reason
+    ct_resolve(st, ct, r)
+    counters[CNT_CT_CREATED] += 1
+    counters[CNT_DNAT] += 1
+    if (flags & CT_SNAT) != 0:
+        if hairpin:
+            counters[CNT_HAIRPIN] += 1
+        else:
+            counters[CNT_SNAT] += 1
+    return apply_entry(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
+                       src, dst, sport, dport, chunk, st, ct, o, counters)
+
+
+@njit(cache=True, nogil=True)
+def bypass_stage(umem, base, l3, dst, st, counters):
+    """Netfilter bypass: a frame to a XSKP_ROUTE_BYPASS prefix is routed (next hop MAC, own
+    MAC, TTL - 1) without conntrack. CONTINUE when no bypass route covers dst."""
+    node = st.node[0]
+    r = lookup_route(st.routes, np.int64(node.route_count), dst)
+    if r < 0 or not route_allows_bypass(st.routes[r]):
+        return CONTINUE, 0
+    reason, iface, nb = resolve_next_hop(st, dst)
+    if reason != 0:
+        return V_DROP, reason
+    ip_diff = decrement_ttl(umem, l3)
+    if ip_diff < 0:
+        return V_DROP, DROP_TTL_EXCEEDED
+    store16(umem, l3 + 10, csum_apply(load16(umem, l3 + 10), ip_diff))
+    neighbour = st.neighbours[nb]
+    for k in range(6):
+        umem[base + k] = neighbour.mac[k]
+        umem[base + 6 + k] = node.iface_mac[iface, k]
+    counters[CNT_BYPASS] += 1
+    return verdict_of_iface(iface), 0
+
+
+@njit(cache=True, nogil=True)
+def icmp_error_stage(umem, base, l3, ihl, ip_end, l4, src, dst, st, ft, counters):
+    """An ICMP error quoting a TCP/UDP flow we translated: restore the quoted header, translate
+    the outer addresses, forward along the entry. CONTINUE when it quotes no tracked flow."""
+    q = l4 + 8
+    if q + 20 > ip_end or (umem[q] >> 4) != 4:
+        return CONTINUE, 0
+    qihl = np.int64(umem[q] & 0xf) * 4
+    if qihl < 20 or q + qihl + 8 > ip_end:
+        return CONTINUE, 0
+    qproto = np.int64(umem[q + 9])
+    if qproto != IPPROTO_TCP and qproto != IPPROTO_UDP:
+        return CONTINUE, 0
+    qsrc = load32(umem, q + 12)
+    qdst = load32(umem, q + 16)
+    ql4 = q + qihl
+    qsport = load16(umem, ql4)
+    qdport = load16(umem, ql4 + 2)
+    ct = ft.ct
+    idx = ct_lookup(ct, qdst, qsrc, qdport, qsport, qproto)
+    if idx < 0:
+        return CONTINUE, 0
+    e = ct[idx]
+    if (e.flags & CT_DSR_ENCAP) != 0:
+        return CONTINUE, 0
+    node = st.node[0]
+    if e.fib_generation != node.fib_generation:
+        reason = ct_resolve(st, ct, idx)
+        if reason != 0:
+            return V_DROP, reason
+        counters[CNT_FIB_REFRESH] += 1
+    if decrement_ttl(umem, l3) < 0:
+        return V_DROP, DROP_TTL_EXCEEDED
+    new_qsrc = np.int64(e.new_dst_addr)
+    new_qdst = np.int64(e.new_src_addr)
+    new_qsport = np.int64(e.new_dst_port)
+    new_qdport = np.int64(e.new_src_port)
+    diff = (csum_diff32(qsrc, new_qsrc) + csum_diff32(qdst, new_qdst)
+            + csum_diff16(qsport, new_qsport) + csum_diff16(qdport, new_qdport))
+    store32(umem, q + 12, new_qsrc)
+    store32(umem, q + 16, new_qdst)
+    store16(umem, ql4, new_qsport)
+    store16(umem, ql4 + 2, new_qdport)
+    if qproto == IPPROTO_UDP:
+        check = load16(umem, ql4 + 6)
+        if check != 0:
+            check = csum_apply(check, diff)
+            store16(umem, ql4 + 6, 0xffff if check == 0 else check)
+    elif ql4 + 18 <= ip_end:
+        store16(umem, ql4 + 16, csum_apply(load16(umem, ql4 + 16), diff))
+    store16(umem, q + 10, ipv4_header_checksum(umem, q, qihl))
+    if dst == e.dst_addr:
+        store32(umem, l3 + 16, np.int64(e.new_dst_addr))
+    if src == e.src_addr:
+        store32(umem, l3 + 12, np.int64(e.new_src_addr))
+    store16(umem, l3 + 10, ipv4_header_checksum(umem, l3, ihl))
+    store16(umem, l4 + 2, 0)
+    store16(umem, l4 + 2, ~csum_fold(csum_sum_bytes(umem, l4, ip_end, 0)) & 0xffff)
+    write_macs_from_entry(umem, base, e)
+    counters[CNT_ICMP_ERROR_TRANSLATED] += 1
+    return verdict_of_iface(e.out_iface), 0
+
+
+# --- per frame ------------------------------------------------------------------------------
+
+@njit(cache=True, nogil=True)
+def process_frame(umem, addrs, lens, i, ingress_iface, st, ft, counters, now_ns):
+    """One frame through every stage; returns (verdict, drop reason)."""
+    base = np.int64(addrs[i])
+    length = np.int64(lens[i])
+    chunk = base & FRAME_MASK
+    if base < 0 or length < 0 or chunk + FRAME_SIZE > umem.shape[0] or base + length > chunk + FRAME_SIZE:
+        return V_DROP, DROP_BAD_DESC
+    end = base + length
+    if length < 14:
+        return V_DROP, DROP_TRUNCATED
+    ethertype = load16(umem, base + 12)
+    l3 = base + 14
+    if ethertype == ETH_P_8021Q or ethertype == ETH_P_8021AD:
+        if length < 18:
+            return V_DROP, DROP_TRUNCATED
+        ethertype = load16(umem, base + 16)
+        l3 = base + 18
+    if ethertype == ETH_P_IPV6:
+        return V_DROP, DROP_UNSUPPORTED
+    if ethertype != ETH_P_IP:
+        return V_DROP, DROP_NOT_OURS
+    node_addr = np.int64(st.node[0].node_addr)
+    decapsulated = False
+    for _pass in range(2):
+        if l3 + 20 > end:
+            return V_DROP, DROP_TRUNCATED
+        version_ihl = np.int64(umem[l3])
+        if (version_ihl >> 4) != 4:
+            return V_DROP, DROP_BAD_IP
+        ihl = (version_ihl & 0xf) * 4
+        if ihl < 20:
+            return V_DROP, DROP_BAD_IP
+        if l3 + ihl > end:
+            return V_DROP, DROP_TRUNCATED
+        total_len = load16(umem, l3 + 2)
+        if total_len < ihl:
+            return V_DROP, DROP_BAD_IP
+        if l3 + total_len > end:
+            return V_DROP, DROP_TRUNCATED
+        ip_end = l3 + total_len
+        is_fragment = (load16(umem, l3 + 6) & 0x3fff) != 0
+        proto = np.int64(umem[l3 + 9])
+        src = load32(umem, l3 + 12)
+        dst = load32(umem, l3 + 16)
+        if (proto == IPPROTO_IPIP and not is_fragment and not decapsulated and dst == node_addr
+                and ingress_iface == IFACE_TRANSPORT):
+            inner = l3 + ihl
+            if inner + 20 > ip_end:
+                return V_DROP, DROP_TRUNCATED
+            l2_len = l3 - base
+            for k in range(l2_len - 1, -1, -1):
+                umem[base + ihl + k] = umem[base + k]
+            base = base + ihl
+            end = ip_end
+            l3 = base + l2_len
+            addrs[i] = base
+            lens[i] = end - base
+            counters[CNT_DSR_DECAP] += 1
+            decapsulated = True
+            continue
+        break
+    l4 = l3 + ihl
+    if is_fragment:
+        if decapsulated:
+            return V_DROP, DROP_FRAGMENT
+        verdict, reason = bypass_stage(umem, base, l3, dst, st, counters)
+        if verdict != CONTINUE:
+            return verdict, reason
+        return V_DROP, DROP_FRAGMENT
+    ft_ct = ft.ct
+    if proto == IPPROTO_TCP or proto == IPPROTO_UDP:
+        if proto == IPPROTO_TCP:
+            if l4 + 20 > ip_end:
+                return V_DROP, DROP_TRUNCATED
+            data_offset = np.int64(umem[l4 + 12] >> 4) * 4
+            if data_offset < 20 or l4 + data_offset > ip_end:
+                return V_DROP, DROP_TRUNCATED
+            tcp_flags = np.int64(umem[l4 + 13])
+            csum_off = l4 + 16
+        else:
+            if l4 + 8 > ip_end:
+                return V_DROP, DROP_TRUNCATED
+            tcp_flags = np.int64(0)
+            csum_off = l4 + 6
+        sport = load16(umem, l4)
+        dport = load16(umem, l4 + 2)
+        complete_partial_checksum(umem, l4, ip_end, proto, src, dst, csum_off, counters)
+        verdict, reason = conntrack_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto,
+                                          csum_off, src, dst, sport, dport, tcp_flags, chunk,
+                                          st, ft, counters, now_ns)
+        if verdict != CONTINUE:
+            return verdict, reason
+        verdict, reason = service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto,
+                                        csum_off, src, dst, sport, dport, tcp_flags,
+                                        decapsulated, chunk, st, ft, counters, now_ns)
+        if verdict != CONTINUE:
+            return verdict, reason
+    elif proto == IPPROTO_ICMP:
+        if l4 + 8 > ip_end:
+            return V_DROP, DROP_TRUNCATED
+        icmp_type = umem[l4]
+        if icmp_type == 3 or icmp_type == 11 or icmp_type == 12:
+            verdict, reason = icmp_error_stage(umem, base, l3, ihl, ip_end, l4, src, dst, st, ft,
+                                               counters)
+            if verdict != CONTINUE:
+                return verdict, reason
+    if decapsulated:
+        return V_DROP, DROP_NOT_OURS
+    verdict, reason = bypass_stage(umem, base, l3, dst, st, counters)
+    if verdict != CONTINUE:
+        return verdict, reason
+    return V_DROP, DROP_NOT_OURS
+
+
+@njit(cache=True, nogil=True)
+def process_batch(umem, addrs, lens, n, ingress_iface, svc_tables, flow_tables, counters,
+                  verdicts, now_ns):
+    """Run frames 0..n-1 through the pipeline.
+
+    Reads: umem frames, addrs/lens (uint64/uint32 descriptors), svc_tables (ServiceTables).
+    Writes: the frames (in place, within their UMEM chunk), addrs/lens (frame start and length
+    after encapsulation or decapsulation), flow_tables (FlowTables: conntrack, affinity),
+    counters (uint64[XSKP_COUNTER_MAX]) and verdicts (int32, enum xskp_verdict) for 0..n-1.
+    now_ns (uint64) is the caller's monotonic clock. Returns the number of frames processed.
+    """
+    n = min(np.int64(n), addrs.shape[0], lens.shape[0], verdicts.shape[0])
+    if n <= 0:
+        return 0
+    if counters.shape[0] < COUNTER_MAX:
+        for i in range(n):
+            verdicts[i] = V_DROP
+        return n
+    now = np.uint64(now_ns)
+    for i in range(n):
+        verdict, reason = process_frame(umem, addrs, lens, i, ingress_iface, svc_tables,
+                                        flow_tables, counters, now)
+        if verdict == V_TX_TRANSPORT:
+            counters[CNT_TX_TRANSPORT] += 1
+            verdicts[i] = V_TX_TRANSPORT
+        elif verdict == V_TX_GATEWAY:
+            counters[CNT_TX_GATEWAY] += 1
+            verdicts[i] = V_TX_GATEWAY
+        else:
+            verdicts[i] = V_DROP
+            if 0 < reason < COUNTER_MAX:
+                counters[reason] += 1
+            else:
+                counters[DROP_NOT_OURS] += 1
+    return n
