@@ -4,6 +4,7 @@ The only module of the project that touches AF_XDP sockets, the UMEM mapping or 
 parses a packet. Failures raise OSError(errno, "<what was attempted on which iface/queue>: ...").
 """
 import errno as errno_codes
+import fcntl
 import ipaddress
 import os
 import socket
@@ -29,6 +30,9 @@ PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": 132,
 STEER_COUNTER_NAMES = sorted(abi.enum_members("STEER_PASS_").keys() | abi.enum_members("STEER_REDIRECT_").keys(),
                              key=lambda name: getattr(abi.lib, name))
 
+NATIVE_DEBUG_ENV = "XSKPROXY_NATIVE_DEBUG"  # "1": let libbpf/libxdp print their own messages
+LOCK_DIR_ENV = "XSKPROXY_LOCK_DIR"
+LOCK_DIR_DEFAULT = "/run/xskproxy"
 BUSY_RETRY_SECONDS = 2.0  # a queue's previous socket is torn down asynchronously (EBUSY meanwhile)
 
 _HINTS = {
@@ -55,7 +59,14 @@ def _pyxdp():
         else:
             fix = "build it with `make build` (needs Debian packages libxdp-dev libbpf-dev clang)"
         raise NativeMissingError(f"the pyxdp extension cannot be loaded ({detail}): {fix}") from None
+    global _logging_set
+    if not _logging_set:
+        pyxdp.lib.xskp_set_library_logging(int(os.environ.get(NATIVE_DEBUG_ENV) == "1"))
+        _logging_set = True
     return pyxdp
+
+
+_logging_set = False
 
 
 def pyxdp_module():
@@ -214,6 +225,36 @@ class XskSocket:
         self.close()
 
 
+class _InterfaceLock:
+    """An flock on /run/xskproxy/xdp-<netns inode>-<ifindex>.lock held while our program is attached
+    there: a second xskproxy on the interface fails clearly, and a program left attached by a
+    killed one (the kernel dropped its lock) is recognised as stale and replaced."""
+
+    def __init__(self, ifname, ifindex):
+        lock_dir = os.environ.get(LOCK_DIR_ENV) or LOCK_DIR_DEFAULT
+        netns = os.stat("/proc/thread-self/ns/net").st_ino
+        self.path = os.path.join(lock_dir, f"xdp-{netns}-{ifindex}.lock")
+        try:
+            os.makedirs(lock_dir, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise OSError(exc.errno, f"creating lock file {self.path} for {ifname}: {exc.strerror}"
+                          + (f" ({_HINTS[exc.errno]})" if exc.errno in _HINTS else "")) from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise OSError(errno_codes.EBUSY, f"attaching the XDP steering program to {ifname}: another "
+                          f"xskproxy process serves this interface (lock {self.path} is held)") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock; the file stays for the next holder
+            self.fd = None
+
+
 def attached_program(ifname):
     """What XDP program is attached to ifname now: (prog_id, 'native'|'skb'|'none', name)."""
     px = _pyxdp()
@@ -242,6 +283,7 @@ class SteeringProgram:
                         f"loading the XDP steering program {self.obj_path}")
         self.handle = int(handle[0])
         self.ifaces = {}  # ifname -> (ifindex, xsk_base, attach mode name)
+        self._locks = {}  # ifname -> _InterfaceLock
         self._l4_key = np.zeros(1, abi.dtype("struct steer_v4_l4_key"))
         self._lpm_key = np.zeros(1, abi.dtype("struct steer_v4_lpm_key"))
         self._u32 = np.zeros(1, np.uint32)
@@ -255,6 +297,18 @@ class SteeringProgram:
         if mode not in ATTACH_MODES:
             raise ValueError(f"attach mode: {mode!r} is not one of {', '.join(ATTACH_MODES)}")
         ifindex = ifindex_of(ifname)
+        if ifname in self.ifaces:
+            raise ValueError(f"interface {ifname}: the steering program is already attached there")
+        lock = _InterfaceLock(ifname, ifindex)
+        try:
+            mode_name = self._attach_locked(ifname, ifindex, roles, mode)
+        except BaseException:
+            lock.release()
+            raise
+        self._locks[ifname] = lock
+        return mode_name
+
+    def _attach_locked(self, ifname, ifindex, roles, mode):
         used = {base for _, base, _ in self.ifaces.values()}
         slot = next(s for s in range(abi.lib.STEER_MAX_IFACES) if s * abi.lib.STEER_MAX_QUEUES not in used)
         xsk_base = slot * abi.lib.STEER_MAX_QUEUES
@@ -283,6 +337,7 @@ class SteeringProgram:
         result = self._px.lib.xskp_steer_detach(self.handle, ifindex)
         self._u32[0] = ifindex
         self._delete(abi.lib.STEER_MAP_IFACES, self._u32)
+        self._locks.pop(ifname).release()
         _raise_if_error(result, f"detaching the XDP steering program from {ifname}")
 
     def xsk_index(self, sock):
@@ -380,6 +435,9 @@ class SteeringProgram:
             self._px.lib.xskp_steer_close(self.handle)
             self.handle = 0
             self.ifaces.clear()
+            for lock in self._locks.values():
+                lock.release()
+            self._locks.clear()
 
     def __enter__(self):
         return self

@@ -4,6 +4,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdarg.h>
 #include <net/if.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 #include <linux/if_xdp.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <xdp/libxdp.h>
 #include <xdp/xsk.h>
 
 #include "xskp_io.h"
@@ -67,6 +69,43 @@ static const char *const steer_map_names[STEER_MAP_MAX] = {
 	[STEER_MAP_XSKS] = "xskp_xsks",
 	[STEER_MAP_COUNTERS] = "xskp_counters",
 };
+
+/* ---- library logging ----------------------------------------------------------------- */
+
+static int discard_libbpf_message(enum libbpf_print_level level, const char *format, va_list args)
+{
+	(void)level;
+	(void)format;
+	(void)args;
+	return 0;
+}
+
+static int discard_libxdp_message(enum libxdp_print_level level, const char *format, va_list args)
+{
+	(void)level;
+	(void)format;
+	(void)args;
+	return 0;
+}
+
+void xskp_set_library_logging(uint32_t verbose)
+{
+	static libbpf_print_fn_t libbpf_default;
+	static libxdp_print_fn_t libxdp_default;
+	static int saved;
+	libbpf_print_fn_t old_bpf = libbpf_set_print(verbose ? libbpf_default : discard_libbpf_message);
+	libxdp_print_fn_t old_xdp = libxdp_set_print(verbose ? libxdp_default : discard_libxdp_message);
+
+	if (!saved) {
+		libbpf_default = old_bpf;
+		libxdp_default = old_xdp;
+		saved = 1;
+		if (verbose) {
+			libbpf_set_print(libbpf_default);
+			libxdp_set_print(libxdp_default);
+		}
+	}
+}
 
 /* ---- UMEM ---------------------------------------------------------------------------- */
 
@@ -364,8 +403,10 @@ int32_t xskp_poll_rx(uint64_t sock_a, uint64_t sock_b, int32_t timeout_ms)
 	struct pollfd fds[2];
 	int nfds = 0, ready;
 
-	fds[nfds].fd = ((struct xskp_socket *)(uintptr_t)sock_a)->fd;
-	fds[nfds++].events = POLLIN;
+	if (sock_a) {
+		fds[nfds].fd = ((struct xskp_socket *)(uintptr_t)sock_a)->fd;
+		fds[nfds++].events = POLLIN;
+	}
 	if (sock_b) {
 		fds[nfds].fd = ((struct xskp_socket *)(uintptr_t)sock_b)->fd;
 		fds[nfds++].events = POLLIN;

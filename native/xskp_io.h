@@ -13,6 +13,10 @@
 #include "xskproxy_abi.h"
 /* ---- cdef starts here ---- */
 
+/* libbpf's and libxdp's own messages on stderr: off (0, the default here: our errors carry the
+ * errno and what was attempted) or on (1, for debugging). */
+void xskp_set_library_logging(uint32_t verbose);
+
 /* UMEM: frame_count chunks of frame_size bytes (page-aligned anonymous mapping). */
 int xskp_umem_create(uint64_t *umem_out, uint32_t frame_count, uint32_t frame_size,
 		     uint32_t headroom, uint32_t ring_size);
@@ -44,7 +48,7 @@ uint32_t xskp_complete(uint64_t sock, uint64_t *addrs, uint32_t max);
 int32_t xskp_kick_tx(uint64_t sock);
 /* If the fill ring needs a wakeup, a non-blocking recvfrom. 1 woken, 0 not needed, -errno. */
 int32_t xskp_wakeup_rx(uint64_t sock);
-/* poll() both sockets for rx (sock_b may be 0) up to timeout_ms. >0 readable, 0, -errno. */
+/* poll() both sockets for rx (a handle may be 0) up to timeout_ms. >0 readable, 0, -errno. */
 int32_t xskp_poll_rx(uint64_t sock_a, uint64_t sock_b, int32_t timeout_ms);
 uint64_t xskp_now_ns(void);                   /* CLOCK_MONOTONIC */
 uint32_t xskp_batch_probe(uint64_t *addrs, uint32_t n);  /* does nothing: times one call */

@@ -1,0 +1,538 @@
+"""The worker loop: one numba nogil loop per queue pair moving frames between the transport and
+gateway AF_XDP sockets of one shared UMEM, calling pyxdp's batch functions directly; plus the
+first per-batch step (an L2 forwarder) and `python -m dataplane.forwarder`.
+
+The loop never raises and never allocates per packet: it counts (worker counters, per
+interface, enum xskp_worker_counter) and recycles. It returns to Python every few milliseconds
+so that the caller can stop it or hand it new tables (Worker.set_state).
+
+Per-batch step contract (the full pipeline, dataplane/pipeline.py, takes the same shape):
+    process_batch(umem, addrs, lens, n, ingress_iface, state, counters, verdicts_out, now)
+reads and rewrites frames umem[addrs[i]:addrs[i] + lens[i]] in place (it may move addrs[i]
+into the frame's headroom and change lens[i]), counts into counters (uint64[XSKP_COUNTER_MAX]),
+and writes one enum xskp_verdict per frame; `state` is one tuple of arrays. To use another step,
+assign it to the module global `process_batch` below (one line; keeps numba's cache working).
+"""
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections import namedtuple
+
+import llvmlite.binding as llvm
+import numpy as np
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from dataplane import abi
+from dataplane import xsk
+
+# ---- pyxdp's hot-path functions, as numba sees them ----------------------------------------
+# Declared by symbol name (resolved to pyxdp's addresses by bind_native()), so that numba can
+# cache the compiled loop: cffi function objects embed addresses and disable numba's cache.
+# Handles are uint64 (struct pointers); arrays are passed as data pointers (array_data_ptr).
+_u64, _u32, _i32, _ptr = types.uint64, types.uint32, types.int32, types.voidptr
+xskp_fill = types.ExternalFunction("xskp_fill", _u32(_u64, _ptr, _u32))
+xskp_fill_free = types.ExternalFunction("xskp_fill_free", _u32(_u64, _u32))
+xskp_rx = types.ExternalFunction("xskp_rx", _u32(_u64, _ptr, _ptr, _u32))
+xskp_tx = types.ExternalFunction("xskp_tx", _u32(_u64, _ptr, _ptr, _u32))
+xskp_complete = types.ExternalFunction("xskp_complete", _u32(_u64, _ptr, _u32))
+xskp_kick_tx = types.ExternalFunction("xskp_kick_tx", _i32(_u64))
+xskp_wakeup_rx = types.ExternalFunction("xskp_wakeup_rx", _i32(_u64))
+xskp_poll_rx = types.ExternalFunction("xskp_poll_rx", _i32(_u64, _u64, _i32))
+xskp_now_ns = types.ExternalFunction("xskp_now_ns", _u64())
+xskp_batch_probe = types.ExternalFunction("xskp_batch_probe", _u32(_ptr, _u32))
+_HOT_PATH_SYMBOLS = ("xskp_fill", "xskp_fill_free", "xskp_rx", "xskp_tx", "xskp_complete",
+                     "xskp_kick_tx", "xskp_wakeup_rx", "xskp_poll_rx", "xskp_now_ns",
+                     "xskp_batch_probe")
+_native_bound = False
+
+
+def bind_native():
+    """Load pyxdp and make its hot-path symbols known to numba (also registers the cffi module
+    with numba, for code that prefers calling pyxdp.lib.* from njit). Returns the module."""
+    global _native_bound
+    px = xsk.pyxdp_module()
+    if not _native_bound:
+        from numba.core.typing import cffi_utils
+        cffi_utils.register_module(px)
+        for name in _HOT_PATH_SYMBOLS:
+            llvm.add_symbol(name, int(px.ffi.cast("uintptr_t", px.ffi.addressof(px.lib, name))))
+        _native_bound = True
+    return px
+
+
+@intrinsic
+def array_data_ptr(typingctx, array):
+    """The data pointer of a C-contiguous array, as a void * argument for pyxdp functions."""
+    def codegen(context, builder, signature, args):
+        data = context.make_array(array)(context, builder, args[0]).data
+        return builder.bitcast(data, cgutils.voidptr_t)
+    return types.voidptr(array), codegen
+
+
+# ---- constants from the header --------------------------------------------------------------
+IFACE_TRANSPORT = abi.lib.XSKP_IFACE_TRANSPORT
+IFACE_GATEWAY = abi.lib.XSKP_IFACE_GATEWAY
+IFACE_MAX = abi.lib.XSKP_IFACE_MAX
+BATCH = abi.lib.XSKP_BATCH_MAX
+_V_DROP = abi.lib.XSKP_VERDICT_DROP
+_V_TX_TRANSPORT = abi.lib.XSKP_VERDICT_TX_TRANSPORT
+_V_TX_GATEWAY = abi.lib.XSKP_VERDICT_TX_GATEWAY
+_WC_RX = abi.lib.XSKP_WC_RX_FRAMES
+_WC_TX = abi.lib.XSKP_WC_TX_FRAMES
+_WC_COMPLETED = abi.lib.XSKP_WC_TX_COMPLETED
+_WC_DROPPED = abi.lib.XSKP_WC_DROPPED
+_WC_TX_RING_FULL = abi.lib.XSKP_WC_TX_RING_FULL
+_WC_KICKS = abi.lib.XSKP_WC_TX_KICKS
+_WC_KICK_ERRORS = abi.lib.XSKP_WC_TX_KICK_ERRORS
+_WC_FILL_SHORT = abi.lib.XSKP_WC_FILL_SHORT
+_WC_RX_WAKEUPS = abi.lib.XSKP_WC_RX_WAKEUPS
+_WC_EMPTY_POLLS = abi.lib.XSKP_WC_EMPTY_POLLS
+_WC_IDLE_SLEEPS = abi.lib.XSKP_WC_IDLE_SLEEPS
+_DROP_TRUNCATED = abi.lib.XSKP_DROP_TRUNCATED
+_DROP_TTL_EXCEEDED = abi.lib.XSKP_DROP_TTL_EXCEEDED
+_DROP_UNSUPPORTED = abi.lib.XSKP_DROP_UNSUPPORTED
+_CNT_TX_TRANSPORT = abi.lib.XSKP_CNT_TX_TRANSPORT
+_CNT_TX_GATEWAY = abi.lib.XSKP_CNT_TX_GATEWAY
+WORKER_COUNTER_NAMES = sorted(abi.enum_members("XSKP_WC_").keys() - {"XSKP_WC_MAX"},
+                              key=lambda name: getattr(abi.lib, name))
+IDLE_SPINS = 64          # empty loop iterations before sleeping in poll()
+IDLE_POLL_MS = 1         # longest poll() sleep: bounds the latency of the stop flag
+SLICE_NS = 5_000_000     # return to Python every 5 ms
+
+
+# ---- the first per-batch step: an L2 forwarder ---------------------------------------------
+def make_l2_state(transport_peer_mac, transport_own_mac, gateway_peer_mac, gateway_own_mac):
+    """State of process_batch_l2: per egress interface, [destination MAC | source MAC]."""
+    macs = np.zeros((IFACE_MAX, 12), np.uint8)
+    for iface, peer, own in ((IFACE_TRANSPORT, transport_peer_mac, transport_own_mac),
+                             (IFACE_GATEWAY, gateway_peer_mac, gateway_own_mac)):
+        macs[iface, :6] = np.frombuffer(bytes.fromhex(peer.replace(":", "")), np.uint8)
+        macs[iface, 6:] = np.frombuffer(bytes.fromhex(own.replace(":", "")), np.uint8)
+    return (macs,)
+
+
+def make_pipeline_counters():
+    return np.zeros(abi.lib.XSKP_COUNTER_MAX, np.uint64)
+
+
+@njit(cache=True, nogil=True)
+def process_batch_l2(umem, addrs, lens, n, ingress_iface, state, counters, verdicts_out, now):
+    """Forward every IPv4 frame to the other interface: MACs from state[0][egress] (destination
+    then source), TTL - 1 with an incremental header-checksum update (RFC 1624). Drops (and
+    counts) truncated frames, non-IPv4 frames and expiring TTLs. Reads/writes the frames."""
+    nexthop_macs = state[0]
+    egress = IFACE_GATEWAY if ingress_iface == IFACE_TRANSPORT else IFACE_TRANSPORT
+    for i in range(n):
+        a = addrs[i]
+        if lens[i] < 34:
+            counters[_DROP_TRUNCATED] += 1
+            verdicts_out[i] = _V_DROP
+            continue
+        if umem[a + 12] != 0x08 or umem[a + 13] != 0x00:
+            counters[_DROP_UNSUPPORTED] += 1
+            verdicts_out[i] = _V_DROP
+            continue
+        ttl = umem[a + 22]
+        if ttl <= 1:
+            counters[_DROP_TTL_EXCEEDED] += 1
+            verdicts_out[i] = _V_DROP
+            continue
+        umem[a + 22] = ttl - 1
+        # the TTL is the high byte of its 16-bit word, which drops by 0x0100: the checksum rises
+        check = ((np.uint32(umem[a + 24]) << 8) | umem[a + 25]) + 0x0100
+        check = (check & 0xffff) + (check >> 16)
+        umem[a + 24] = (check >> 8) & 0xff
+        umem[a + 25] = check & 0xff
+        for b in range(12):
+            umem[a + b] = nexthop_macs[egress, b]
+        if egress == IFACE_TRANSPORT:
+            verdicts_out[i] = _V_TX_TRANSPORT
+            counters[_CNT_TX_TRANSPORT] += 1
+        else:
+            verdicts_out[i] = _V_TX_GATEWAY
+            counters[_CNT_TX_GATEWAY] += 1
+
+
+# ---- the worker loop ------------------------------------------------------------------------
+WorkerBuffers = namedtuple(
+    "WorkerBuffers",
+    "socks free_frames free_count outstanding rx_addrs rx_lens tx_addrs tx_lens tx_counts "
+    "verdicts comp_addrs worker_counters")
+# njit code gets tuple(WorkerBuffers) and indexes it with these positions: a namedtuple argument
+# makes numba miss its on-disk cache in every new process (seen with numba 0.68).
+(_B_SOCKS, _B_FREE_FRAMES, _B_FREE_COUNT, _B_OUTSTANDING, _B_RX_ADDRS, _B_RX_LENS, _B_TX_ADDRS,
+ _B_TX_LENS, _B_TX_COUNTS, _B_VERDICTS, _B_COMP_ADDRS, _B_WORKER_COUNTERS) = range(12)
+
+
+def make_worker_buffers(umem, sockets):
+    """Scratch and bookkeeping of one worker; every UMEM frame starts on the free stack.
+
+    sockets: [transport socket or None, gateway socket or None] (XskSocket)."""
+    free = umem.chunk_addresses()
+    socks = np.array([s.handle if s is not None else 0 for s in sockets], np.uint64)
+    return WorkerBuffers(
+        socks=socks, free_frames=free, free_count=np.array([len(free)], np.int64),
+        outstanding=np.zeros(IFACE_MAX, np.int64),
+        rx_addrs=np.zeros(BATCH, np.uint64), rx_lens=np.zeros(BATCH, np.uint32),
+        tx_addrs=np.zeros((IFACE_MAX, BATCH), np.uint64), tx_lens=np.zeros((IFACE_MAX, BATCH), np.uint32),
+        tx_counts=np.zeros(IFACE_MAX, np.int64), verdicts=np.zeros(BATCH, np.int32),
+        comp_addrs=np.zeros(BATCH, np.uint64),
+        worker_counters=np.zeros((IFACE_MAX, abi.lib.XSKP_WC_MAX), np.uint64))
+
+
+# The per-batch step the loop calls. A module global (not an argument or a closure) so that
+# numba caches the compiled loop; the full pipeline replaces this one line.
+process_batch = process_batch_l2
+
+
+@njit(cache=True, nogil=True)
+def _free_frame(free_frames, free_count, addr, frame_mask):
+    free_frames[free_count[0]] = addr & frame_mask
+    free_count[0] += 1
+
+
+@njit(cache=True, nogil=True)
+def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
+    """Move frames for slice_ns nanoseconds (0: return at once, e.g. to compile): complete,
+    receive, process_batch, transmit on the egress interface, kick, refill, sleep in poll() when
+    idle. buffers is tuple(WorkerBuffers). Reads and writes the UMEM frames, buffers (free stack,
+    worker counters) and counters; returns the frames received."""
+    socks, wc, outstanding = buffers[_B_SOCKS], buffers[_B_WORKER_COUNTERS], buffers[_B_OUTSTANDING]
+    rx_addrs, rx_lens, verdicts = buffers[_B_RX_ADDRS], buffers[_B_RX_LENS], buffers[_B_VERDICTS]
+    tx_addrs, tx_lens, tx_counts = buffers[_B_TX_ADDRS], buffers[_B_TX_LENS], buffers[_B_TX_COUNTS]
+    comp, free_frames, free_count = buffers[_B_COMP_ADDRS], buffers[_B_FREE_FRAMES], buffers[_B_FREE_COUNT]
+    rx_addrs_ptr, rx_lens_ptr = array_data_ptr(rx_addrs), array_data_ptr(rx_lens)
+    comp_ptr = array_data_ptr(comp)
+    received = 0
+    empty_runs = 0
+    deadline = xskp_now_ns() + slice_ns
+    while True:
+        now = xskp_now_ns()
+        if now >= deadline:
+            break
+        active = False
+        # 1. frames the kernel has sent are free again
+        for i in range(IFACE_MAX):
+            if socks[i] == 0 or outstanding[i] == 0:
+                continue
+            done = xskp_complete(socks[i], comp_ptr, BATCH)
+            for k in range(done):
+                _free_frame(free_frames, free_count, comp[k], frame_mask)
+            outstanding[i] -= done
+            wc[i, _WC_COMPLETED] += done
+        # 2. receive a batch per interface, decide, queue for tx on the egress interface
+        for i in range(IFACE_MAX):
+            if socks[i] == 0:
+                continue
+            n = xskp_rx(socks[i], rx_addrs_ptr, rx_lens_ptr, BATCH)
+            if n == 0:
+                wc[i, _WC_EMPTY_POLLS] += 1
+                continue
+            active = True
+            received += n
+            wc[i, _WC_RX] += n
+            process_batch(umem, rx_addrs, rx_lens, n, i, state, counters, verdicts, now)
+            tx_counts[:] = 0
+            for k in range(n):
+                v = verdicts[k]
+                e = -1
+                if v == _V_TX_TRANSPORT:
+                    e = IFACE_TRANSPORT
+                elif v == _V_TX_GATEWAY:
+                    e = IFACE_GATEWAY
+                if e < 0 or socks[e] == 0:
+                    wc[i, _WC_DROPPED] += 1
+                    _free_frame(free_frames, free_count, rx_addrs[k], frame_mask)
+                    continue
+                tx_addrs[e, tx_counts[e]] = rx_addrs[k]
+                tx_lens[e, tx_counts[e]] = rx_lens[k]
+                tx_counts[e] += 1
+            for e in range(IFACE_MAX):
+                queued = tx_counts[e]
+                if queued == 0:
+                    continue
+                sent = xskp_tx(socks[e], array_data_ptr(tx_addrs[e]), array_data_ptr(tx_lens[e]),
+                               queued)
+                outstanding[e] += sent
+                wc[e, _WC_TX] += sent
+                for k in range(sent, queued):
+                    wc[e, _WC_TX_RING_FULL] += 1
+                    _free_frame(free_frames, free_count, tx_addrs[e, k], frame_mask)
+        # 3. make the kernel send (copy mode: sendto until it stops saying EAGAIN)
+        for e in range(IFACE_MAX):
+            if socks[e] != 0 and outstanding[e] > 0:
+                kicks = xskp_kick_tx(socks[e])
+                if kicks > 0:
+                    wc[e, _WC_KICKS] += kicks
+                elif kicks < 0:
+                    wc[e, _WC_KICK_ERRORS] += 1
+        # 4. refill the fill rings from the free stack
+        for i in range(IFACE_MAX):
+            if socks[i] == 0:
+                continue
+            available = free_count[0]
+            slots = xskp_fill_free(socks[i], 4 * BATCH)
+            if slots > available:
+                wc[i, _WC_FILL_SHORT] += 1
+                slots = available
+            if slots > 0:
+                start = available - slots
+                filled = xskp_fill(socks[i], array_data_ptr(free_frames[start:]), slots)
+                # the first `filled` entries from start went to the kernel: close the gap
+                kept = slots - filled
+                for k in range(kept):
+                    free_frames[start + k] = free_frames[start + filled + k]
+                free_count[0] = start + kept
+            if xskp_wakeup_rx(socks[i]) == 1:
+                wc[i, _WC_RX_WAKEUPS] += 1
+        # 5. sleep in poll() after a run of empty iterations
+        if active:
+            empty_runs = 0
+        else:
+            empty_runs += 1
+            if empty_runs >= IDLE_SPINS:
+                wc[IFACE_TRANSPORT, _WC_IDLE_SLEEPS] += 1  # counted once, on the first row
+                xskp_poll_rx(socks[0], socks[1], IDLE_POLL_MS)
+    return received
+
+
+# ---- measuring the numba -> pyxdp call cost (for bench/) ------------------------------------
+@njit(cache=True, nogil=True)
+def _time_batch_calls(sock, addrs, lens, iterations):
+    addrs_ptr, lens_ptr = array_data_ptr(addrs), array_data_ptr(lens)
+    got = 0
+    start = xskp_now_ns()
+    if sock == 0:
+        for _ in range(iterations):
+            got += xskp_batch_probe(addrs_ptr, BATCH)
+    else:
+        for _ in range(iterations):
+            got += xskp_rx(sock, addrs_ptr, lens_ptr, BATCH)
+    return xskp_now_ns() - start, got
+
+
+def measure_batch_call_ns(sock=None, iterations=1_000_000):
+    """Nanoseconds per numba -> pyxdp batch call: an empty rx batch on `sock` (an XskSocket whose
+    ring is idle), or, without a socket, a call that does nothing (the bare call cost)."""
+    bind_native()
+    addrs, lens = np.zeros(BATCH, np.uint64), np.zeros(BATCH, np.uint32)
+    handle = np.uint64(sock.handle if sock is not None else 0)
+    _time_batch_calls(handle, addrs, lens, 1000)  # compile and warm up
+    elapsed, _ = _time_batch_calls(handle, addrs, lens, iterations)
+    return elapsed / iterations
+
+
+# ---- one queue pair in a thread -------------------------------------------------------------
+class Worker:
+    """Serves one queue of the transport and gateway interfaces: a UMEM shared by one socket per
+    interface, bound into the steering program, and a thread running the njit loop in slices.
+
+    state: the per-batch step's state tuple; set_state() hands a new one to the next slice."""
+
+    def __init__(self, steering, transport, gateway, queue, state, 
+                 bind_mode="auto", frame_count=abi.lib.XSKP_UMEM_FRAMES):
+        bind_native()
+        self.queue, self.state = queue, state
+        self.counters = make_pipeline_counters()
+        self.umem = xsk.Umem(frame_count=frame_count)
+        self.sockets = [None, None]
+        self._thread, self._stop = None, threading.Event()
+        self.error = None
+        try:
+            for iface, ifname in ((IFACE_TRANSPORT, transport), (IFACE_GATEWAY, gateway)):
+                if ifname:
+                    self.sockets[iface] = xsk.XskSocket(self.umem, ifname, queue, mode=bind_mode)
+            self.buffers = make_worker_buffers(self.umem, self.sockets)
+            self._buffer_tuple = tuple(self.buffers)
+            self.frame_mask = np.uint64(~np.uint64(self.umem.frame_size - 1))
+            self.steering = steering
+        except BaseException:
+            self.umem.close()
+            raise
+
+    def compile(self):
+        """Compile (or load from numba's cache) the loop by running one empty slice."""
+        run_slice(self.umem.frames, self.frame_mask, self._buffer_tuple, self.state, self.counters, 0)
+
+    def start(self):
+        """Bind the sockets into the steering program (attach it to both interfaces first) and
+        start the loop thread."""
+        self.compile()
+        for sock in self.sockets:
+            if sock is not None:
+                self.steering.bind_socket(sock)
+        self._thread = threading.Thread(target=self._run, name=f"xskp-worker-q{self.queue}", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            while not self._stop.is_set():
+                run_slice(self.umem.frames, self.frame_mask, self._buffer_tuple, self.state,
+                               self.counters, SLICE_NS)
+        except BaseException as exc:  # surfaced by stop()/the runner, never silently lost
+            self.error = exc
+
+    def set_state(self, state):
+        self.state = state
+
+    def stop(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def worker_counters(self):
+        """{interface name: {counter name: value}} of the loop (enum xskp_worker_counter)."""
+        out = {}
+        for iface, sock in enumerate(self.sockets):
+            if sock is not None:
+                row = self.buffers.worker_counters[iface]
+                out[sock.ifname] = {name[len("XSKP_WC_"):].lower(): int(row[getattr(abi.lib, name)])
+                                    for name in WORKER_COUNTER_NAMES}
+        return out
+
+    def socket_statistics(self):
+        return {sock.ifname: sock.statistics() for sock in self.sockets if sock is not None}
+
+    def close(self):
+        self.stop()
+        for sock in self.sockets:
+            if sock is not None and sock.handle:
+                try:
+                    self.steering.unbind_socket(sock)
+                except (OSError, ValueError):
+                    pass  # the program may be gone already; closing the socket clears it anyway
+        self.umem.close()
+
+
+# ---- python -m dataplane.forwarder ----------------------------------------------------------
+def _parse_prefix(text):
+    cidr, _, role = text.partition("@")
+    roles = [role] if role else ["transport", "gateway"]
+    for r in roles:
+        if r not in xsk.ROLES:
+            raise ValueError(f"--steer-prefix: {text!r}: role {r!r} is not one of transport, gateway")
+    return cidr, roles
+
+
+def _parse_port(text):
+    spec, _, addr = text.partition("@")
+    proto, _, port = spec.partition(":")
+    if proto not in ("tcp", "udp", "sctp") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--steer-port: {text!r} is not tcp|udp|sctp:PORT[@ADDRESS]")
+    return proto, int(port), addr or None
+
+
+def _own_mac(ifname):
+    with open(f"/sys/class/net/{ifname}/address") as f:
+        return f.read().strip()
+
+
+def _own_ipv4_addresses(ifname):
+    """IPv4 addresses of ifname (SIOCGIFADDR gives only the first; enough for the forwarder lab)."""
+    import fcntl
+    import socket
+    import struct
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        packed = fcntl.ioctl(sock.fileno(), 0x8915, struct.pack("256s", ifname.encode()[:15]))
+        return [socket.inet_ntoa(packed[20:24])]
+    except OSError:
+        return []
+    finally:
+        sock.close()
+
+
+def _parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m dataplane.forwarder",
+                                description="Forward between two interfaces through AF_XDP (L2: MAC rewrite, TTL-1).")
+    p.add_argument("--transport", required=True, help="uplink interface (role transport)")
+    p.add_argument("--gateway", required=True, help="interface towards the Pods (role gateway)")
+    p.add_argument("--queue", type=int, default=0)
+    p.add_argument("--transport-peer-mac", required=True, help="next hop's MAC for frames leaving on --transport")
+    p.add_argument("--gateway-peer-mac", required=True, help="next hop's MAC for frames leaving on --gateway")
+    p.add_argument("--steer-prefix", action="append", default=[], metavar="CIDR[@transport|@gateway]",
+                   help="steer packets to CIDR arriving on interfaces of that role (default both)")
+    p.add_argument("--steer-port", action="append", default=[], metavar="PROTO:PORT[@ADDRESS]",
+                   help="steer packets to ADDRESS:PORT (default: the transport's address) on both interfaces")
+    p.add_argument("--attach-mode", choices=sorted(xsk.ATTACH_MODES), default="auto")
+    p.add_argument("--bind-mode", choices=sorted(xsk.BIND_MODES), default="auto")
+    p.add_argument("--stats-file", help="write counters as JSON here every --stats-interval seconds")
+    p.add_argument("--stats-interval", type=float, default=0.5)
+    return p.parse_args(argv)
+
+
+def _stats(steering, worker):
+    return {"worker": worker.worker_counters(), "sockets": worker.socket_statistics(),
+            "steering": steering.counters(),
+            "pipeline": {name: int(worker.counters[getattr(abi.lib, name)])
+                         for name in sorted(abi.enum_members("XSKP_DROP_").keys() | abi.enum_members("XSKP_CNT_").keys())
+                         if name not in ("XSKP_DROP_REASON_MAX",)}}
+
+
+def _write_stats(path, stats):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(stats, f)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    """Attach, fill the steering maps, forward until SIGTERM/SIGINT, detach. Exit 0 on a clean
+    stop; 1 with one line `forwarder: error: ...` on stderr when setting up fails."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    steering = worker = None
+    try:
+        args = _parse_args(argv)
+        prefixes = [_parse_prefix(p) for p in args.steer_prefix]
+        ports = [_parse_port(p) for p in args.steer_port]
+        for ifname in (args.transport, args.gateway):
+            xsk.ifindex_of(ifname)
+        bind_native()
+        steering = xsk.SteeringProgram()
+        state = make_l2_state(args.transport_peer_mac, _own_mac(args.transport),
+                              args.gateway_peer_mac, _own_mac(args.gateway))
+        worker = Worker(steering, args.transport, args.gateway, args.queue, state, bind_mode=args.bind_mode)
+        worker.compile()
+        modes = {ifname: steering.attach(ifname, role, args.attach_mode)
+                 for ifname, role in ((args.transport, "transport"), (args.gateway, "gateway"))}
+        for cidr, roles in prefixes:
+            steering.add_prefix(cidr, roles)
+        for proto, port, addr in ports:
+            for address in [addr] if addr else _own_ipv4_addresses(args.transport):
+                steering.add_frontend(address, port, proto, ["transport", "gateway"])
+        worker.start()
+        socket_modes = {s.ifname: s.mode_name for s in worker.sockets}
+        print("forwarder: ready " + " ".join(f"{name}=xdp:{modes[name]},socket:{socket_modes[name]}"
+                                             for name in modes) + f" queue={args.queue}", flush=True)
+        while not stop.wait(args.stats_interval):
+            if worker.error is not None:
+                raise worker.error
+            if args.stats_file:
+                _write_stats(args.stats_file, _stats(steering, worker))
+        worker.stop()
+        stats = _stats(steering, worker)
+        if args.stats_file:
+            _write_stats(args.stats_file, stats)
+        print(json.dumps(stats), flush=True)
+        return 0
+    except (OSError, ValueError, xsk.NativeMissingError) as exc:
+        print(f"forwarder: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if worker is not None:
+            worker.close()
+        if steering is not None:
+            steering.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
