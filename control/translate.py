@@ -469,10 +469,11 @@ class Translator:
     oldest_in_use()); ids and ring space released after it are not reused before it retires.
     """
 
-    def __init__(self, options):
+    def __init__(self, options, fib_generation_base=0):
         self.options = options
         self.generation = 0
-        self.fib_generation = 0
+        self.fib_generation = fib_generation_base  # start above adopted conntrack entries' MACs
+        self._reserved_backends = set()
         self.backend_ids = StableIdAllocator(first_id=1)
         self.service_ids = StableIdAllocator(first_id=1)
         self.arena = RingArena()
@@ -543,6 +544,10 @@ class Translator:
         for key in [k for k in self._entries if k not in wanted]:
             self._replace_service(key, None, generation)
 
+        for key in self._reserved_backends:
+            if key not in self._backend_refs:
+                self.backend_ids.release(key, generation)
+        self._reserved_backends.clear()
         self._network_parts(state, network, ctx, changes)
         frontends_dirty = (self._frontends_dirty or self._steering_frontends_dirty
                            or self._previous_tables is None)
@@ -555,6 +560,24 @@ class Translator:
                  "rebuilt_services": rebuilt, "frontends": len(self._frontend_owners),
                  "ring_slots": self.arena.used, "ring_arena_slots": int(self.arena.array.size)}
         return Translation(generation, tables, changes, dict(self._service_names), stats)
+
+    def adopt_backend_ids(self, ids):
+        """Before the first translate: keep the ids that adopted conntrack entries refer to
+        ({(host-order addr, port, proto): id}, from dataplane.store.backend_ids_in_use), so
+        flows that survived a restart still find their backend. Ids not claimed by the first
+        translation are released then."""
+        if self.generation:
+            raise RuntimeError("adopt_backend_ids: only before the first translate")
+        alloc = self.backend_ids
+        taken = set(alloc.ids.values())
+        for key, bid in sorted(ids.items(), key=lambda kv: kv[1]):
+            if bid < alloc.first_id or bid in taken or key in alloc.ids:
+                continue
+            alloc.ids[key] = bid
+            taken.add(bid)
+            self._reserved_backends.add(key)
+        alloc.next_id = max(taken, default=alloc.first_id - 1) + 1
+        alloc._free.extend(i for i in range(alloc.first_id, alloc.next_id) if i not in taken)
 
     def steering_contents(self):
         """What the steering maps should hold now (copies)."""
