@@ -13,14 +13,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAFFICGEN = os.environ.get("XSKP_TRAFFICGEN") or os.path.join(REPO, "build", "bench", "xskp-trafficgen")
 BENCH_SOURCE_NET = "198.18.0.0/15"   # RFC 2544 benchmark range: the generator's source addresses
 BENCH_SOURCE_FIRST = "198.18.0.1"
+TCP_SERVER_PORT = 5201
 
 
 @dataclass
 class Workload:
+    """What the client sends: 64-byte UDP frames from the generator, or TCP from iperf3."""
     key: str
     name: str
-    new_flows: bool
-    flows: int = 256
+    proto: str = "udp"         # "udp": xskp-trafficgen; "tcp": iperf3
+    new_flows: bool = False    # udp: every frame a new 5-tuple
+    flows: int = 256           # udp established: 5-tuples cycled over
+    streams: int = 1           # tcp: parallel streams
+    offloads: bool = True      # tcp: checksum/segmentation offloads of client and Pod as veth defaults them
+
+    @property
+    def unit(self):
+        return "pps" if self.proto == "udp" else "Gbit/s"
 
     def generator_args(self):
         if self.new_flows:
@@ -29,10 +38,17 @@ class Workload:
         return ["--flows", str(self.flows), "--src-ports", str(self.flows), "--src-ips", "1"]
 
 
-WORKLOADS = [
-    Workload("udp64_established", "64 B UDP, 256 established flows", new_flows=False),
-    Workload("udp64_new_flows", "64 B UDP, every packet a new flow", new_flows=True),
+UDP_ESTABLISHED = Workload("udp64_established", "64 B UDP, 256 established flows")
+UDP_NEW_FLOWS = Workload("udp64_new_flows", "64 B UDP, every packet a new flow", new_flows=True)
+TCP_WORKLOADS = [
+    Workload("tcp1_offloads_on", "TCP 1 stream, offloads on", proto="tcp", streams=1, offloads=True),
+    Workload("tcp4_offloads_on", "TCP 4 streams, offloads on", proto="tcp", streams=4, offloads=True),
+    Workload("tcp1_offloads_off", "TCP 1 stream, offloads off", proto="tcp", streams=1, offloads=False),
+    Workload("tcp4_offloads_off", "TCP 4 streams, offloads off", proto="tcp", streams=4, offloads=False),
 ]
+WORKLOADS = [UDP_ESTABLISHED, UDP_NEW_FLOWS] + TCP_WORKLOADS
+QUICK_WORKLOADS = [UDP_ESTABLISHED, UDP_NEW_FLOWS, TCP_WORKLOADS[2]]
+TCP_OFFLOADS = ("tx", "tso", "gso")
 
 
 _PROC_STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -104,12 +120,25 @@ class BenchLab:
         lab.ethtool_features(t.node, "tr0", gro=True)
         # kernel paths: receive processing of the transport moves to the path core
         lab.set_rps(t.node, "tr0", 1 << self.path_cpu)
+        self.start_sink()
+
+    def start_sink(self):
+        """The counting XDP drop on the Pod's eth0 (UDP workloads)."""
+        lab, t = self.lab, self.topo
+        if self.sink is not None:
+            return
         self.sink = lab.popen(t.pods, [TRAFFICGEN, "sink", "--dev", "eth0", "--duration", "0"])
         deadline = time.monotonic() + 10
         while "prog/xdp" not in lab.ip(t.pods, "link show dev eth0"):
             if self.sink.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"traffic sink did not start: {lab.stop(self.sink).stderr}")
             time.sleep(0.05)
+
+    def stop_sink(self):
+        """Remove the sink so that TCP reaches the Pod's stack."""
+        if self.sink is not None:
+            self.lab.stop(self.sink)
+            self.sink = None
 
     def set_ip_forward(self, on):
         self.lab.sysctl(self.topo.node, "net.ipv4.ip_forward", 1 if on else 0)
@@ -127,8 +156,51 @@ class BenchLab:
         proc = self.lab.run(t.client, argv, timeout=seconds + 30)
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
+    def set_tcp_offloads(self, on):
+        """Checksum and segmentation offloads of the client's and the Pod's eth0 (the TCP endpoints)."""
+        for ns in (self.topo.client, self.topo.pods):
+            self.lab.ethtool_features(ns, "eth0", **{name: on for name in TCP_OFFLOADS})
+
     def measure(self, dst_ip, dst_port, workload, seconds):
+        """One measurement of `workload` towards dst_ip:dst_port (see measure_udp / measure_tcp)."""
+        if workload.proto == "tcp":
+            return self.measure_tcp(dst_ip, dst_port, workload, seconds)
+        return self.measure_udp(dst_ip, dst_port, workload, seconds)
+
+    def measure_tcp(self, dst_ip, dst_port, workload, seconds):
+        """iperf3 client (client ns) -> server (Pod ns), both on the generator core; Gbit/s received.
+
+        A transfer that fails (e.g. a path that cannot carry offloaded frames) gives rate 0 and its error."""
+        import json
+        t, lab = self.topo, self.lab
+        self.stop_sink()
+        self.set_tcp_offloads(workload.offloads)
+        server = lab.popen(t.pods, ["iperf3", "-s", "-1", "-p", str(TCP_SERVER_PORT)], cpu=self.gen_cpu)
+        time.sleep(0.3)
+        cpu0 = read_cpu_times()
+        proc = lab.run(t.client, ["iperf3", "-c", dst_ip, "-p", str(dst_port), "-t", str(max(1, round(seconds))),
+                                  "-P", str(workload.streams), "-J", "--connect-timeout", "3000"],
+                       cpu=self.gen_cpu, check=False, timeout=seconds + 20)
+        cpu1 = read_cpu_times()
+        lab.stop(server)
+        self.set_tcp_offloads(True)
+        error, gbps, retransmits = None, 0.0, None
+        try:
+            report = json.loads(proc.stdout)
+            error = report.get("error")
+            end = report.get("end", {})
+            gbps = end.get("sum_received", {}).get("bits_per_second", 0.0) / 1e9
+            retransmits = end.get("sum_sent", {}).get("retransmits")
+        except ValueError:
+            error = (proc.stderr or proc.stdout).strip()[:200] or f"iperf3 exited {proc.returncode}"
+        return {"rate": gbps, "gbit_s": gbps, "retransmits": retransmits, "error": error,
+                "forwarded": int(gbps * 1e9 * seconds / 8), "seconds": seconds,
+                "path_cpu": cpu_delta(cpu0, cpu1, self.path_cpu, 0),
+                "generator_cpu": cpu_delta(cpu0, cpu1, self.gen_cpu, 0)}
+
+    def measure_udp(self, dst_ip, dst_port, workload, seconds):
         """One measurement: forwarded pps at the sink, offered pps, CPU seconds per packet per core."""
+        self.start_sink()
         t, lab = self.topo, self.lab
         sink0, ingress0, cpu0 = lab.link_stats(t.pods, "eth0"), lab.link_stats(t.node, "tr0"), read_cpu_times()
         gen = self.generate(dst_ip, dst_port, workload, seconds)
@@ -139,6 +211,7 @@ class BenchLab:
         per_cpu = {cpu: cpu_delta(cpu0, cpu1, cpu, forwarded) for cpu in (self.gen_cpu, self.path_cpu)}
         return {
             "forwarded": forwarded,
+            "rate": forwarded / seconds_run if seconds_run else 0.0,
             "pps": forwarded / seconds_run if seconds_run else 0.0,
             "offered_pps": gen["generated"] / seconds_run if seconds_run else 0.0,
             "ingress_dropped": ingress1["rx_dropped"] - ingress0["rx_dropped"],

@@ -14,7 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 XSKFWD_C = os.path.join(REPO, "build", "native", "xskfwd_c")
 SERVICE_NET = ipaddress.ip_network("10.96.0.0/16")
 SERVICE_PORT = 80
-BACKEND_PORT = 8080
+BACKEND_PORT = {"udp": 8080, "tcp": 5201}   # tcp: the iperf3 server in the Pod
 
 
 def service_vip(index):
@@ -46,9 +46,11 @@ class Path:
         """None when this path can run here, else the reason it cannot (shown in the report)."""
         return None
 
-    def target(self, bench):
-        """(destination IP, destination port) the generator aims at."""
-        return bench.topo.pod_if.ip, BACKEND_PORT
+    tcp = True                  # False: TCP workloads are not run on this row
+
+    def target(self, bench, proto="udp"):
+        """(destination IP, destination port) the client aims at for `proto`."""
+        return bench.topo.pod_if.ip, BACKEND_PORT[proto]
 
     def setup(self, bench):
         pass
@@ -73,22 +75,24 @@ class IptablesKubeProxy(Path):
     def unavailable(self, bench):
         return None if shutil.which("iptables-restore") else "iptables-restore is not installed"
 
-    def target(self, bench):
+    def target(self, bench, proto="udp"):
         return service_vip(self.services - 1), SERVICE_PORT
 
     def ruleset(self, backend_ip):
         lines = ["*nat", ":PREROUTING ACCEPT [0:0]", ":KUBE-SERVICES - [0:0]"]
         body = ["-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"]
         for i in range(self.services):
-            svc, sep = f"KUBE-SVC-BENCH{i:011d}", f"KUBE-SEP-BENCH{i:011d}"
-            lines += [f":{svc} - [0:0]", f":{sep} - [0:0]"]
-            body += [
-                f"-A KUBE-SERVICES -d {service_vip(i)}/32 -p udp -m comment --comment "
-                f"\"bench/svc-{i}:udp cluster IP\" -m udp --dport {SERVICE_PORT} -j {svc}",
-                f"-A {svc} -m comment --comment \"bench/svc-{i}:udp -> {backend_ip}:{BACKEND_PORT}\" -j {sep}",
-                f"-A {sep} -p udp -m comment --comment bench/svc-{i}:udp -m udp "
-                f"-j DNAT --to-destination {backend_ip}:{BACKEND_PORT}",
-            ]
+            for proto in ("udp", "tcp"):
+                svc, sep = f"KUBE-SVC-{proto.upper()}{i:012d}", f"KUBE-SEP-{proto.upper()}{i:012d}"
+                backend = f"{backend_ip}:{BACKEND_PORT[proto]}"
+                lines += [f":{svc} - [0:0]", f":{sep} - [0:0]"]
+                body += [
+                    f"-A KUBE-SERVICES -d {service_vip(i)}/32 -p {proto} -m comment --comment "
+                    f"\"bench/svc-{i}:{proto} cluster IP\" -m {proto} --dport {SERVICE_PORT} -j {svc}",
+                    f"-A {svc} -m comment --comment \"bench/svc-{i}:{proto} -> {backend}\" -j {sep}",
+                    f"-A {sep} -p {proto} -m comment --comment bench/svc-{i}:{proto} -m {proto} "
+                    f"-j DNAT --to-destination {backend}",
+                ]
         return "\n".join(lines + body + ["COMMIT", ""])
 
     def setup(self, bench):
@@ -110,15 +114,18 @@ class NftablesKubeProxy(Path):
     def unavailable(self, bench):
         return None if shutil.which("nft") else "nft is not installed"
 
-    def target(self, bench):
+    def target(self, bench, proto="udp"):
         return service_vip(self.services - 1), SERVICE_PORT
 
     def ruleset(self, backend_ip):
         chains, elements = [], []
         for i in range(self.services):
-            elements.append(f"{service_vip(i)} . udp . {SERVICE_PORT} : goto service-{i}")
-            chains.append(f"chain service-{i} {{ numgen random mod 1 vmap {{ 0 : goto endpoint-{i} }}; }}")
-            chains.append(f"chain endpoint-{i} {{ meta l4proto udp dnat to {backend_ip}:{BACKEND_PORT}; }}")
+            for proto in ("udp", "tcp"):
+                name = f"{i}-{proto}"
+                elements.append(f"{service_vip(i)} . {proto} . {SERVICE_PORT} : goto service-{name}")
+                chains.append(f"chain service-{name} {{ numgen random mod 1 vmap {{ 0 : goto endpoint-{name} }}; }}")
+                chains.append(f"chain endpoint-{name} {{ meta l4proto {proto} dnat to "
+                              f"{backend_ip}:{BACKEND_PORT[proto]}; }}")
         return "\n".join([
             "table ip xskp-bench-kube-proxy {",
             *chains,
@@ -201,6 +208,15 @@ class _AfxdpWorker(Path):
     def command(self, bench):
         raise NotImplementedError
 
+    @staticmethod
+    def steer_args(bench):
+        """Pod CIDR arriving on the transport; the client and the generator's sources arriving on the gateway."""
+        from bench.measure import BENCH_SOURCE_NET
+        t = bench.topo
+        return ["--steer-prefix", f"{t.pod_if.network}@transport",
+                "--steer-prefix", f"{t.client_if.ip}/32@gateway",
+                "--steer-prefix", f"{BENCH_SOURCE_NET}@gateway"]
+
     def setup(self, bench):
         self.proc = bench.lab.popen(bench.topo.node, self.command(bench), cpu=bench.path_cpu, cwd=REPO)
         self.wait_ready(bench)
@@ -238,7 +254,7 @@ class CForwarder(_AfxdpWorker):
         t = bench.topo
         return [XSKFWD_C, "--transport", "tr0", "--gateway", "gw0",
                 "--transport-peer-mac", t.client_if.mac, "--gateway-peer-mac", t.pod_if.mac,
-                "--steer-prefix", f"{t.pod_if.network}@transport"]
+                *self.steer_args(bench)]
 
 
 class NumbaForwarder(_AfxdpWorker):
@@ -271,7 +287,7 @@ class NumbaForwarder(_AfxdpWorker):
         t = bench.topo
         return [sys.executable, "-m", "dataplane.forwarder", "--transport", "tr0", "--gateway", "gw0",
                 "--transport-peer-mac", t.client_if.mac, "--gateway-peer-mac", t.pod_if.mac,
-                "--steer-prefix", f"{t.pod_if.network}@transport"]
+                *self.steer_args(bench)]
 
 
 def all_paths(service_counts):

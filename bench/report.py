@@ -13,6 +13,13 @@ def _k(value):
     return f"{value / 1e6:.2f} M" if value >= 1e6 else f"{value / 1e3:.0f} k"
 
 
+def _fmt(value, unit):
+    """pps as k/M, Gbit/s with two decimals."""
+    if value is None:
+        return "-"
+    return _k(value) if unit == "pps" else f"{value:.2f}"
+
+
 def reference_row(results, row):
     """The (b) row a row is compared with: (b) with the same N, or (b) with the smallest N."""
     b_rows = [r for r in results["rows"] if r["key"] == "b"]
@@ -22,7 +29,7 @@ def reference_row(results, row):
     return min(b_rows, key=lambda r: r["services"]) if b_rows else None
 
 
-def _median(row, workload, metric="pps"):
+def _median(row, workload, metric="rate"):
     cell = row["cells"].get(workload)
     return cell[metric]["median"] if cell and cell.get(metric) else None
 
@@ -30,12 +37,13 @@ def _median(row, workload, metric="pps"):
 def markdown(results):
     """Markdown: forwarded pps (median [min-max], ratio to (b)), then CPU ns per packet on the path core."""
     meta, workloads = results["meta"], results["workloads"]
-    lines = [f"Forwarded packets per second at the sink, median of {meta['runs']} run(s) of "
-             f"{meta['seconds_per_measurement']:g} s [min-max], x ratio to (b); generator on CPU "
+    lines = [f"Forwarded packets per second at the sink (UDP) or Gbit/s received by iperf3 (TCP), median of "
+             f"{meta['runs']} run(s) of {meta['seconds_per_measurement']:g} s [min-max], x ratio to (b) "
+             f"(same N, else the smallest N); generator on CPU "
              f"{meta['generator_cpu']}, path on CPU {meta['path_cpu']}; kernel {meta['kernel']}, "
              f"load average at start {' '.join(meta['loadavg_at_start'])}"
              f"{' (quick run)' if meta['quick'] else ''}.", ""]
-    lines.append("| path | " + " | ".join(w["name"] for w in workloads) + " |")
+    lines.append("| path | " + " | ".join(f"{w['name']} ({w['unit']})" for w in workloads) + " |")
     lines.append("|---|" + "---|" * len(workloads))
     for row in results["rows"]:
         cells = []
@@ -44,20 +52,27 @@ def markdown(results):
             if row["unavailable"] or (row["error"] and not cell):
                 cells.append(f"n/a: {row['unavailable'] or row['error']}"[:90])
                 continue
-            pps = cell["pps"]
+            if not cell:
+                cells.append("-")
+                continue
+            rate, unit = cell["rate"], w["unit"]
             ref = reference_row(results, row)
-            ref_pps = _median(ref, w["key"]) if ref else None
-            ratio = f" x{pps['median'] / ref_pps:.2f}" if ref_pps else ""
-            cells.append(f"{_k(pps['median'])} [{_k(pps['min'])}-{_k(pps['max'])}]{ratio}")
+            ref_rate = _median(ref, w["key"]) if ref else None
+            ratio = f" x{rate['median'] / ref_rate:.2f}" if ref_rate else ""
+            text = f"{_fmt(rate['median'], unit)} [{_fmt(rate['min'], unit)}-{_fmt(rate['max'], unit)}]{ratio}"
+            if cell.get("errors"):
+                text += f" ({len(cell['errors'])} failed: {cell['errors'][0]})"[:80]
+            cells.append(text)
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     lines += ["", "CPU time per forwarded packet on the path core (ns, median), its utilisation (user share in "
               "brackets: for kernel paths that is other processes, i.e. noise), and what the generator "
               "offered (median pps):", ""]
-    lines.append("| path | " + " | ".join(f"{w['key']} ns/pkt | busy | offered" for w in workloads) + " |")
-    lines.append("|---|" + "---|---|---|" * len(workloads))
+    udp = [w for w in workloads if w["unit"] == "pps"]
+    lines.append("| path | " + " | ".join(f"{w['key']} ns/pkt | busy | offered" for w in udp) + " |")
+    lines.append("|---|" + "---|---|---|" * len(udp))
     for row in results["rows"]:
         cells = []
-        for w in workloads:
+        for w in udp:
             cell = row["cells"].get(w["key"])
             if not cell:
                 cells += ["-", "-", "-"]
@@ -70,36 +85,57 @@ def markdown(results):
                       _k(cell["offered_pps"]["median"])]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     call = results.get("batch_call") or {}
+    tcp = [w for w in workloads if w["unit"] != "pps"]
+    if tcp:
+        lines += ["", "TCP: path core utilisation and TCP retransmits (medians):", "",
+                  "| path | " + " | ".join(f"{w['key']} busy | retr" for w in tcp) + " |",
+                  "|---|" + "---|---|" * len(tcp)]
+        for row in results["rows"]:
+            cells = []
+            for w in tcp:
+                cell = row["cells"].get(w["key"])
+                util = cell and cell["path_cpu_utilisation"]
+                retr = cell and cell["retransmits"]
+                cells += [f"{util['median'] * 100:.0f}%" if util else "-", f"{retr['median']:.0f}" if retr else "-"]
+            if any(c != "-" for c in cells):
+                lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     lines += ["", ("One numba->cffi batch call: " + (f"{call['ns']:.1f} ns" if "ns" in call
                else f"not measured ({call.get('unavailable', 'unknown')})")), ""]
     return "\n".join(lines)
 
 
 def plot(results, path):
-    """Grouped bars: forwarded pps per path, one group per workload, whiskers min-max."""
+    """Grouped bars per workload (one panel for pps, one for Gbit/s), whiskers min-max."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = [r for r in results["rows"] if r["cells"]]
-    workloads = results["workloads"]
-    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(rows) * len(workloads)), 5))
+    panels = [(unit, [w for w in results["workloads"] if w["unit"] == unit]) for unit in ("pps", "Gbit/s")]
+    panels = [(unit, ws) for unit, ws in panels if ws]
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5.5), squeeze=False)
     width = 0.8 / max(1, len(rows))
-    for i, row in enumerate(rows):
-        xs, ys, lo, hi = [], [], [], []
-        for j, w in enumerate(workloads):
-            cell = row["cells"].get(w["key"])
-            if not cell:
-                continue
-            xs.append(j + (i - (len(rows) - 1) / 2) * width)
-            ys.append(cell["pps"]["median"] / 1e3)
-            lo.append((cell["pps"]["median"] - cell["pps"]["min"]) / 1e3)
-            hi.append((cell["pps"]["max"] - cell["pps"]["median"]) / 1e3)
-        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=row["label"])
-    ax.set_xticks(range(len(workloads)), [w["name"] for w in workloads])
-    ax.set_ylabel("forwarded kpps (median, min-max)")
-    ax.set_title(f"xskproxy bench, {results['meta']['started']}, kernel {results['meta']['kernel']}")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(axis="y", alpha=0.3)
+    for ax, (unit, workloads) in zip(axes[0], panels):
+        scale = 1e3 if unit == "pps" else 1.0
+        for i, row in enumerate(rows):
+            xs, ys, lo, hi = [], [], [], []
+            for j, w in enumerate(workloads):
+                cell = row["cells"].get(w["key"])
+                if not cell or not cell.get("rate"):
+                    continue
+                r = cell["rate"]
+                xs.append(j + (i - (len(rows) - 1) / 2) * width)
+                ys.append(r["median"] / scale)
+                lo.append((r["median"] - r["min"]) / scale)
+                hi.append((r["max"] - r["median"]) / scale)
+            if xs:
+                ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=row["label"])
+        ax.set_xticks(range(len(workloads)), [w["name"] for w in workloads], rotation=15, fontsize=8)
+        ax.set_ylabel("forwarded kpps" if unit == "pps" else "Gbit/s received")
+        ax.grid(axis="y", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"xskproxy bench {results['meta']['started']}, kernel {results['meta']['kernel']} "
+                 f"(median, min-max)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -10,22 +10,24 @@ import sys
 import time
 
 from bench import report
-from bench.measure import WORKLOADS, BenchLab, unavailable_reason
+from bench.measure import QUICK_WORKLOADS, WORKLOADS, BenchLab, unavailable_reason
 from bench.paths import all_paths
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-FULL = dict(service_counts=(10, 1000, 10000), runs=3, seconds=3.0, warmup=0.5)
-QUICK = dict(service_counts=(10,), runs=1, seconds=1.0, warmup=0.3)
+FULL = dict(service_counts=(10, 1000, 10000), runs=3, seconds=3.0, warmup=0.5, workloads=WORKLOADS)
+QUICK = dict(service_counts=(10,), runs=1, seconds=1.0, warmup=0.3, workloads=QUICK_WORKLOADS)
 
 
 def _summary(samples):
     def stats(key, sub=None):
-        values = [s[key][sub] if sub else s[key] for s in samples]
+        values = [s[key][sub] if sub else s.get(key) for s in samples]
         values = [v for v in values if v is not None]
         if not values:
             return None
         return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-    return {"pps": stats("pps"), "offered_pps": stats("offered_pps"),
+    errors = [s["error"] for s in samples if s.get("error")]
+    return {"rate": stats("rate"), "pps": stats("pps"), "offered_pps": stats("offered_pps"),
+            "gbit_s": stats("gbit_s"), "retransmits": stats("retransmits"), "errors": errors,
             "path_ns_per_packet": stats("path_cpu", "ns_per_packet"),
             "path_cpu_utilisation": stats("path_cpu", "utilisation"),
             "path_cpu_user_share": stats("path_cpu", "user_share"),
@@ -41,7 +43,15 @@ def machine_description():
             "python": platform.python_version()}
 
 
-def run_matrix(service_counts, runs, seconds, warmup, only=None, out_dir=RESULTS_DIR, quick=False, log=print):
+def row_workloads(row, workloads, service_counts):
+    """TCP rides established connections, which skip the NAT rules: (b) and (c) get TCP at the smallest N only."""
+    if row.per_service_count and row.services != min(service_counts):
+        return [w for w in workloads if w.proto != "tcp"]
+    return [w for w in workloads if w.proto != "tcp" or row.tcp]
+
+
+def run_matrix(service_counts, runs, seconds, warmup, workloads=WORKLOADS, only=None, out_dir=RESULTS_DIR,
+               quick=False, log=print):
     """Measure every path row on every workload `runs` times, A B .. B A interleaved; write the report.
 
     `only`: path keys to keep (e.g. "abg"). Returns the results dict (also in latest.json)."""
@@ -51,12 +61,12 @@ def run_matrix(service_counts, runs, seconds, warmup, only=None, out_dir=RESULTS
                         "quick": quick, "runs": runs, "seconds_per_measurement": seconds,
                         "warmup_seconds": warmup, "service_counts": list(service_counts),
                         "generator_cpu": 0, "path_cpu": 1, **machine_description()},
-               "workloads": [{"key": w.key, "name": w.name} for w in WORKLOADS],
+               "workloads": [{"key": w.key, "name": w.name, "unit": w.unit} for w in workloads],
                "rows": []}
     reason = unavailable_reason()
     if reason:
         raise RuntimeError(f"benchmark cannot run: {reason}")
-    samples = {r.row_id: {w.key: [] for w in WORKLOADS} for r in rows}
+    samples = {r.row_id: {w.key: [] for w in workloads} for r in rows}
     errors = {}
     with BenchLab(gen_cpu=0, path_cpu=1) as bench:
         unavailable = {r.row_id: r.unavailable(bench) for r in rows}
@@ -72,29 +82,31 @@ def run_matrix(service_counts, runs, seconds, warmup, only=None, out_dir=RESULTS
                 bench.flush_conntrack()
                 try:
                     row.setup(bench)
-                    dst_ip, dst_port = row.target(bench)
-                    for workload in WORKLOADS:
-                        if warmup:
+                    for workload in row_workloads(row, workloads, service_counts):
+                        dst_ip, dst_port = row.target(bench, workload.proto)
+                        if warmup and workload.proto == "udp":
                             bench.generate(dst_ip, dst_port, workload, warmup)
                         if workload.new_flows:
                             bench.flush_conntrack()
                         m = bench.measure(dst_ip, dst_port, workload, seconds)
                         samples[row.row_id][workload.key].append(m)
-                        log(f"  {workload.key}: {m['pps'] / 1e3:8.1f} kpps forwarded "
-                            f"(offered {m['offered_pps'] / 1e3:.0f} k, path core "
-                            f"{m['path_cpu']['utilisation'] * 100:.0f}% busy: user "
-                            f"{m['path_cpu']['user_share'] * 100:.0f}%, softirq "
-                            f"{m['path_cpu']['softirq_share'] * 100:.0f}%)")
+                        cpu = m["path_cpu"]
+                        what = (f"{m['pps'] / 1e3:8.1f} kpps forwarded (offered {m['offered_pps'] / 1e3:.0f} k"
+                                if workload.proto == "udp" else
+                                f"{m['gbit_s']:6.2f} Gbit/s ({m['retransmits']} retransmits{', ' + str(m['error']) if m['error'] else ''}")
+                        log(f"  {workload.key}: {what}, path core {cpu['utilisation'] * 100:.0f}% busy: "
+                            f"user {cpu['user_share'] * 100:.0f}%, softirq {cpu['softirq_share'] * 100:.0f}%)")
                 except Exception as e:  # a broken path is reported, the others still run
                     errors[row.row_id] = f"{type(e).__name__}: {e}"
                     log(f"  error: {errors[row.row_id]}")
                 finally:
                     row.teardown(bench)
                     bench.flush_conntrack()
+                    bench.start_sink()
     for row in rows:
         results["rows"].append({
             **row.describe(), "unavailable": unavailable.get(row.row_id), "error": errors.get(row.row_id),
-            "cells": {w.key: _summary(samples[row.row_id][w.key]) for w in WORKLOADS
+            "cells": {w.key: _summary(samples[row.row_id][w.key]) for w in workloads
                       if samples[row.row_id][w.key]}})
     results["meta"]["duration_seconds"] = time.time() - started
     results["batch_call"] = report.batch_call_cost()
