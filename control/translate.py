@@ -897,3 +897,52 @@ class Translator:
                 self._reported_backends[k] = roles
                 changes.add_backends[k] = roles
         self._dirty_backend_keys.clear()
+
+
+# --- reading tables back (tests, the CLI's `services` dump) --------------------------------
+
+_FLAG_NAMES = (("XSKP_SVC_DSR", "dsr"), ("XSKP_SVC_AFFINITY_CLIENTIP", "affinity"),
+               ("XSKP_SVC_ETP_LOCAL", "etp-local"), ("XSKP_SVC_ITP_LOCAL", "itp-local"),
+               ("XSKP_SVC_SOURCE_RANGES", "source-ranges"))
+_KIND_NAMES = {lib.XSKP_FE_CLUSTER_IP: "ClusterIP", lib.XSKP_FE_NODE_PORT: "NodePort",
+               lib.XSKP_FE_LOAD_BALANCER: "LoadBalancer", lib.XSKP_FE_EXTERNAL_IP: "ExternalIP"}
+_PROTO_NAMES = {v: k for k, v in PROTOCOL_NUMBERS.items()}
+
+
+def describe_tables(tables, service_names):
+    """The Service side of a generation as plain data, keyed by "namespace/name:port/protocol":
+    flags, affinity timeout, frontends ("ClusterIP 10.96.0.10:80"), the backends of the
+    cluster ring and of the local ring with their slot counts ({"10.1.0.5:8080": slots}),
+    source ranges. Reads the arrays only."""
+    out = {}
+    by_service = {}
+    for fe in tables.frontends[tables.frontends["kind"] != lib.XSKP_FE_EMPTY]:
+        text = "{} {}:{}/{}".format(_KIND_NAMES.get(int(fe["kind"]), fe["kind"]),
+                                    _ip4_str(fe["addr"]), int(fe["port"]),
+                                    _PROTO_NAMES.get(int(fe["proto"]), int(fe["proto"])))
+        by_service.setdefault(int(fe["service_id"]), []).append(text)
+
+    def ring_members(offset, size):
+        ids, counts = np.unique(tables.maglev[offset:offset + size], return_counts=True)
+        members = {}
+        for bid, count in zip(ids.tolist(), counts.tolist()):
+            be = tables.backends[bid]
+            members[f"{_ip4_str(be['addr'])}:{int(be['port'])}"] = count
+        return members
+
+    for sid, name in sorted(service_names.items()):
+        row = tables.services[sid]
+        flags = int(row["flags"])
+        ranges = tables.source_ranges[int(row["source_ranges_offset"]):
+                                      int(row["source_ranges_offset"]) + int(row["source_ranges_count"])]
+        out[name] = {
+            "service_id": sid,
+            "flags": sorted(n for c, n in _FLAG_NAMES if flags & getattr(lib, c)),
+            "affinity_timeout_s": int(row["affinity_timeout_s"]),
+            "frontends": sorted(by_service.get(sid, [])),
+            "backends": ring_members(int(row["ring_offset"]), int(row["ring_size"])),
+            "local_backends": ring_members(int(row["local_ring_offset"]), int(row["local_ring_size"])),
+            "source_ranges": [str(ipaddress.ip_network((int(r["net"]), bin(int(r["mask"])).count("1"))))
+                              for r in ranges],
+        }
+    return out
