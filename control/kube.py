@@ -7,6 +7,8 @@ bookmarks, 410 Gone (HTTP status or in-stream ERROR) -> re-list and diff, watch 
 reconnects with capped exponential back-off. While the API is away the last good objects stay.
 Never lets an exception end a reflector thread; never hands out Kubernetes types.
 """
+import contextlib
+import gc
 import json
 import logging
 import random
@@ -19,6 +21,35 @@ from control.model import ClusterState
 log = logging.getLogger("xskproxy.kube")
 
 GONE = 410
+
+try:                                  # optional: about twice as fast as json on large lists
+    from orjson import loads as _json_loads
+except ImportError:
+    _json_loads = json.loads
+
+_gc_pause_lock = threading.Lock()
+_gc_pause_depth = 0
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Pause the cyclic GC while a large list is parsed and converted: millions of fresh,
+    acyclic objects otherwise trigger full collections that cost ~40% of a 250,000-endpoint
+    sync. Nested/concurrent uses (one per reflector) keep it off until the last one ends."""
+    global _gc_pause_depth
+    with _gc_pause_lock:
+        if _gc_pause_depth == 0:
+            was_enabled = gc.isenabled()
+            gc.disable()
+            _gc_paused.was_enabled = was_enabled
+        _gc_pause_depth += 1
+    try:
+        yield
+    finally:
+        with _gc_pause_lock:
+            _gc_pause_depth -= 1
+            if _gc_pause_depth == 0 and _gc_paused.was_enabled:
+                gc.enable()
 
 
 class ResourceExpired(Exception):
@@ -161,19 +192,31 @@ class Reflector:
 
     def _list(self):
         func = _list_function(self._api_client, self.resource)
+        started = time.monotonic()
         response = func(_preload_content=False, _request_timeout=(self.connect_timeout, max(60, self.idle_timeout)))
         try:
-            body = json.loads(response.data)
+            data = response.data
         finally:
             response.release_conn()
-        items = body.get("items") or []
-        rv = (body.get("metadata") or {}).get("resourceVersion")
-        self._replace(items)
+        fetched = time.monotonic()
+        with _gc_paused():
+            body = _json_loads(data)
+            size = len(data)
+            del data
+            parsed = time.monotonic()
+            items = body.get("items") or []
+            count = len(items)
+            rv = (body.get("metadata") or {}).get("resourceVersion")
+            self._replace(items)
+            del body, items
+        converted = time.monotonic()
         self.resource_version = rv or "0"
         self.counters["lists"] += 1
         self.synced = True
         self.last_ok = time.monotonic()
-        log.info("event=listed resource=%s items=%d resource_version=%s", self.resource, len(items), rv)
+        log.info("event=listed resource=%s items=%d bytes=%d resource_version=%s fetch_s=%.3f parse_s=%.3f "
+                 "convert_s=%.3f", self.resource, count, size, rv, fetched - started, parsed - fetched,
+                 converted - parsed)
 
     def _watch(self):
         func = _list_function(self._api_client, self.resource)
@@ -201,12 +244,12 @@ class Reflector:
                 changed = False
                 for line in lines:
                     if line.strip():
-                        changed |= self._handle_event(json.loads(line))
+                        changed |= self._handle_event(_json_loads(line))
                 self.last_ok = time.monotonic()
                 if changed and self.on_change is not None:
                     self.on_change()
             if buffer.strip():
-                if self._handle_event(json.loads(buffer)) and self.on_change is not None:
+                if self._handle_event(_json_loads(buffer)) and self.on_change is not None:
                     self.on_change()
         finally:
             self._response = None

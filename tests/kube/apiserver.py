@@ -50,6 +50,7 @@ class Store:
         self.lock = threading.Condition()
         self.rv = 100                          # last resourceVersion handed out
         self.objects = {}                      # (resource, namespace, name) -> dict
+        self.item_json = {}                    # same key -> the object as a list item, JSON bytes
         self.history = []                      # (rv, resource, namespace, event type, object dict)
         self.history_rvs = []                  # the rv column of history, for bisect
         self.oldest_rv = self.rv               # a watch from an rv below this gets 410
@@ -81,12 +82,16 @@ class Store:
                 meta.setdefault("uid", f"00000000-0000-0000-0000-{self.rv:012d}")
                 meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
             self.objects[key] = obj
+            # encoded once, as the real server's watch cache does: lists are then a join
+            self.item_json[key] = json.dumps({k: v for k, v in obj.items() if k not in ("kind", "apiVersion")},
+                                             separators=(",", ":")).encode()
             self._record(resource, key[1], event_type, obj)
         return obj
 
     def delete(self, resource, namespace, name):
         with self.lock:
             obj = self.objects.pop((resource, namespace or "", name), None)
+            self.item_json.pop((resource, namespace or "", name), None)
             if obj is None:
                 return None
             self.rv += 1
@@ -102,9 +107,10 @@ class Store:
             self.oldest_rv = self.rv
             self.lock.notify_all()
 
-    def list(self, resource, namespace=None):
+    def list_json(self, resource, namespace=None):
+        """(resourceVersion, [JSON bytes of each item]) for a list response."""
         with self.lock:
-            items = [o for (r, ns, _), o in self.objects.items()
+            items = [j for (r, ns, _), j in self.item_json.items()
                      if r == resource and (namespace is None or ns == namespace)]
             return self.rv, items
 
@@ -168,12 +174,17 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(200, obj)
         if query.get("watch") in ("true", "1"):
             return self._watch(resource, namespace, query)
-        rv, items = store.list(resource, namespace)
+        rv, items = store.list_json(resource, namespace)
         _, api_version, kind, _ = RESOURCES[resource]
         # list items carry no kind/apiVersion, as the real server's lists
-        items = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in items]
-        self._send_json(200, {"kind": kind + "List", "apiVersion": api_version,
-                              "metadata": {"resourceVersion": str(rv)}, "items": items})
+        head = json.dumps({"kind": kind + "List", "apiVersion": api_version,
+                           "metadata": {"resourceVersion": str(rv)}}, separators=(",", ":")).encode()
+        data = head[:-1] + b',"items":[' + b",".join(items) + b"]}"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def do_POST(self):
         route = self._route()

@@ -171,3 +171,22 @@ def test_model_from_dict_dispatches_on_kind_and_rejects_others():
         model_from_dict({"kind": "Pod", "metadata": {"name": "p"}})
     assert err.value.field == "kind"
     assert to_dict({"a": 1}) == {"a": 1}
+
+
+@pytest.mark.parametrize("ep", [
+    {"addresses": ["10.0.0.1"]},
+    {"addresses": ["10.0.0.1"], "conditions": {}},
+    {"addresses": ["10.0.0.1"], "conditions": {"ready": None, "serving": False, "terminating": True}},
+    {"addresses": ["10.0.0.1"], "conditions": {"ready": False}, "nodeName": "n1", "zone": "z"},
+    {"addresses": ["10.0.0.1"], "nodeName": "", "zone": ""},
+    {"addresses": ["10.0.0.1"], "hints": {"forZones": [{"name": "z"}]}},
+    {"addresses": ["10.0.0.1", "10.0.0.2"]},
+])
+def test_fast_endpoint_path_equals_the_checked_path(ep):
+    """The fast endpoint conversion gives exactly what the fully checked one gives (or defers to it)."""
+    import socket
+    from control.convert import _FAST_ENDPOINT, _endpoint, _endpoint_fast
+    assert _FAST_ENDPOINT, "the model's Endpoint fields changed: update _FAST_FIELDS"
+    fast = _endpoint_fast(ep, socket.AF_INET)
+    checked = _endpoint(ep, "endpoints[0]", "IPv4")
+    assert fast is None or (fast == checked and hash(fast) == hash(checked) and repr(fast) == repr(checked))
