@@ -525,7 +525,8 @@ def main(argv=None):
         print(json.dumps(stats), flush=True)
         return 0
     except (OSError, ValueError, xsk.NativeMissingError) as exc:
-        print(f"forwarder: error: {exc}", file=sys.stderr, flush=True)
+        message = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"forwarder: error: {message}", file=sys.stderr, flush=True)
         return 1
     finally:
         if worker is not None:
