@@ -185,6 +185,10 @@ class ManifestSource:
         """The last good ClusterState."""
         return self.state
 
+    def has_synced(self):
+        """True once the manifests have loaded successfully at least once."""
+        return self.loads > 0
+
     def staleness(self):
         """Seconds since the files were last read successfully (0 after a good load)."""
         if self.error is None and self.last_load_time is not None:

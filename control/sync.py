@@ -24,8 +24,13 @@ class Snapshot:
 
 
 def collector(cluster_source, network_view=None):
-    """A collect() for SyncLoop: Snapshot(source.snapshot(), network_view.current())."""
+    """A collect() for SyncLoop: Snapshot(source.snapshot(), network_view.current()), or None
+    (nothing to publish yet) until the source has_synced(): a half-listed cluster must never
+    replace the tables."""
     def collect():
+        has_synced = getattr(cluster_source, "has_synced", None)
+        if has_synced is not None and not has_synced():
+            return None
         network = network_view.current() if network_view is not None else None
         return Snapshot(cluster=cluster_source.snapshot(), network=network)
     return collect
@@ -34,7 +39,7 @@ def collector(cluster_source, network_view=None):
 class SyncLoop:
     """Runs collect() -> publish() on its own thread, coalescing notifications.
 
-    collect: () -> snapshot (any value with a meaningful ==)
+    collect: () -> snapshot (any value with a meaningful ==), or None: not ready, nothing to do
     publish: (snapshot) -> None; raising means "not published", retried after back-off
     """
 
@@ -66,6 +71,8 @@ class SyncLoop:
         self.counters["syncs"] += 1
         started = time.perf_counter()
         snapshot = self.collect()
+        if snapshot is None:
+            return False
         if self.published is not None and snapshot == self.published:
             self.counters["unchanged"] += 1
             return False

@@ -139,3 +139,29 @@ def test_manifest_edit_reaches_publish(tmp_path):
     finally:
         source.stop()
         loop.stop()
+
+
+def test_nothing_is_published_before_the_source_has_synced():
+    """collector() yields nothing while the source has not completed its first list, then publishes."""
+    from control.model import ClusterState
+    from control.sync import collector
+
+    class Source:
+        synced = False
+
+        def has_synced(self):
+            return self.synced
+
+        def snapshot(self):
+            return ClusterState()
+
+    source, published = Source(), []
+    loop = SyncLoop(collector(source), published.append, debounce=0.01).start()
+    try:
+        time.sleep(0.1)
+        assert published == [] and loop.counters["failures"] == 0
+        source.synced = True
+        loop.notify()
+        assert wait_for(lambda: len(published) == 1)
+    finally:
+        loop.stop()
