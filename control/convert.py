@@ -111,6 +111,12 @@ def _choice(value, path, choices, default):
 def _ip(value, path):
     if not isinstance(value, str):
         raise ManifestError(path, f"{_short(value)} is not an IP address")
+    if "." in value and ":" not in value:
+        try:
+            socket.inet_pton(socket.AF_INET, value)      # strict dotted quad: already canonical
+            return value
+        except OSError:
+            pass                                          # let ipaddress decide and explain
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:

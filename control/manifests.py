@@ -137,7 +137,7 @@ class ManifestSource:
     """Polls `path` every `interval` seconds; on a change loads it and, if it is good, replaces
     `state` and calls `on_change()`. A bad reload keeps the last good state and sets `error`."""
 
-    def __init__(self, path, on_change=None, interval=1.0):
+    def __init__(self, path, on_change=None, interval=0.5):
         self.path = path
         self.on_change = on_change
         self.interval = interval
