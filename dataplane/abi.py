@@ -16,13 +16,17 @@ _FIXED_WIDTH_TYPEDEFS = """
 typedef uint8_t __u8; typedef uint16_t __u16; typedef uint32_t __u32; typedef uint64_t __u64;
 typedef int8_t __s8; typedef int16_t __s16; typedef int32_t __s32; typedef int64_t __s64;
 """
-_INTEGER_DEFINE = re.compile(r"^\s*#\s*define\s+\w+\s+-?(0x[0-9a-fA-F]+|\d+)[uUlL]*\s*(/\*.*\*/)?\s*$")
+_INTEGER_DEFINE = re.compile(r"^\s*#\s*define\s+\w+\s+-?(0x[0-9a-fA-F]+|\d+)[uUlL]*\s*$")
+_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 
 
 def header_cdef(path=HEADER_PATH):
-    """The header as cffi's cdef accepts it: preprocessor lines dropped except integer #defines."""
+    """The header as cffi's cdef accepts it: comments removed (a comment's newlines kept, so
+    line numbers in cffi's errors still match the file), preprocessor lines dropped except
+    integer #defines."""
     with open(path) as f:
-        lines = f.read().splitlines()
+        text = _COMMENT.sub(lambda m: "\n" * m.group(0).count("\n"), f.read())
+    lines = text.splitlines()
     kept = [line if not line.lstrip().startswith("#") or _INTEGER_DEFINE.match(line) else ""
             for line in lines]
     return "\n".join(kept)
