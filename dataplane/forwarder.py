@@ -30,6 +30,7 @@ from numba.extending import intrinsic
 
 from dataplane import abi
 from dataplane import xsk
+from dataplane.pipeline import process_batch as _pipeline_process_batch
 
 # ---- pyxdp's hot-path functions, as numba sees them ----------------------------------------
 # Declared by symbol name (resolved to pyxdp's addresses by bind_native()), so that numba can
@@ -164,8 +165,8 @@ WorkerBuffers = namedtuple(
     "WorkerBuffers",
     "socks free_frames free_count outstanding rx_addrs rx_lens tx_addrs tx_lens tx_counts "
     "verdicts comp_addrs worker_counters")
-# njit code gets tuple(WorkerBuffers) and indexes it with these positions: a namedtuple argument
-# makes numba miss its on-disk cache in every new process (seen with numba 0.68).
+# njit code gets tuple(WorkerBuffers) and indexes it with these positions: under `python -m`
+# this module is __main__, and a namedtuple type of __main__ makes numba miss its disk cache.
 (_B_SOCKS, _B_FREE_FRAMES, _B_FREE_COUNT, _B_OUTSTANDING, _B_RX_ADDRS, _B_RX_LENS, _B_TX_ADDRS,
  _B_TX_LENS, _B_TX_COUNTS, _B_VERDICTS, _B_COMP_ADDRS, _B_WORKER_COUNTERS) = range(12)
 
@@ -186,8 +187,17 @@ def make_worker_buffers(umem, sockets):
         worker_counters=np.zeros((IFACE_MAX, abi.lib.XSKP_WC_MAX), np.uint64))
 
 
+@njit(cache=True, nogil=True)
+def process_batch_pipeline(umem, addrs, lens, n, ingress_iface, state, counters, verdicts_out, now):
+    """The full pipeline (dataplane/pipeline.py) in this loop's shape: state is
+    (ServiceTables, FlowTables). Reads/writes as pipeline.process_batch."""
+    _pipeline_process_batch(umem, addrs, lens, n, ingress_iface, state[0], state[1], counters,
+                            verdicts_out, now)
+
+
 # The per-batch step the loop calls. A module global (not an argument or a closure) so that
-# numba caches the compiled loop; the full pipeline replaces this one line.
+# numba caches the compiled loop; switching to the full pipeline is this one line
+# (process_batch = process_batch_pipeline, with Worker state (ServiceTables, FlowTables)).
 process_batch = process_batch_l2
 
 
@@ -536,4 +546,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the imported module's main, so that numba compiles and caches dataplane.forwarder's
+    # functions (not a second copy living in __main__)
+    from dataplane.forwarder import main as _main
+    sys.exit(_main())
