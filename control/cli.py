@@ -88,8 +88,16 @@ def cmd_services(args):
     if args.json:
         print(json.dumps(snapshot, indent=2, sort_keys=True))
         return 0
-    for svc in snapshot.get("services", []):
-        print(f"{svc['name']} {svc['frontends']} -> {svc['backends'] or 'no backends'} {svc.get('flags', '')}")
+    for name, svc in sorted(snapshot.items()):
+        flags = f" [{', '.join(svc['flags'])}]" if svc["flags"] else ""
+        print(f"{name}{flags}")
+        for frontend in svc["frontends"]:
+            print(f"  frontend {frontend}")
+        for title, ring in (("backend", svc["backends"]), ("local backend", svc["local_backends"])):
+            for backend, slots in sorted(ring.items()):
+                print(f"  {title} {backend} ({slots} ring slots)")
+        if not svc["backends"]:
+            print("  no usable backend")
     return 0
 
 

@@ -1,0 +1,393 @@
+"""The agent (`xskproxy run`): wires sources, netlink, translate, the state store, the steering
+program and one worker per queue, and publishes what it does (stats.json, services.json,
+Prometheus metrics). The only place that owns the process's lifetime; it never parses packets.
+
+Start order keeps traffic on the kernel path until xskproxy can serve it: per-flow tables are
+adopted first, the first generation is translated and published, the workers start, and only
+then does the steering program learn which frontends to redirect. Stop reverses it: detach
+(traffic returns to the kernel at once), stop the workers, keep the per-flow files for the next
+start.
+"""
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+
+from control import netlink
+from control.sync import SyncLoop, collector
+from control.translate import ProxyOptions, Translator, apply_steering_changes, describe_tables
+from dataplane import abi, store
+from dataplane.tables import counters_by_name
+
+log = logging.getLogger("xskproxy.agent")
+
+STATS_INTERVAL = 1.0          # seconds between stats.json / metrics snapshots
+FIRST_SYNC_TIMEOUT = 60.0     # how long start() waits for the source's first complete state
+PICKUP_TIMEOUT = 0.05         # how long a publish waits for every worker to pick it up
+
+
+def _worker_class():
+    """dataplane.forwarder.Worker, extended to pick each slice's tables from the state store."""
+    from dataplane import forwarder
+
+    class StoreWorker(forwarder.Worker):
+        def __init__(self, reader, flow_tables, **kwargs):
+            generation = reader.pick()
+            super().__init__(state=(generation.tables, flow_tables), **kwargs)
+            self.reader, self.flow_tables = reader, flow_tables
+
+        def _run(self):
+            try:
+                while not self._stop.is_set():
+                    generation = self.reader.pick()
+                    self.state = (generation.tables, self.flow_tables)
+                    forwarder.run_slice(self.umem.frames, self.frame_mask, self._buffer_tuple,
+                                        self.state, self.counters, forwarder.SLICE_NS)
+            except BaseException as exc:  # surfaced by the agent's supervision, never lost
+                self.error = exc
+
+    return forwarder, StoreWorker
+
+
+class Agent:
+    """One node's xskproxy. start() brings it up, stop() takes it down; both log one line per step."""
+
+    def __init__(self, config, netns=None):
+        self.config = config
+        self.netns = netns
+        self.store = store.GenerationStore()
+        self.translator = None
+        self.steering = None
+        self.workers = []
+        self.flow_tables = []
+        self.source = None
+        self.network = None
+        self.sync = None
+        self.started_at = None
+        self.last_translation_stats = {}
+        self.service_names = {}
+        self._stats_thread = None
+        self._stop = threading.Event()
+        self._publish_lock = threading.Lock()
+        self.steering_ready = False
+
+    # -- lifetime ----------------------------------------------------------------------------
+    def start(self):
+        from dataplane import xsk
+        cfg = self.config
+        self.started_at = time.time()
+        for ifname in (cfg.transport_interface, cfg.gateway_interface):
+            xsk.ifindex_of(ifname)                 # one clear OSError when an interface is missing
+        os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
+
+        # per-flow state first: a restarted agent adopts its predecessor's flows
+        adopted_ids, fib_base = {}, 0
+        for queue in range(cfg.queues):
+            tables = store.open_flow_tables(cfg.state_dir, queue, cfg.tables.conntrack_entries,
+                                            cfg.tables.affinity_entries)
+            self.flow_tables.append(tables)
+            adopted_ids.update(store.backend_ids_in_use(tables))
+            fib_base = max(fib_base, store.max_fib_generation(tables))
+            log.info("event=flow_tables queue=%d in_use=%s", queue, store.flows_in_use(tables))
+        self.translator = Translator(ProxyOptions.from_config(cfg), fib_generation_base=fib_base + 1)
+        if adopted_ids:
+            self.translator.adopt_backend_ids(adopted_ids)
+
+        self.network = netlink.NetworkView(interfaces=[cfg.transport_interface, cfg.gateway_interface],
+                                           netns=self.netns)
+        self.source = self._make_source()
+        self.sync = SyncLoop(collector(self.source, self.network), self._publish)
+        self.source.on_change = self.sync.notify
+        self.source.start()
+        self._first_sync()
+
+        forwarder, store_worker = _worker_class()
+        self.steering = xsk.SteeringProgram()
+        for queue in range(cfg.queues):
+            worker = store_worker(self.store.reader(f"queue-{queue}"), self.flow_tables[queue],
+                                  steering=self.steering, transport=cfg.transport_interface,
+                                  gateway=cfg.gateway_interface, queue=queue)
+            self.workers.append(worker)
+            worker.compile()
+        modes = {ifname: self.steering.attach(ifname, role) for ifname, role in
+                 ((cfg.transport_interface, "transport"), (cfg.gateway_interface, "gateway"))}
+        for worker in self.workers:
+            worker.start()
+        with self._publish_lock:
+            contents = self.translator.steering_contents()
+            self._apply_full_steering(contents)
+            self.steering_ready = True
+        log.info("event=started node=%s xdp=%s sockets=%s queues=%d generation=%d", cfg.node_name,
+                 ",".join(f"{k}:{v}" for k, v in modes.items()),
+                 ",".join(s.mode_name for w in self.workers for s in w.sockets if s is not None),
+                 cfg.queues, self.store.current.number)
+        self.network.start(self.sync.notify)
+        self.sync.start(initial_sync=False)
+        self._stats_thread = threading.Thread(target=self._stats_loop, name="stats", daemon=True)
+        self._stats_thread.start()
+        self.write_stats()
+
+    def _make_source(self):
+        cfg = self.config
+        if cfg.source == "kube":
+            from control.kube import KubeSource, make_client_factory
+            return KubeSource(make_client_factory(cfg.kubeconfig))
+        from control.manifests import ManifestSource
+        return ManifestSource(cfg.manifest_path)
+
+    def _first_sync(self):
+        """Translate and publish the first generation (before any worker or steering exists)."""
+        deadline = time.monotonic() + FIRST_SYNC_TIMEOUT
+        while not self.sync.sync_once():
+            if self.store.current is not None:
+                return
+            if time.monotonic() > deadline:
+                error = getattr(self.source, "error", None)
+                raise TimeoutError(f"no complete cluster state from source {self.config.source} "
+                                   f"within {FIRST_SYNC_TIMEOUT:.0f}s" + (f": {error}" if error else ""))
+            time.sleep(0.1)
+
+    def stop(self):
+        """Detach first (the kernel path takes over at once), then stop everything else."""
+        self._stop.set()
+        for part in (self.sync, self.network, self.source):
+            if part is not None:
+                try:
+                    part.stop()
+                except Exception:
+                    log.exception("event=stop_failed part=%s", type(part).__name__)
+        if self.steering is not None:
+            for ifname in list(self.steering.ifaces):
+                try:
+                    self.steering.detach(ifname)
+                except OSError as e:
+                    log.error("event=detach_failed iface=%s error=%r", ifname, str(e))
+        for worker in self.workers:
+            worker.close()
+        if self.steering is not None:
+            self.steering.close()
+        for tables in self.flow_tables:
+            store.flush_flow_tables(tables)
+        log.info("event=stopped node=%s", self.config.node_name)
+
+    # -- publishing --------------------------------------------------------------------------
+    def _publish(self, snapshot):
+        """SyncLoop's publish: translate, swap the generation in, then update the steering maps
+        (additions only once every worker uses the tables that know them)."""
+        with self._publish_lock:
+            started = time.perf_counter()
+            translation = self.translator.translate(snapshot.cluster, snapshot.network,
+                                                    self.store.oldest_in_use())
+            generation = self.store.publish(translation.tables, translation.generation,
+                                            {"stats": translation.stats})
+            self.service_names = translation.service_names
+            self.last_translation_stats = dict(translation.stats,
+                                               seconds=round(time.perf_counter() - started, 6))
+            if self.steering_ready:
+                self._wait_for_pickup(generation.number)
+                apply_steering_changes(self.steering, translation.steering)
+            self.write_services(translation.tables)
+            log.info("event=published generation=%d services=%d backends=%d rebuilt=%d seconds=%.4f",
+                     generation.number, translation.stats["services"], translation.stats["backends"],
+                     translation.stats["rebuilt_services"], self.last_translation_stats["seconds"])
+
+    def _wait_for_pickup(self, number):
+        deadline = time.monotonic() + PICKUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if all(w.reader.seen >= number for w in self.workers):
+                return
+            time.sleep(0.001)
+
+    def _apply_full_steering(self, contents):
+        """Load the complete steering contents into a freshly loaded program."""
+        for key, roles in contents.frontends.items():
+            self.steering.add_frontend(*key, roles)
+        for key, roles in contents.backends.items():
+            self.steering.add_backend(*key, roles)
+        for cidr, roles in contents.prefixes.items():
+            self.steering.add_prefix(cidr, roles)
+        for addr, (lo, hi, roles) in contents.node_addrs.items():
+            self.steering.set_node_address(addr, lo, hi, roles)
+
+    # -- what the agent shows ----------------------------------------------------------------
+    def snapshot(self):
+        """Counters and state of the whole agent as one JSON-able dict (stats.json, metrics)."""
+        generation = self.store.current
+        staleness = getattr(self.source, "staleness", lambda: 0.0)()
+        out = {
+            "node": self.config.node_name,
+            "generation": generation.number if generation else 0,
+            "published_at": generation.published_at if generation else None,
+            "uptime_seconds": round(time.time() - self.started_at, 3) if self.started_at else 0,
+            "source": {"kind": self.config.source, "staleness_seconds": staleness,
+                       "error": getattr(self.source, "error", None)},
+            "sync": dict(self.sync.counters) if self.sync else {},
+            "translate": self.last_translation_stats,
+            "steering": self.steering.counters() if self.steering else {},
+            "queues": {},
+        }
+        for worker, tables in zip(self.workers, self.flow_tables):
+            out["queues"][str(worker.queue)] = {
+                "pipeline": counters_by_name(worker.counters),
+                "worker": worker.worker_counters(),
+                "sockets": worker.socket_statistics(),
+                "flows": store.flows_in_use(tables),
+                "error": repr(worker.error) if worker.error else None,
+            }
+        return out
+
+    def write_stats(self):
+        _write_json(os.path.join(self.config.state_dir, "stats.json"), self.snapshot())
+
+    def write_services(self, tables):
+        described = describe_tables(tables, self.service_names)
+        _write_json(os.path.join(self.config.state_dir, "services.json"), described)
+
+    def _stats_loop(self):
+        while not self._stop.wait(STATS_INTERVAL):
+            try:
+                self.write_stats()
+            except Exception:
+                log.exception("event=stats_failed")
+
+    def worker_errors(self):
+        return [w.error for w in self.workers if w.error is not None]
+
+
+def _write_json(path, data):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, default=str)
+    os.replace(tmp, path)
+
+
+# -- conntrack dump (xskproxy conntrack) ------------------------------------------------------
+def _ip(value):
+    value = int(value)
+    return f"{value >> 24 & 255}.{value >> 16 & 255}.{value >> 8 & 255}.{value & 255}"
+
+
+_CT_STATES = {v: k[len("XSKP_CT_"):] for k, v in abi.enum_members("XSKP_CT_").items()
+              if k in ("XSKP_CT_NEW", "XSKP_CT_SYN_SENT", "XSKP_CT_SYN_RECV", "XSKP_CT_ESTABLISHED",
+                       "XSKP_CT_FIN_WAIT", "XSKP_CT_CLOSING")}
+_PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp", 132: "sctp"}
+
+
+def read_conntrack(state_dir, service=None, address=None, now_ns=None):
+    """The tracked flows (original direction) in the state directory's conntrack files, as dicts."""
+    names = {}
+    try:
+        with open(os.path.join(state_dir, "services.json")) as f:
+            names = {int(s["service_id"]): name for name, s in json.load(f).items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    now_ns = now_ns if now_ns is not None else time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    flows = []
+    queue = 0
+    while os.path.exists(path := store.flow_table_path(state_dir, "ct", queue)):
+        with open(path, "rb") as f:
+            header = np.frombuffer(f.read(store.STATE_HEADER_DTYPE.itemsize), store.STATE_HEADER_DTYPE)[0]
+        ct = np.memmap(path, store.CT_ENTRY_DTYPE, "r", offset=store.ENTRIES_OFFSET,
+                       shape=(int(header["capacity"]),))
+        flags = ct["flags"]
+        live = ((flags & abi.lib.XSKP_CT_IN_USE) != 0) & ((flags & abi.lib.XSKP_CT_REPLY) == 0) \
+            & ((flags & abi.lib.XSKP_CT_TOMBSTONE) == 0)
+        for e in ct[live]:
+            flow = {"queue": queue, "proto": _PROTOCOLS.get(int(e["proto"]), int(e["proto"])),
+                    "src": f"{_ip(e['src_addr'])}:{int(e['src_port'])}",
+                    "dst": f"{_ip(e['dst_addr'])}:{int(e['dst_port'])}",
+                    "translated_src": f"{_ip(e['new_src_addr'])}:{int(e['new_src_port'])}",
+                    "translated_dst": f"{_ip(e['new_dst_addr'])}:{int(e['new_dst_port'])}",
+                    "state": _CT_STATES.get(int(e["state"]), int(e["state"])),
+                    "service": names.get(int(e["service_id"]), int(e["service_id"])),
+                    "snat": bool(e["flags"] & abi.lib.XSKP_CT_SNAT),
+                    "dsr": bool(e["flags"] & abi.lib.XSKP_CT_DSR_ENCAP),
+                    "idle_seconds": round(max(0, now_ns - int(e["last_seen_ns"])) / 1e9, 1)}
+            if service and not str(flow["service"]).startswith(service):
+                continue
+            if address and address not in (flow["src"].split(":")[0], flow["dst"].split(":")[0],
+                                           flow["translated_src"].split(":")[0],
+                                           flow["translated_dst"].split(":")[0]):
+                continue
+            flows.append(flow)
+        queue += 1
+    return flows
+
+
+def format_flow(flow):
+    extra = " snat" if flow["snat"] else ""
+    extra += " dsr" if flow["dsr"] else ""
+    return (f"{flow['proto']} {flow['state']} {flow['src']} -> {flow['dst']} => "
+            f"{flow['translated_src']} -> {flow['translated_dst']} service={flow['service']} "
+            f"idle={flow['idle_seconds']}s q={flow['queue']}{extra}")
+
+
+# -- metrics ----------------------------------------------------------------------------------
+def start_metrics_server(agent):
+    """Prometheus metrics from agent.snapshot() on the configured (loopback by default) address."""
+    from prometheus_client import start_http_server
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, REGISTRY
+
+    class AgentCollector:
+        def collect(self):
+            snap = agent.snapshot()
+            yield GaugeMetricFamily("xskproxy_generation", "Published table generation", value=snap["generation"])
+            yield GaugeMetricFamily("xskproxy_source_staleness_seconds",
+                                    "Seconds since the cluster source was last known good",
+                                    value=min(snap["source"]["staleness_seconds"], 1e12))
+            steer = CounterMetricFamily("xskproxy_steering_packets", "XDP steering decisions", labels=["decision"])
+            for name, value in snap["steering"].items():
+                steer.add_metric([name[len("STEER_"):].lower()], value)
+            yield steer
+            pipeline = CounterMetricFamily("xskproxy_pipeline_packets",
+                                           "Pipeline outcomes and drop reasons", labels=["queue", "counter"])
+            worker = CounterMetricFamily("xskproxy_worker_events", "Worker ring events",
+                                         labels=["queue", "interface", "event"])
+            flows = GaugeMetricFamily("xskproxy_flows", "Per-flow table entries in use", labels=["queue", "table"])
+            for queue, q in snap["queues"].items():
+                for name, value in q["pipeline"].items():
+                    pipeline.add_metric([queue, name[len("XSKP_"):].lower()], value)
+                for iface, events in q["worker"].items():
+                    for name, value in events.items():
+                        worker.add_metric([queue, iface, name], value)
+                for table, value in q["flows"].items():
+                    flows.add_metric([queue, table], value)
+            yield pipeline
+            yield worker
+            yield flows
+
+    REGISTRY.register(AgentCollector())
+    host, _, port = agent.config.metrics_address.rpartition(":")
+    start_http_server(int(port), addr=host.strip("[]"))
+
+
+# -- xskproxy run -----------------------------------------------------------------------------
+def run(config):
+    """Run until SIGTERM/SIGINT; exit code 0 after a clean stop, 1 when start-up fails."""
+    logging.basicConfig(level=getattr(logging, config.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    agent = Agent(config)
+    try:
+        agent.start()
+        start_metrics_server(agent)
+    except (OSError, ValueError, TimeoutError, RuntimeError) as exc:
+        message = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"xskproxy: error: {message}", file=sys.stderr, flush=True)
+        agent.stop()
+        return 1
+    while not stop.wait(0.2):
+        errors = agent.worker_errors()
+        if errors:
+            log.error("event=worker_failed error=%r", errors[0])
+            agent.stop()
+            return 1
+    agent.stop()
+    return 0
