@@ -345,7 +345,7 @@ class Worker:
 
     state: the per-batch step's state tuple; set_state() hands a new one to the next slice."""
 
-    def __init__(self, steering, transport, gateway, queue, state, 
+    def __init__(self, steering, transport, gateway, queue, state,
                  bind_mode="auto", frame_count=abi.lib.XSKP_UMEM_FRAMES):
         bind_native()
         self.queue, self.state = queue, state
@@ -464,7 +464,8 @@ def _parse_args(argv):
                                 description="Forward between two interfaces through AF_XDP (L2: MAC rewrite, TTL-1).")
     p.add_argument("--transport", required=True, help="uplink interface (role transport)")
     p.add_argument("--gateway", required=True, help="interface towards the Pods (role gateway)")
-    p.add_argument("--queue", type=int, default=0)
+    p.add_argument("--queue", type=int, action="append", default=[],
+                   help="queue to serve (repeat for several: one worker thread each; default 0)")
     p.add_argument("--transport-peer-mac", required=True, help="next hop's MAC for frames leaving on --transport")
     p.add_argument("--gateway-peer-mac", required=True, help="next hop's MAC for frames leaving on --gateway")
     p.add_argument("--steer-prefix", action="append", default=[], metavar="CIDR[@transport|@gateway]",
@@ -478,12 +479,26 @@ def _parse_args(argv):
     return p.parse_args(argv)
 
 
-def _stats(steering, worker):
-    return {"worker": worker.worker_counters(), "sockets": worker.socket_statistics(),
+def _summed(dicts):
+    total = {}
+    for d in dicts:
+        for ifname, counters in d.items():
+            into = total.setdefault(ifname, {})
+            for name, value in counters.items():
+                into[name] = into.get(name, 0) + value
+    return total
+
+
+def _stats(steering, workers):
+    """Counters of every worker summed per interface, per queue, and the steering program's."""
+    pipeline_names = sorted((abi.enum_members("XSKP_DROP_").keys() | abi.enum_members("XSKP_CNT_").keys())
+                            - {"XSKP_DROP_REASON_MAX"})
+    return {"worker": _summed(w.worker_counters() for w in workers),
+            "sockets": _summed(w.socket_statistics() for w in workers),
+            "queues": {str(w.queue): w.worker_counters() for w in workers},
             "steering": steering.counters(),
-            "pipeline": {name: int(worker.counters[getattr(abi.lib, name)])
-                         for name in sorted(abi.enum_members("XSKP_DROP_").keys() | abi.enum_members("XSKP_CNT_").keys())
-                         if name not in ("XSKP_DROP_REASON_MAX",)}}
+            "pipeline": {name: sum(int(w.counters[getattr(abi.lib, name)]) for w in workers)
+                         for name in pipeline_names}}
 
 
 def _write_stats(path, stats):
@@ -499,9 +514,10 @@ def main(argv=None):
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    steering = worker = None
+    steering, workers = None, []
     try:
         args = _parse_args(argv)
+        queues = sorted(set(args.queue)) or [0]
         prefixes = [_parse_prefix(p) for p in args.steer_prefix]
         ports = [_parse_port(p) for p in args.steer_port]
         for ifname in (args.transport, args.gateway):
@@ -510,8 +526,10 @@ def main(argv=None):
         steering = xsk.SteeringProgram()
         state = make_l2_state(args.transport_peer_mac, _own_mac(args.transport),
                               args.gateway_peer_mac, _own_mac(args.gateway))
-        worker = Worker(steering, args.transport, args.gateway, args.queue, state, bind_mode=args.bind_mode)
-        worker.compile()
+        for queue in queues:
+            workers.append(Worker(steering, args.transport, args.gateway, queue, state,
+                                  bind_mode=args.bind_mode))
+        workers[0].compile()
         modes = {ifname: steering.attach(ifname, role, args.attach_mode)
                  for ifname, role in ((args.transport, "transport"), (args.gateway, "gateway"))}
         for cidr, roles in prefixes:
@@ -519,17 +537,21 @@ def main(argv=None):
         for proto, port, addr in ports:
             for address in [addr] if addr else _own_ipv4_addresses(args.transport):
                 steering.add_frontend(address, port, proto, ["transport", "gateway"])
-        worker.start()
-        socket_modes = {s.ifname: s.mode_name for s in worker.sockets}
+        for worker in workers:
+            worker.start()
+        socket_modes = {s.ifname: s.mode_name for s in workers[0].sockets}
         print("forwarder: ready " + " ".join(f"{name}=xdp:{modes[name]},socket:{socket_modes[name]}"
-                                             for name in modes) + f" queue={args.queue}", flush=True)
+                                             for name in modes)
+              + f" queues={','.join(map(str, queues))}", flush=True)
         while not stop.wait(args.stats_interval):
-            if worker.error is not None:
-                raise worker.error
+            for worker in workers:
+                if worker.error is not None:
+                    raise worker.error
             if args.stats_file:
-                _write_stats(args.stats_file, _stats(steering, worker))
-        worker.stop()
-        stats = _stats(steering, worker)
+                _write_stats(args.stats_file, _stats(steering, workers))
+        for worker in workers:
+            worker.stop()
+        stats = _stats(steering, workers)
         if args.stats_file:
             _write_stats(args.stats_file, stats)
         print(json.dumps(stats), flush=True)
@@ -539,7 +561,7 @@ def main(argv=None):
         print(f"forwarder: error: {message}", file=sys.stderr, flush=True)
         return 1
     finally:
-        if worker is not None:
+        for worker in workers:
             worker.close()
         if steering is not None:
             steering.close()

@@ -223,3 +223,38 @@ def test_the_c_reference_forwarder_forwards_and_detaches(topo):
     assert result.returncode == 0, result.stderr
     assert "tr0 rx=" in result.stdout
     assert _nothing_attached(topo)
+
+
+MANY_FLOWS_SOURCE = r"""
+import socket, sys, time
+address, port, flows, per_flow = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(flows)]
+for i in range(per_flow):
+    for s in socks:
+        s.sendto(b"many-flows", (address, port))
+    time.sleep(0.002)
+"""
+
+
+def test_two_queues_get_a_worker_each_and_every_frame_is_accounted(tmp_path):
+    """--queue 0 --queue 1 on two-queue veths: flows spread over both queues, each queue's worker
+    forwards its share, and every datagram reaches the Pod."""
+    from lab import Lab, forwarder_lab
+    from xsk_test_support import UDP_SINK, _read_line
+    with Lab(LAB_PREFIX) as lab:
+        topo = forwarder_lab(lab, queues=2, ip_forward=False, client_features=OFFLOADS_OFF,
+                             pod_features=OFFLOADS_OFF)
+        fwd = ForwarderProcess(lab, topo, str(tmp_path / "stats.json"), "--queue", "0", "--queue", "1")
+        try:
+            assert "queues=0,1" in fwd.ready_line
+            sink = lab.popen(topo.pods, [sys.executable, "-c", UDP_SINK, "5004", "640", "10"])
+            assert _read_line(sink, 10) == "listening"
+            lab.run(topo.client, [sys.executable, "-c", MANY_FLOWS_SOURCE, topo.pod_if.ip, "5004", "32", "20"])
+            assert _read_line(sink, 15) == "640"
+            stats = fwd.stats()
+            per_queue = [stats["queues"][q]["tr0"]["rx_frames"] for q in ("0", "1")]
+            assert min(per_queue) > 0, per_queue
+            assert stats["worker"]["gw0"]["tx_frames"] >= 640
+        finally:
+            code, _, _ = fwd.stop()
+        assert code == 0
