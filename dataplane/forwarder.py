@@ -10,8 +10,8 @@ Per-batch step contract (the full pipeline, dataplane/pipeline.py, takes the sam
     process_batch(umem, addrs, lens, n, ingress_iface, state, counters, verdicts_out, now)
 reads and rewrites frames umem[addrs[i]:addrs[i] + lens[i]] in place (it may move addrs[i]
 into the frame's headroom and change lens[i]), counts into counters (uint64[XSKP_COUNTER_MAX]),
-and writes one enum xskp_verdict per frame; `state` is one tuple of arrays. To use another step,
-assign it to the module global `process_batch` below (one line; keeps numba's cache working).
+and writes one enum xskp_verdict per frame. The loop picks the step from the type of `state`:
+(macs,) runs process_batch_l2, (ServiceTables, FlowTables) runs dataplane/pipeline.py.
 """
 import argparse
 import json
@@ -26,7 +26,7 @@ import llvmlite.binding as llvm
 import numpy as np
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from dataplane import abi
 from dataplane import xsk
@@ -195,10 +195,25 @@ def process_batch_pipeline(umem, addrs, lens, n, ingress_iface, state, counters,
                             verdicts_out, now)
 
 
-# The per-batch step the loop calls. A module global (not an argument or a closure) so that
-# numba caches the compiled loop; switching to the full pipeline is this one line
-# (process_batch = process_batch_pipeline, with Worker state (ServiceTables, FlowTables)).
-process_batch = process_batch_l2
+def process_batch(umem, addrs, lens, n, ingress_iface, state, counters, verdicts_out, now):
+    """The per-batch step for `state`, chosen when numba compiles the caller: state (macs,) is
+    the L2 forwarder, state (ServiceTables, FlowTables) the full pipeline. (A type-dispatched
+    overload, not an argument or a closure, so that numba caches each compiled loop.)"""
+    raise TypeError("process_batch is callable from njit code only")
+
+
+@overload(process_batch, jit_options={"nogil": True})
+def _process_batch_for_state(umem, addrs, lens, n, ingress_iface, state, counters, verdicts_out, now):
+    if isinstance(state, types.BaseTuple) and len(state) == 1 and isinstance(state[0], types.Array):
+        def l2(umem, addrs, lens, n, ingress_iface, state, counters, verdicts_out, now):
+            process_batch_l2(umem, addrs, lens, n, ingress_iface, state, counters, verdicts_out, now)
+        return l2
+    if isinstance(state, types.BaseTuple) and len(state) == 2 and all(
+            isinstance(part, types.BaseTuple) for part in state):
+        def pipeline(umem, addrs, lens, n, ingress_iface, state, counters, verdicts_out, now):
+            process_batch_pipeline(umem, addrs, lens, n, ingress_iface, state, counters, verdicts_out, now)
+        return pipeline
+    raise TypeError(f"worker state {state}: expected (macs,) or (ServiceTables, FlowTables)")
 
 
 @njit(cache=True, nogil=True)
