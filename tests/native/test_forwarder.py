@@ -31,6 +31,16 @@ def _nothing_attached(topo):
     return xdp_program_id(topo.lab, topo.node, "tr0") == 0 and xdp_program_id(topo.lab, topo.node, "gw0") == 0
 
 
+def _assert_udp_delivered(lab, src_ns, dst_ns, dst_ip, count, port):
+    """Every datagram reaches the receiver, except those its veth dropped on a full per-CPU
+    backlog (shared with every namespace on the machine: a benchmark flooding the same CPU makes
+    them); those are counted as the receiving interface's rx_dropped."""
+    dropped_before = lab.link_stats(dst_ns, "eth0")["rx_dropped"]
+    received = udp_exchange(lab, src_ns, dst_ns, dst_ip, count, port=port)
+    dropped = lab.link_stats(dst_ns, "eth0")["rx_dropped"] - dropped_before
+    assert received + dropped >= count and received >= 0.9 * count, (received, dropped)
+
+
 def test_tcp_and_udp_cross_the_forwarder_with_kernel_forwarding_off(topo, stats_file):
     """With ip_forward=0 on the node, UDP and TCP between client and Pod pass (only the
     forwarder can carry them); the worker's and sockets' counters account for the frames, a
@@ -42,8 +52,8 @@ def test_tcp_and_udp_cross_the_forwarder_with_kernel_forwarding_off(topo, stats_
     try:
         assert lab.ping(topo.client, topo.pod_if.ip)
         before = fwd.stats(settle=0.3)
-        assert udp_exchange(lab, topo.client, topo.pods, topo.pod_if.ip, 300) == 300
-        assert udp_exchange(lab, topo.pods, topo.client, topo.client_if.ip, 100, port=5003) == 100
+        _assert_udp_delivered(lab, topo.client, topo.pods, topo.pod_if.ip, 300, port=5001)
+        _assert_udp_delivered(lab, topo.pods, topo.client, topo.client_if.ip, 100, port=5003)
         after = fwd.stats()
         tr, gw = "tr0", "gw0"
         assert after["worker"][tr]["rx_frames"] - before["worker"][tr]["rx_frames"] >= 300
