@@ -14,6 +14,7 @@ and writes one enum xskp_verdict per frame. The loop picks the step from the typ
 (macs,) runs process_batch_l2, (ServiceTables, FlowTables) runs dataplane/pipeline.py.
 """
 import argparse
+import errno
 import json
 import os
 import signal
@@ -102,6 +103,8 @@ _CNT_TX_TRANSPORT = abi.lib.XSKP_CNT_TX_TRANSPORT
 _CNT_TX_GATEWAY = abi.lib.XSKP_CNT_TX_GATEWAY
 WORKER_COUNTER_NAMES = sorted(abi.enum_members("XSKP_WC_").keys() - {"XSKP_WC_MAX"},
                               key=lambda name: getattr(abi.lib, name))
+_EAGAIN_RESULT = -errno.EAGAIN
+_KICK_MAX_RETRIES = abi.lib.XSKP_KICK_MAX_RETRIES
 IDLE_SPINS = 64          # empty loop iterations before sleeping in poll()
 IDLE_POLL_MS = 1         # longest poll() sleep: bounds the latency of the stop flag
 SLICE_NS = 5_000_000     # return to Python every 5 ms
@@ -163,12 +166,12 @@ def process_batch_l2(umem, addrs, lens, n, ingress_iface, state, counters, verdi
 # ---- the worker loop ------------------------------------------------------------------------
 WorkerBuffers = namedtuple(
     "WorkerBuffers",
-    "socks free_frames free_count outstanding rx_addrs rx_lens tx_addrs tx_lens tx_counts "
-    "verdicts comp_addrs worker_counters")
+    "socks free_frames free_count outstanding kick_pending rx_addrs rx_lens tx_addrs tx_lens "
+    "tx_counts verdicts comp_addrs worker_counters")
 # njit code gets tuple(WorkerBuffers) and indexes it with these positions: under `python -m`
 # this module is __main__, and a namedtuple type of __main__ makes numba miss its disk cache.
-(_B_SOCKS, _B_FREE_FRAMES, _B_FREE_COUNT, _B_OUTSTANDING, _B_RX_ADDRS, _B_RX_LENS, _B_TX_ADDRS,
- _B_TX_LENS, _B_TX_COUNTS, _B_VERDICTS, _B_COMP_ADDRS, _B_WORKER_COUNTERS) = range(12)
+(_B_SOCKS, _B_FREE_FRAMES, _B_FREE_COUNT, _B_OUTSTANDING, _B_KICK_PENDING, _B_RX_ADDRS, _B_RX_LENS,
+ _B_TX_ADDRS, _B_TX_LENS, _B_TX_COUNTS, _B_VERDICTS, _B_COMP_ADDRS, _B_WORKER_COUNTERS) = range(13)
 
 
 def make_worker_buffers(umem, sockets):
@@ -179,7 +182,7 @@ def make_worker_buffers(umem, sockets):
     socks = np.array([s.handle if s is not None else 0 for s in sockets], np.uint64)
     return WorkerBuffers(
         socks=socks, free_frames=free, free_count=np.array([len(free)], np.int64),
-        outstanding=np.zeros(IFACE_MAX, np.int64),
+        outstanding=np.zeros(IFACE_MAX, np.int64), kick_pending=np.zeros(IFACE_MAX, np.uint8),
         rx_addrs=np.zeros(BATCH, np.uint64), rx_lens=np.zeros(BATCH, np.uint32),
         tx_addrs=np.zeros((IFACE_MAX, BATCH), np.uint64), tx_lens=np.zeros((IFACE_MAX, BATCH), np.uint32),
         tx_counts=np.zeros(IFACE_MAX, np.int64), verdicts=np.zeros(BATCH, np.int32),
@@ -232,6 +235,7 @@ def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
     rx_addrs, rx_lens, verdicts = buffers[_B_RX_ADDRS], buffers[_B_RX_LENS], buffers[_B_VERDICTS]
     tx_addrs, tx_lens, tx_counts = buffers[_B_TX_ADDRS], buffers[_B_TX_LENS], buffers[_B_TX_COUNTS]
     comp, free_frames, free_count = buffers[_B_COMP_ADDRS], buffers[_B_FREE_FRAMES], buffers[_B_FREE_COUNT]
+    kick_pending = buffers[_B_KICK_PENDING]
     rx_addrs_ptr, rx_lens_ptr = array_data_ptr(rx_addrs), array_data_ptr(rx_lens)
     comp_ptr = array_data_ptr(comp)
     received = 0
@@ -286,17 +290,25 @@ def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
                                queued)
                 outstanding[e] += sent
                 wc[e, _WC_TX] += sent
+                if sent > 0:
+                    kick_pending[e] = 1
                 for k in range(sent, queued):
                     wc[e, _WC_TX_RING_FULL] += 1
                     _free_frame(free_frames, free_count, tx_addrs[e, k], frame_mask)
-        # 3. make the kernel send (copy mode: sendto until it stops saying EAGAIN)
+        # 3. make the kernel take the new tx descriptors (copy mode: sendto until it stops
+        #    saying EAGAIN); a kick cut short by the retry limit stays pending for the next pass
         for e in range(IFACE_MAX):
-            if socks[e] != 0 and outstanding[e] > 0:
-                kicks = xskp_kick_tx(socks[e])
-                if kicks > 0:
-                    wc[e, _WC_KICKS] += kicks
-                elif kicks < 0:
-                    wc[e, _WC_KICK_ERRORS] += 1
+            if socks[e] == 0 or kick_pending[e] == 0:
+                continue
+            kicks = xskp_kick_tx(socks[e])
+            if kicks == _EAGAIN_RESULT:
+                wc[e, _WC_KICKS] += _KICK_MAX_RETRIES
+                continue
+            kick_pending[e] = 0
+            if kicks >= 0:
+                wc[e, _WC_KICKS] += kicks
+            else:
+                wc[e, _WC_KICK_ERRORS] += 1
         # 4. refill the fill rings from the free stack
         for i in range(IFACE_MAX):
             if socks[i] == 0:

@@ -34,6 +34,7 @@ struct iface {
 	uint8_t peer_mac[6];
 	uint64_t sock;
 	uint64_t rx, tx, completed, dropped, tx_full;
+	int kick_pending;           /* tx descriptors the kernel has not taken yet */
 };
 
 static volatile sig_atomic_t stop_requested;
@@ -121,8 +122,10 @@ static void forward_batch(struct iface *in, struct iface *out, uint8_t *area,
 		pool->addrs[pool->count++] = tx_addrs[i] & ~(uint64_t)(frame_size - 1);
 		out->tx_full++;
 	}
-	if (out->tx != out->completed) /* copy mode may leave frames in the ring: kick again */
-		xskp_kick_tx(out->sock);
+	if (sent)
+		out->kick_pending = 1;
+	if (out->kick_pending && xskp_kick_tx(out->sock) != -EAGAIN)
+		out->kick_pending = 0;
 }
 
 static void recycle(struct iface *ifc, uint32_t frame_size, struct frame_pool *pool)

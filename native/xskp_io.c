@@ -383,7 +383,7 @@ int32_t xskp_kick_tx(uint64_t sock)
 		if (errno != EAGAIN && errno != EBUSY && errno != ENOBUFS)
 			return -errno;
 	}
-	return XSKP_KICK_MAX_RETRIES;
+	return -EAGAIN;
 }
 
 int32_t xskp_wakeup_rx(uint64_t sock)

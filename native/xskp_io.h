@@ -44,7 +44,9 @@ uint32_t xskp_tx(uint64_t sock, const uint64_t *addrs, const uint32_t *lens, uin
 uint32_t xskp_complete(uint64_t sock, uint64_t *addrs, uint32_t max);
 /* Makes the kernel send what the tx ring holds, if it needs telling: sendto while it answers
  * EAGAIN (copy mode sends a small batch per call), at most XSKP_KICK_MAX_RETRIES times.
- * Returns the number of sendto calls (0: no kick needed) or -errno. */
+ * Returns the number of sendto calls once the kernel took the whole ring (0: no kick was
+ * needed), -EAGAIN if it still had not after XSKP_KICK_MAX_RETRIES calls (kick again later),
+ * or another -errno. */
 int32_t xskp_kick_tx(uint64_t sock);
 /* If the fill ring needs a wakeup, a non-blocking recvfrom. 1 woken, 0 not needed, -errno. */
 int32_t xskp_wakeup_rx(uint64_t sock);
