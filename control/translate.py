@@ -290,6 +290,10 @@ class _ServiceEntry:
     plans: dict                   # port key -> _PortPlan
 
 
+def _slice_name(s):
+    return s.name
+
+
 def _ip4(text):
     """Host-order int of an IPv4 address string, or None for anything else."""
     try:
@@ -480,8 +484,12 @@ class Translator:
         self._entries = {}                       # service key -> _ServiceEntry
         self._ctx = None
         self._backend_refs = {}                  # backend key -> reference count
-        self._backend_rows = np.zeros(1024, BACKEND_DTYPE)
+        self._backend_rows = np.zeros(1024, BACKEND_DTYPE)   # written in batches (_write_rows)
         self._service_rows = np.zeros(1024, SERVICE_DTYPE)
+        self._backend_info = {}                  # id -> (addr, port, flags, node_addr)
+        self._service_info = {}                  # id -> (flags, affinity, ring off/size, local off/size)
+        self._dirty_backend_ids = set()
+        self._dirty_service_ids = set()
         self._service_names = {}
         self._frontend_owners = {}               # (addr, port, proto) -> {port key: (kind, sid, roles)}
         self._steer_frontends = {}
@@ -495,9 +503,12 @@ class Translator:
         self._steer_prefixes = {}
         self._steer_node_addrs = {}
         self._previous_tables = None
-        self._backends_dirty = True
         self._frontends_dirty = True
-        self._network_key = object()
+        self._network_inputs = None
+        self._last_services = None               # the last state's dicts (copies), for identity
+        self._last_slices = None
+        self._skipped = set()
+        self._transport_addr = 0
         self._fib_parts = None
 
     # -- public ------------------------------------------------------------------------------
@@ -513,26 +524,42 @@ class Translator:
         self.service_ids.reclaim(oldest_in_use)
         changes = SteeringChanges()
 
-        ctx = self._context(state, network)
+        network_inputs = (state.nodes, network)
+        if self._network_inputs is not None and self._network_inputs == network_inputs:
+            ctx, network_changed = self._ctx, False   # the common case: only Services changed
+        else:
+            ctx, network_changed = self._context(state, network), True
+            self._network_inputs = network_inputs
+        everything = ctx != self._ctx or self._last_services is None
         if ctx != self._ctx:
             self._ctx = ctx
             for entry in self._entries.values():
                 entry.service = None              # re-plan every Service, keep equal rings
+        candidates = self._changed_services(state, everything)
 
         slices_by_service = {}
-        for s in state.endpoint_slices.values():
-            slices_by_service.setdefault(s.service_key, []).append(s)
+        if candidates:
+            for s in state.endpoint_slices.values():
+                key = (s.namespace, s.service_name)
+                if key in candidates:
+                    slices_by_service.setdefault(key, []).append(s)
 
-        rebuilt = skipped = 0
-        wanted = set()
-        for key, service in state.services.items():
-            if skip_reason(service, self.options):
-                skipped += 1
+        rebuilt = 0
+        for key in sorted(candidates):
+            service = state.services.get(key)
+            if service is None or skip_reason(service, self.options):
+                if service is not None:
+                    self._skipped.add(key)
+                else:
+                    self._skipped.discard(key)
+                if key in self._entries:
+                    self._replace_service(key, None, generation)
                 continue
-            wanted.add(key)
-            slices = tuple(sorted(slices_by_service.get(key, ()), key=lambda s: s.name))
+            self._skipped.discard(key)
+            slices = tuple(sorted(slices_by_service.get(key, ()), key=_slice_name))
             entry = self._entries.get(key)
-            if entry is not None and entry.service == service and entry.slices == slices:
+            if entry is not None and (entry.service is service or entry.service == service) \
+                    and entry.slices == slices:
                 continue
             try:
                 plans = _plan_service(service, slices, ctx)
@@ -541,14 +568,15 @@ class Translator:
                 continue
             self._replace_service(key, _ServiceEntry(service, slices, plans), generation)
             rebuilt += 1
-        for key in [k for k in self._entries if k not in wanted]:
-            self._replace_service(key, None, generation)
+        skipped = len(self._skipped)
 
         for key in self._reserved_backends:
             if key not in self._backend_refs:
                 self.backend_ids.release(key, generation)
         self._reserved_backends.clear()
-        self._network_parts(state, network, ctx, changes)
+        if network_changed:
+            self._network_parts(state, network, ctx, changes)
+        self._dsr_frontend(changes)
         frontends_dirty = (self._frontends_dirty or self._steering_frontends_dirty
                            or self._previous_tables is None)
         self._steering_frontends_dirty = False
@@ -585,6 +613,35 @@ class Translator:
                                 dict(self._steer_prefixes), dict(self._steer_node_addrs))
 
     # -- Services ----------------------------------------------------------------------------
+
+    def _changed_services(self, state, everything):
+        """Keys of the Services that may have changed since the last call: by identity of the
+        model objects (sources keep the object of an unchanged Kubernetes object), so the
+        cost is a dict walk; the caller then compares by value before re-planning."""
+        last_services, last_slices = self._last_services, self._last_slices
+        self._last_services = dict(state.services)
+        self._last_slices = dict(state.endpoint_slices)
+        if everything:
+            return set(state.services) | set(self._entries) | self._skipped
+        candidates = set()
+        services = state.services
+        for key, svc in services.items():
+            if last_services.get(key) is not svc:
+                candidates.add(key)
+        for key in last_services:
+            if key not in services:
+                candidates.add(key)
+        slices = state.endpoint_slices
+        for key, sl in slices.items():
+            old = last_slices.get(key)
+            if old is not sl:
+                candidates.add((sl.namespace, sl.service_name))
+                if old is not None:
+                    candidates.add((old.namespace, old.service_name))
+        for key, old in last_slices.items():
+            if key not in slices:
+                candidates.add((old.namespace, old.service_name))
+        return candidates
 
     def _context(self, state, network):
         opts = self.options
@@ -634,11 +691,8 @@ class Translator:
                                    previous.ring if previous else None)
         plan.local_ring = self._ring_for(plan.local_keys, previous.local_keys if previous else None,
                                          previous.local_ring if previous else None)
-        self._grow_rows("_service_rows", sid)
-        row = self._service_rows[sid]
-        row["flags"], row["affinity_timeout_s"] = plan.flags, plan.affinity_timeout_s
-        row["ring_offset"], row["ring_size"] = plan.ring
-        row["local_ring_offset"], row["local_ring_size"] = plan.local_ring
+        self._service_info[sid] = (plan.flags, plan.affinity_timeout_s) + plan.ring + plan.local_ring
+        self._dirty_service_ids.add(sid)
         self._service_names[sid] = "{}/{}:{}/{}".format(*plan.key)
         self._ranged_plans.pop(plan.key, None)
         if plan.flags & lib.XSKP_SVC_SOURCE_RANGES:
@@ -659,7 +713,8 @@ class Translator:
             self._drop_frontends(plan)
             self._frontends_dirty = True
             self.service_ids.release(plan.key, generation)
-            self._service_rows[plan.service_id] = np.zeros((), SERVICE_DTYPE)
+            self._service_info[plan.service_id] = (0, 0, 0, 0, 0, 0)
+            self._dirty_service_ids.add(plan.service_id)
             self._service_names.pop(plan.service_id, None)
             self._ranged_plans.pop(plan.key, None)
             self._dsr_plans.discard(plan.key)
@@ -697,16 +752,15 @@ class Translator:
     def _acquire_backend(self, key, node_addr, flags):
         bid, new = self.backend_ids.acquire(key)
         self._backend_refs[key] = self._backend_refs.get(key, 0) + 1
-        self._grow_rows("_backend_rows", bid)
-        row = self._backend_rows[bid]
-        if new or row["flags"] != flags or row["node_addr"] != node_addr:
-            row["addr"], row["port"], row["flags"], row["node_addr"] = key[0], key[1], flags, node_addr
-            self._backends_dirty = True
-        roles = ROLE_GATEWAY if flags & lib.XSKP_BE_LOCAL else ROLE_TRANSPORT
-        steer_key = (_ip4_str(key[0]), key[1], key[2])
-        if self._steer_backends.get(steer_key) != roles:
-            self._steer_backends[steer_key] = roles
-            self._dirty_backend_keys.add(steer_key)
+        info = (key[0], key[1], flags, node_addr)
+        if new or self._backend_info.get(bid) != info:
+            self._backend_info[bid] = info
+            self._dirty_backend_ids.add(bid)
+            roles = ROLE_GATEWAY if flags & lib.XSKP_BE_LOCAL else ROLE_TRANSPORT
+            steer_key = (_ip4_str(key[0]), key[1], key[2])
+            if self._steer_backends.get(steer_key) != roles:
+                self._steer_backends[steer_key] = roles
+                self._dirty_backend_keys.add(steer_key)
 
     def _release_backend(self, key, generation):
         count = self._backend_refs[key] - 1
@@ -715,18 +769,29 @@ class Translator:
             return
         del self._backend_refs[key]
         bid = self.backend_ids.release(key, generation)
-        self._backend_rows[bid]["flags"] = 0      # not ALIVE; address kept for stale checks
-        self._backends_dirty = True
+        addr, port, _, node_addr = self._backend_info[bid]
+        self._backend_info[bid] = (addr, port, 0, node_addr)  # not ALIVE; address kept
+        self._dirty_backend_ids.add(bid)
         steer_key = (_ip4_str(key[0]), key[1], key[2])
         self._steer_backends.pop(steer_key, None)
         self._dirty_backend_keys.add(steer_key)
 
-    def _grow_rows(self, name, index):
+    def _write_rows(self, name, info, dirty, fields, count):
+        """Write the dirty rows of a master array (grown to `count` rows) in one go."""
         rows = getattr(self, name)
-        if index >= rows.size:
-            grown = np.zeros(next_pow2(index + 1), rows.dtype)
+        if count > rows.size:
+            grown = np.zeros(next_pow2(count), rows.dtype)
             grown[:rows.size] = rows
+            rows = grown
             setattr(self, name, grown)
+        if not dirty:
+            return False
+        ids = np.fromiter(dirty, dtype=np.int64, count=len(dirty))
+        values = np.array([info[i] for i in ids.tolist()], dtype=np.int64).reshape(len(ids), len(fields))
+        for column, field_name in enumerate(fields):
+            rows[field_name][ids] = values[:, column]
+        dirty.clear()
+        return True
 
     # -- node network ------------------------------------------------------------------------
 
@@ -795,16 +860,18 @@ class Translator:
         node_addrs = {}
         if transport_addr:
             node_addrs[_ip4_str(transport_addr)] = (lo, hi, ROLES_BOTH)
-        extra = {}
-        if transport_addr and self._dsr_plans:
-            # DSR: other nodes send IPIP to this node for its local backends.
-            extra[(_ip4_str(transport_addr), 0, IPPROTO_IPIP)] = ROLE_TRANSPORT
-        if extra != self._frontend_extra:
-            self._frontend_extra = extra
-            self._steering_frontends_dirty = True
         self._diff_into(self._steer_prefixes, prefixes, changes.add_prefixes, changes.remove_prefixes)
         self._diff_into(self._steer_node_addrs, node_addrs, changes.set_node_addrs,
                         changes.remove_node_addrs)
+
+    def _dsr_frontend(self, changes):
+        """DSR: other nodes send IPIP to this node for its local backends: steer it in."""
+        extra = {}
+        if self._transport_addr and self._dsr_plans:
+            extra[(_ip4_str(self._transport_addr), 0, IPPROTO_IPIP)] = ROLE_TRANSPORT
+        if extra != self._frontend_extra:
+            self._frontend_extra = extra
+            self._steering_frontends_dirty = True
 
     @staticmethod
     def _diff_into(current, wanted, add, remove):
@@ -835,11 +902,18 @@ class Translator:
             _fill_frontends(frontends, addrs, ports, protos, kinds, sids)
         else:
             frontends = prev.frontends
-        if self._backends_dirty or prev is None:
-            backends = self._backend_rows[:max(self.backend_ids.next_id, 1)].copy()
+        backend_count = max(self.backend_ids.next_id, 1)
+        changed = self._write_rows("_backend_rows", self._backend_info, self._dirty_backend_ids,
+                                   ("addr", "port", "flags", "node_addr"), backend_count)
+        if changed or prev is None or prev.backends.shape[0] != backend_count:
+            backends = self._backend_rows[:backend_count].copy()
         else:
             backends = prev.backends
-        services = self._service_rows[:max(self.service_ids.next_id, 1)].copy()
+        service_count = max(self.service_ids.next_id, 1)
+        self._write_rows("_service_rows", self._service_info, self._dirty_service_ids,
+                         ("flags", "affinity_timeout_s", "ring_offset", "ring_size",
+                          "local_ring_offset", "local_ring_size"), service_count)
+        services = self._service_rows[:service_count].copy()
         ranges = []
         for _, plan in sorted(self._ranged_plans.items()):
             row = services[plan.service_id]
@@ -873,7 +947,7 @@ class Translator:
                                maglev=self.arena.array, source_ranges=source_ranges,
                                routes=routes, neighbours=neighbours, node=node)
         self._previous_tables = tables
-        self._frontends_dirty = self._backends_dirty = False
+        self._frontends_dirty = False
         return tables
 
     def _flush_steering(self, changes, frontends_dirty):
