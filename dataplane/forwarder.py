@@ -12,6 +12,11 @@ reads and rewrites frames umem[addrs[i]:addrs[i] + lens[i]] in place (it may mov
 into the frame's headroom and change lens[i]), counts into counters (uint64[XSKP_COUNTER_MAX]),
 and writes one enum xskp_verdict per frame. The loop picks the step from the type of `state`:
 (macs,) runs process_batch_l2, (ServiceTables, FlowTables) runs dataplane/pipeline.py.
+
+Offloads: the forwarder does not touch interface offloads. On veth, TCP senders need checksum
+offload and segmentation off (ethtool -K IF tx off tso off gso off) or their frames arrive with a
+partial checksum (the L2 step forwards it as is; the pipeline completes it) or as GSO frames
+larger than a UMEM chunk (lost). The tests switch them off on the client and the Pod.
 """
 import argparse
 import errno

@@ -260,6 +260,10 @@ int main(int argc, char **argv)
 		return fail("creating UMEM", err);
 	area = (uint8_t *)(uintptr_t)xskp_umem_area(umem);
 	pool.addrs = calloc(XSKP_UMEM_FRAMES, sizeof(uint64_t));
+	if (!pool.addrs) {
+		xskp_umem_destroy(umem);
+		return fail("allocating the frame pool", -ENOMEM);
+	}
 	for (pool.count = 0; pool.count < XSKP_UMEM_FRAMES; pool.count++)
 		pool.addrs[pool.count] = (uint64_t)pool.count * XSKP_FRAME_SIZE;
 

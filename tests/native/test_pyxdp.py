@@ -160,3 +160,35 @@ def test_one_numba_to_pyxdp_batch_call_costs_nanoseconds():
     from dataplane import forwarder
     cost = forwarder.measure_batch_call_ns(iterations=200_000)
     assert 0 < cost < 200
+
+
+FOREIGN_XDP_PROGRAM = """
+#include <linux/bpf.h>
+__attribute__((section("xdp"), used)) int someone_elses(struct xdp_md *ctx) { return XDP_PASS; }
+char _license[] __attribute__((section("license"), used)) = "GPL";
+"""
+
+
+@needs_root
+def test_a_foreign_xdp_program_is_never_replaced(topo, tmp_path):
+    """Another XDP program on the interface makes attach fail with EBUSY; it stays attached."""
+    import subprocess
+    from dataplane import xsk
+    source, obj = tmp_path / "foreign.c", tmp_path / "foreign.o"
+    source.write_text(FOREIGN_XDP_PROGRAM)
+    multiarch = subprocess.run(["gcc", "-print-multiarch"], capture_output=True, text=True).stdout.strip()
+    subprocess.run(["clang", "-O2", "-target", "bpf", f"-I/usr/include/{multiarch}", "-c", str(source),
+                    "-o", str(obj)], check=True)
+    lab = topo.lab
+    lab.ip(topo.node, ["link", "set", "dev", "gw0", "xdpgeneric", "obj", str(obj), "sec", "xdp"])
+    try:
+        foreign_id = xdp_program_id(lab, topo.node, "gw0")
+        assert foreign_id != 0
+        with in_netns(topo.node):
+            with xsk.SteeringProgram() as steering:
+                with pytest.raises(OSError) as raised:
+                    steering.attach("gw0", "gateway")
+        assert raised.value.errno == errno.EBUSY and "gw0" in str(raised.value)
+        assert xdp_program_id(lab, topo.node, "gw0") == foreign_id
+    finally:
+        lab.ip(topo.node, ["link", "set", "dev", "gw0", "xdpgeneric", "off"])
