@@ -508,6 +508,7 @@ class Translator:
         self._last_services = None               # the last state's dicts (copies), for identity
         self._last_slices = None
         self._skipped = set()
+        self._replan_all = False
         self._transport_addr = 0
         self._fib_parts = None
 
@@ -530,11 +531,12 @@ class Translator:
         else:
             ctx, network_changed = self._context(state, network), True
             self._network_inputs = network_inputs
-        everything = ctx != self._ctx or self._last_services is None
         if ctx != self._ctx:
             self._ctx = ctx
+            self._replan_all = True               # until a translate completes
             for entry in self._entries.values():
                 entry.service = None              # re-plan every Service, keep equal rings
+        everything = self._replan_all or self._last_services is None
         candidates = self._changed_services(state, everything)
 
         slices_by_service = {}
@@ -569,6 +571,10 @@ class Translator:
             self._replace_service(key, _ServiceEntry(service, slices, plans), generation)
             rebuilt += 1
         skipped = len(self._skipped)
+        # Remembered only now: a translate that raised part-way finds the same candidates again.
+        self._last_services = dict(state.services)
+        self._last_slices = dict(state.endpoint_slices)
+        self._replan_all = False
 
         for key in self._reserved_backends:
             if key not in self._backend_refs:
@@ -619,8 +625,6 @@ class Translator:
         model objects (sources keep the object of an unchanged Kubernetes object), so the
         cost is a dict walk; the caller then compares by value before re-planning."""
         last_services, last_slices = self._last_services, self._last_slices
-        self._last_services = dict(state.services)
-        self._last_slices = dict(state.endpoint_slices)
         if everything:
             return set(state.services) | set(self._entries) | self._skipped
         candidates = set()
