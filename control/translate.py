@@ -509,6 +509,7 @@ class Translator:
         self._last_slices = None
         self._skipped = set()
         self._replan_all = False
+        self._pending_changes = None
         self._transport_addr = 0
         self._fib_parts = None
 
@@ -523,14 +524,16 @@ class Translator:
         self.arena.reclaim(oldest_in_use)
         self.backend_ids.reclaim(oldest_in_use)
         self.service_ids.reclaim(oldest_in_use)
-        changes = SteeringChanges()
+        # Steering changes accumulate until a translate completes, so a failed attempt loses none.
+        if self._pending_changes is None:
+            self._pending_changes = SteeringChanges()
+        changes = self._pending_changes
 
         network_inputs = (state.nodes, network)
         if self._network_inputs is not None and self._network_inputs == network_inputs:
             ctx, network_changed = self._ctx, False   # the common case: only Services changed
         else:
             ctx, network_changed = self._context(state, network), True
-            self._network_inputs = network_inputs
         if ctx != self._ctx:
             self._ctx = ctx
             self._replan_all = True               # until a translate completes
@@ -582,6 +585,7 @@ class Translator:
         self._reserved_backends.clear()
         if network_changed:
             self._network_parts(state, network, ctx, changes)
+            self._network_inputs = network_inputs
         self._dsr_frontend(changes)
         frontends_dirty = (self._frontends_dirty or self._steering_frontends_dirty
                            or self._previous_tables is None)
@@ -593,6 +597,7 @@ class Translator:
                  "service_ports": len(self.service_ids), "backends": len(self.backend_ids),
                  "rebuilt_services": rebuilt, "frontends": len(self._frontend_owners),
                  "ring_slots": self.arena.used, "ring_arena_slots": int(self.arena.array.size)}
+        self._pending_changes = None
         return Translation(generation, tables, changes, dict(self._service_names), stats)
 
     def adopt_backend_ids(self, ids):
@@ -881,6 +886,7 @@ class Translator:
     def _diff_into(current, wanted, add, remove):
         for k in sorted(k for k in current if k not in wanted):
             remove.append(k)
+            add.pop(k, None)
             del current[k]
         for k, v in wanted.items():
             if current.get(k) != v:
@@ -971,6 +977,7 @@ class Translator:
             if roles is None:
                 if self._reported_backends.pop(k, None) is not None:
                     changes.remove_backends.append(k)
+                    changes.add_backends.pop(k, None)
             elif self._reported_backends.get(k) != roles:
                 self._reported_backends[k] = roles
                 changes.add_backends[k] = roles

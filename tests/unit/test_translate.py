@@ -427,3 +427,29 @@ def test_translated_tables_drive_the_pipeline(tmp_path):
             assert int(verdicts[0]) == fx.TX_G and back.dst == "0a:00:00:00:01:09"
             assert (back[IP].src, back[TCP].sport) == ("10.96.0.10", 80)
     assert seen == set(macs)                 # Maglev spreads 40 flows over both endpoints
+
+
+def test_a_translate_that_fails_part_way_loses_nothing(monkeypatch):
+    """If translate raises after planning (the sync loop then retries), the retry still
+    reports every steering change and builds the changed Service."""
+    translator = Translator(ProxyOptions(node_name="n1"))
+    translator.translate(_state([_slice("a", ["10.1.0.1"]), _slice("b", ["10.1.0.10"])]))
+    changed = _state([_slice("a", ["10.1.0.2"]), _slice("b", ["10.1.0.10"])])
+    real_assemble = Translator._assemble
+    calls = []
+
+    def failing_once(self, *args):
+        if not calls:
+            calls.append(1)
+            raise MemoryError("simulated")
+        return real_assemble(self, *args)
+
+    monkeypatch.setattr(Translator, "_assemble", failing_once)
+    with pytest.raises(MemoryError):
+        translator.translate(changed)
+    result = translator.translate(changed)
+    assert result.steering.add_backends == {("10.1.0.2", 8080, TCP): GW}
+    assert result.steering.remove_backends == [("10.1.0.1", 8080, TCP)]
+    services = describe_tables(result.tables, result.service_names)
+    assert set(services["default/a:/TCP"]["backends"]) == {"10.1.0.2:8080"}
+    assert result.generation == 2
