@@ -453,3 +453,45 @@ def test_a_translate_that_fails_part_way_loses_nothing(monkeypatch):
     services = describe_tables(result.tables, result.service_names)
     assert set(services["default/a:/TCP"]["backends"]) == {"10.1.0.2:8080"}
     assert result.generation == 2
+
+
+def test_established_flows_survive_an_agent_restart(tmp_path):
+    """A flow DNATed by one agent keeps its backend after a restart: the new agent adopts the
+    flow tables from their files, its translator keeps the backend ids the flows hold (while
+    new endpoints take other ids), and the next segment hits the tracked flow."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    import fixtures_pipeline as fx
+    from dataplane import tables as tbl
+    from dataplane.store import backend_ids_in_use, max_fib_generation, open_flow_tables
+
+    options = ProxyOptions(node_name="n1", transport_interface="eth0", gateway_interface="antrea-gw0")
+    first = Translator(options)
+    st = first.translate(state_of("clusterip.yaml"), _network_with_client_pod()).tables
+    ft = open_flow_tables(str(tmp_path), 0, 4096, 1024)
+
+    def segment(sport, flags):
+        return bytes(Ether(src="0a:00:00:00:01:09", dst="02:00:00:00:00:03")
+                     / IP(src="10.1.0.9", dst="10.96.0.10") / TCP(sport=sport, dport=80, flags=flags))
+
+    _, outs, _ = fx.run([segment(41000 + i, "S") for i in range(8)], fx.GATEWAY, st, ft)
+    chosen = [Ether(o)[IP].dst for o in outs]
+    del ft, st, first                                          # the agent stops
+
+    ft = open_flow_tables(str(tmp_path), 0, 4096, 1024)
+    second = Translator(options, fib_generation_base=max_fib_generation(ft) + 1)
+    second.adopt_backend_ids(backend_ids_in_use(ft))
+    # A Service that sorts first now exists too: without adoption its endpoints would take ids
+    # 1 and 2, and the adopted flows would point at the wrong backends.
+    state = state_of("clusterip.yaml")
+    services = dict(state.services)
+    services[("default", "aaa")] = _svc("aaa", "10.96.0.99")
+    slices = dict(state.endpoint_slices)
+    first_slice = _slice("aaa", ["10.1.0.77", "10.1.0.78"])
+    slices[first_slice.key] = first_slice
+    state = ClusterState(services, slices, state.nodes)
+    st = second.translate(state, _network_with_client_pod()).tables
+    verdicts, outs, counters = fx.run([segment(41000 + i, "A") for i in range(8)], fx.GATEWAY, st, ft)
+    assert [Ether(o)[IP].dst for o in outs] == chosen
+    assert tbl.counters_by_name(counters).get("XSKP_CNT_CT_HIT") == 8
+    assert "XSKP_CNT_CT_STALE" not in tbl.counters_by_name(counters)
