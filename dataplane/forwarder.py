@@ -110,7 +110,7 @@ WORKER_COUNTER_NAMES = sorted(abi.enum_members("XSKP_WC_").keys() - {"XSKP_WC_MA
                               key=lambda name: getattr(abi.lib, name))
 _EAGAIN_RESULT = -errno.EAGAIN
 _KICK_MAX_RETRIES = abi.lib.XSKP_KICK_MAX_RETRIES
-IDLE_SPINS = 64          # empty loop iterations before sleeping in poll()
+IDLE_SPIN_NS = 200_000  # keep polling the rings this long after the last frame, then sleep
 IDLE_POLL_MS = 1         # longest poll() sleep: bounds the latency of the stop flag
 SLICE_NS = 5_000_000     # return to Python every 5 ms
 
@@ -244,8 +244,8 @@ def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
     rx_addrs_ptr, rx_lens_ptr = array_data_ptr(rx_addrs), array_data_ptr(rx_lens)
     comp_ptr = array_data_ptr(comp)
     received = 0
-    empty_runs = 0
     deadline = xskp_now_ns() + slice_ns
+    last_active = deadline - slice_ns
     while True:
         now = xskp_now_ns()
         if now >= deadline:
@@ -333,14 +333,13 @@ def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
                 free_count[0] = start + kept
             if xskp_wakeup_rx(socks[i]) == 1:
                 wc[i, _WC_RX_WAKEUPS] += 1
-        # 5. sleep in poll() after a run of empty iterations
+        # 5. sleep in poll() once nothing has arrived for IDLE_SPIN_NS (a shorter spin makes
+        #    every frame of a sparse flow, e.g. one TCP stream's ACKs, pay a wakeup)
         if active:
-            empty_runs = 0
-        else:
-            empty_runs += 1
-            if empty_runs >= IDLE_SPINS:
-                wc[IFACE_TRANSPORT, _WC_IDLE_SLEEPS] += 1  # counted once, on the first row
-                xskp_poll_rx(socks[0], socks[1], IDLE_POLL_MS)
+            last_active = now
+        elif now - last_active > IDLE_SPIN_NS:
+            wc[IFACE_TRANSPORT, _WC_IDLE_SLEEPS] += 1  # counted once, on the first row
+            xskp_poll_rx(socks[0], socks[1], IDLE_POLL_MS)
     return received
 
 

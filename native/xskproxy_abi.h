@@ -63,7 +63,7 @@ enum xskp_worker_counter {
 	XSKP_WC_FILL_SHORT,         /* refills that found fewer free frames than fill slots */
 	XSKP_WC_RX_WAKEUPS,         /* fill-ring wakeups (need_wakeup was set) */
 	XSKP_WC_EMPTY_POLLS,        /* rx batches that returned nothing */
-	XSKP_WC_IDLE_SLEEPS,        /* poll() waits after a run of empty batches */
+	XSKP_WC_IDLE_SLEEPS,        /* poll() waits after IDLE_SPIN_NS without a frame */
 	XSKP_WC_MAX,
 };
 
