@@ -182,6 +182,24 @@ class StableIdAllocator:
         self.ids[key] = new_id
         return new_id, True
 
+    def reserve(self, ids):
+        """Before any acquire: give keys the ids they had ({key: id}); conflicting entries
+        (an id or key twice, an id below first_id) are ignored. Returns the keys reserved.
+        Ids in between become free."""
+        taken = set(self.ids.values())
+        reserved = set()
+        for key, wanted in sorted(ids.items(), key=lambda kv: kv[1]):
+            if wanted < self.first_id or wanted in taken or key in self.ids:
+                continue
+            self.ids[key] = wanted
+            taken.add(wanted)
+            reserved.add(key)
+        high = max(taken, default=self.first_id - 1) + 1
+        if high > self.next_id:
+            self._free.extend(i for i in range(self.next_id, high) if i not in taken)
+            self.next_id = high
+        return reserved
+
     def release(self, key, generation):
         """key is no longer used from `generation` on."""
         released = self.ids.pop(key)
@@ -478,6 +496,7 @@ class Translator:
         self.generation = 0
         self.fib_generation = fib_generation_base  # start above adopted conntrack entries' MACs
         self._reserved_backends = set()
+        self._reserved_services = set()
         self.backend_ids = StableIdAllocator(first_id=1)
         self.service_ids = StableIdAllocator(first_id=1)
         self.arena = RingArena()
@@ -583,6 +602,11 @@ class Translator:
             if key not in self._backend_refs:
                 self.backend_ids.release(key, generation)
         self._reserved_backends.clear()
+        if self._reserved_services:
+            planned = {k for e in self._entries.values() for k in e.plans}
+            for key in self._reserved_services - planned:
+                self.service_ids.release(key, generation)
+            self._reserved_services.clear()
         if network_changed:
             self._network_parts(state, network, ctx, changes)
             self._network_inputs = network_inputs
@@ -607,16 +631,19 @@ class Translator:
         translation are released then."""
         if self.generation:
             raise RuntimeError("adopt_backend_ids: only before the first translate")
-        alloc = self.backend_ids
-        taken = set(alloc.ids.values())
-        for key, bid in sorted(ids.items(), key=lambda kv: kv[1]):
-            if bid < alloc.first_id or bid in taken or key in alloc.ids:
-                continue
-            alloc.ids[key] = bid
-            taken.add(bid)
-            self._reserved_backends.add(key)
-        alloc.next_id = max(taken, default=alloc.first_id - 1) + 1
-        alloc._free.extend(i for i in range(alloc.first_id, alloc.next_id) if i not in taken)
+        self._reserved_backends |= self.backend_ids.reserve(ids)
+
+    def adopt_service_ids(self, ids):
+        """Before the first translate: keep the previous agent's service ids
+        ({(namespace, name, port name, protocol): id}, saved with dataplane.store.save_id_map),
+        which adopted conntrack and affinity entries hold. Unclaimed ones are released."""
+        if self.generation:
+            raise RuntimeError("adopt_service_ids: only before the first translate")
+        self._reserved_services |= self.service_ids.reserve(ids)
+
+    def service_id_map(self):
+        """{(namespace, name, port name, protocol): service id} now (to save for a restart)."""
+        return dict(self.service_ids.ids)
 
     def steering_contents(self):
         """What the steering maps should hold now (copies)."""

@@ -7,6 +7,7 @@ returns to Python and uses it, unchanged, until the next pick. Nothing here ever
 published generation. Per-flow tables: one writer (the worker); this module only creates,
 adopts and describes the files. Never called per packet.
 """
+import json
 import logging
 import mmap
 import os
@@ -235,6 +236,34 @@ def backend_ids_in_use(tables):
                                       rows["proto"].tolist(), rows["backend_id"].tolist()):
         out.setdefault((addr, port, proto), bid)
     return out
+
+
+def save_id_map(state_dir, name, mapping):
+    """Write {tuple key: int id} to <state_dir>/<name>.json atomically (e.g. the translator's
+    service ids, which conntrack and affinity entries hold), for the next agent to adopt."""
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    path = os.path.join(state_dir, f"{name}.json")
+    rows = sorted([list(key) + [int(value)] for key, value in mapping.items()], key=lambda r: r[-1])
+    tmp = f"{path}.new"
+    with open(tmp, "w") as f:
+        json.dump({"version": 1, "ids": rows}, f)
+    os.replace(tmp, path)
+
+
+def load_id_map(state_dir, name):
+    """The mapping save_id_map wrote ({} when absent or unreadable, with a log line)."""
+    path = os.path.join(state_dir, f"{name}.json")
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        if data.get("version") != 1:
+            raise ValueError(f"version {data.get('version')!r} is not 1")
+        return {tuple(row[:-1]): int(row[-1]) for row in data["ids"]}
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        log.warning("event=id_map_refused path=%s reason=%r", path, str(e))
+        return {}
 
 
 def max_fib_generation(tables):

@@ -495,3 +495,20 @@ def test_established_flows_survive_an_agent_restart(tmp_path):
     assert [Ether(o)[IP].dst for o in outs] == chosen
     assert tbl.counters_by_name(counters).get("XSKP_CNT_CT_HIT") == 8
     assert "XSKP_CNT_CT_STALE" not in tbl.counters_by_name(counters)
+
+
+def test_service_ids_survive_a_restart_through_the_saved_map(tmp_path):
+    """Service ids saved by one agent are kept by the next (affinity and conntrack entries hold
+    them), even when a new Service sorts before the old ones; unclaimed ids are released."""
+    from dataplane.store import load_id_map, save_id_map
+    first = Translator(ProxyOptions(node_name="n1"))
+    first.translate(_state([_slice("b", ["10.1.0.10"])], {("default", "b"): _svc("b", "10.96.1.2"),
+                                                          ("default", "c"): _svc("c", "10.96.1.3")}))
+    save_id_map(str(tmp_path), "service-ids", first.service_id_map())
+    second = Translator(ProxyOptions(node_name="n1"))
+    second.adopt_service_ids(load_id_map(str(tmp_path), "service-ids"))
+    second.translate(_state([_slice("b", ["10.1.0.10"])], {("default", "a"): _svc("a", "10.96.1.1"),
+                                                           ("default", "b"): _svc("b", "10.96.1.2")}))
+    assert second.service_id_map()[("default", "b", "", "TCP")] == first.service_id_map()[("default", "b", "", "TCP")]
+    assert ("default", "c", "", "TCP") not in second.service_id_map()
+    assert len(set(second.service_id_map().values())) == 2
