@@ -34,6 +34,9 @@ log = logging.getLogger("xskproxy.translate")
 
 lib = abi.lib
 PROTOCOL_NUMBERS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": 132}
+# The pipeline translates TCP and UDP; SCTP Service ports get no frontend (and so no steering):
+# the kernel (kube-proxy, if running) keeps them instead of the pipeline dropping them.
+PROXIED_PROTOCOLS = ("TCP", "UDP")
 IPPROTO_IPIP = 4
 ROLE_GATEWAY = lib.STEER_ROLE_GATEWAY
 ROLE_TRANSPORT = lib.STEER_ROLE_TRANSPORT
@@ -420,9 +423,9 @@ def _plan_service(service, slices, ctx):
     ipv4_slices = [s for s in slices if s.address_type == "IPv4"]
     plans = {}
     for sp in service.ports:
-        proto = PROTOCOL_NUMBERS.get(sp.protocol)
-        if proto is None:
+        if sp.protocol not in PROXIED_PROTOCOLS:
             continue
+        proto = PROTOCOL_NUMBERS[sp.protocol]
         frontends = []
         for ip in service.cluster_ips:
             addr = _ip4(ip)
