@@ -20,9 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
-from control.model import (
-    AFFINITY_TIMEOUT_DEFAULT, AFFINITY_TIMEOUT_MAX, ClusterState,
-)
+from control.model import AFFINITY_TIMEOUT_DEFAULT, AFFINITY_TIMEOUT_MAX
 from dataplane import abi
 from dataplane.maglev import backend_hash_keys_v4, build_maglev_ring, maglev_ring_size
 from dataplane.tables import (
@@ -616,9 +614,9 @@ class Translator:
         self._dsr_frontend(changes)
         frontends_dirty = (self._frontends_dirty or self._steering_frontends_dirty
                            or self._previous_tables is None)
-        self._steering_frontends_dirty = False
         tables = self._assemble(generation, changes)
         self._flush_steering(changes, frontends_dirty)
+        self._steering_frontends_dirty = False
         self.generation = generation
         stats = {"services": len(self._entries), "skipped_services": skipped,
                  "service_ports": len(self.service_ids), "backends": len(self.backend_ids),
