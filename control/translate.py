@@ -474,7 +474,9 @@ def _plan_service(service, slices, ctx):
     return plans
 
 
-@njit(cache=True, nogil=True)
+# Not cached on purpose: numba's cache does not notice when insert_frontend (another file)
+# changes, and a table filled with a stale hash would make every lookup miss.
+@njit(nogil=True)
 def _fill_frontends(table, addrs, ports, protos, kinds, service_ids):
     """Insert every frontend row into the empty hash table; returns how many did not fit."""
     failed = 0
