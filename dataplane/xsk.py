@@ -422,6 +422,16 @@ class SteeringProgram:
         self._u32[0] = _addr_be(addr)
         self._delete(abi.lib.STEER_MAP_V4_NODE_ADDRS, self._u32, f"removing node address {addr}")
 
+    def test_run(self, frame, ifname, queue=0):
+        """Run the program once on `frame` (bytes) as if received on (ifname, queue), without
+        sending anything anywhere; returns the XDP action (XDP_PASS 2, XDP_REDIRECT 4). The
+        counters count it like a received frame."""
+        action = self._px.ffi.new("uint32_t *")
+        _raise_if_error(self._px.lib.xskp_steer_test_run(self.handle, frame, len(frame), ifindex_of(ifname),
+                                                         queue, action),
+                        f"test-running the steering program on a {len(frame)} byte frame from {ifname}")
+        return int(action[0])
+
     def counters(self):
         """Packets per steering decision, summed over CPUs: {'STEER_PASS_NO_MATCH': n, ...}."""
         values = np.zeros(abi.lib.STEER_COUNTER_MAX, np.uint64)

@@ -646,6 +646,25 @@ int xskp_steer_clear_socket(uint64_t steer, uint32_t index)
 	return 0;
 }
 
+int xskp_steer_test_run(uint64_t steer, const void *frame, uint32_t len, uint32_t ifindex,
+			uint32_t rx_queue, uint32_t *action_out)
+{
+	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;
+	struct xdp_md md = {
+		.data = 0,
+		.data_end = len,
+		.ingress_ifindex = ifindex,
+		.rx_queue_index = rx_queue,
+	};
+	LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = frame, .data_size_in = len, .ctx_in = &md,
+		    .ctx_size_in = sizeof(md), .repeat = 1);
+
+	if (bpf_prog_test_run_opts(st->prog_fd, &opts))
+		return -errno;
+	*action_out = opts.retval;
+	return 0;
+}
+
 int xskp_steer_counters(uint64_t steer, uint64_t *out, uint32_t n)
 {
 	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;

@@ -68,6 +68,10 @@ int xskp_steer_map_lookup(uint64_t steer, uint32_t map, const void *key, void *v
 int xskp_steer_set_socket(uint64_t steer, uint32_t index, uint64_t sock);
 int xskp_steer_clear_socket(uint64_t steer, uint32_t index);
 int xskp_steer_counters(uint64_t steer, uint64_t *out, uint32_t n);  /* summed over CPUs */
+/* Runs the program once on a frame (BPF_PROG_RUN) as if it arrived on (ifindex, rx_queue), which
+ * must exist in the caller's namespace; *action_out: the XDP action. Counters count it. */
+int xskp_steer_test_run(uint64_t steer, const void *frame, uint32_t len, uint32_t ifindex,
+			uint32_t rx_queue, uint32_t *action_out);
 void xskp_steer_close(uint64_t steer);        /* detaches from every interface it attached */
 
 /* What is attached to an interface: program id (0: none), enum xskp_attach_mode, and the

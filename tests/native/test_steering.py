@@ -1,0 +1,123 @@
+"""The XDP steering classifier, decision by decision (root): frames made with scapy are run
+through the loaded program with BPF_PROG_RUN as if received on the lab's interfaces, and each
+must land on its expected counter and action."""
+import pytest
+
+from xsk_test_support import LAB_PREFIX, in_netns, needs_native, needs_root
+
+pytestmark = [needs_root, needs_native]
+
+XDP_PASS, XDP_REDIRECT = 2, 4
+NODE, CLIENT, POD, GATEWAY_IP, CLUSTER_IP = "10.0.0.1", "10.0.0.100", "10.244.0.2", "10.244.0.1", "10.96.0.10"
+
+
+@pytest.fixture(scope="module")
+def steering():
+    """The program attached to the lab node's tr0 (transport) and gw0 (gateway), maps filled as
+    the agent would: a ClusterIP on both roles, a NodePort on the node address from the transport
+    only, a backend's replies on the gateway, a SNAT range, the Pod CIDR minus the gateway's /32."""
+    from lab import Lab, forwarder_lab
+    from dataplane import xsk
+    with Lab(LAB_PREFIX) as lab:
+        topo = forwarder_lab(lab)
+        for ns in topo.namespaces:  # no IPv6 router solicitations or DAD counted mid-test
+            lab.sysctl(ns, "net.ipv6.conf.all.disable_ipv6", 1)
+        with in_netns(topo.node):
+            program = xsk.SteeringProgram()
+            try:
+                program.attach("tr0", "transport")
+                program.attach("gw0", "gateway")
+                program.add_frontend(CLUSTER_IP, 80, "tcp", ["transport", "gateway"])
+                program.add_frontend(NODE, 30080, "tcp", "transport")
+                program.add_backend(POD, 8080, "tcp", "gateway")
+                program.set_node_address(NODE, 40000, 40999, "transport")
+                program.add_prefix("10.244.0.0/24", "transport")
+                program.add_prefix(f"{GATEWAY_IP}/32", 0)
+                yield topo, program
+            finally:
+                program.close()
+
+
+def _tcp(src, dst, sport, dport, **ip_fields):
+    from scapy.all import IP, TCP, Ether
+    return bytes(Ether(dst="02:00:00:00:00:01", src="02:00:00:00:00:02") /
+                 IP(src=src, dst=dst, **ip_fields) / TCP(sport=sport, dport=dport, flags="S"))
+
+
+def _udp(src, dst, sport, dport):
+    from scapy.all import IP, UDP, Ether
+    return bytes(Ether(dst="02:00:00:00:00:01", src="02:00:00:00:00:02") / IP(src=src, dst=dst) /
+                 UDP(sport=sport, dport=dport) / b"x")
+
+
+def _arp():
+    from scapy.all import ARP, Ether
+    return bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src="02:00:00:00:00:02") / ARP(pdst=NODE))
+
+
+CASES = [
+    # (what must happen, frame, ingress interface, decision counted)
+    ("ARP goes to the kernel", _arp, "tr0", "STEER_PASS_NOT_IPV4"),
+    ("a truncated IPv4 header goes to the kernel", lambda: _tcp(CLIENT, CLUSTER_IP, 1234, 80)[:24], "tr0",
+     "STEER_PASS_MALFORMED"),
+    ("a fragment (ports unknown) goes to the kernel", lambda: _tcp(CLIENT, CLUSTER_IP, 1234, 80, flags="MF"),
+     "tr0", "STEER_PASS_FRAGMENT"),
+    ("an interface without a role is not looked at", lambda: _tcp(CLIENT, CLUSTER_IP, 1234, 80), "lo",
+     "STEER_PASS_NO_IFACE"),
+    ("a ClusterIP from the transport is steered", lambda: _tcp(CLIENT, CLUSTER_IP, 1234, 80), "tr0",
+     "STEER_REDIRECT_FRONTEND"),
+    ("a ClusterIP from a Pod is steered", lambda: _tcp(POD, CLUSTER_IP, 1234, 80), "gw0",
+     "STEER_REDIRECT_FRONTEND"),
+    ("another port of the ClusterIP is not", lambda: _tcp(CLIENT, CLUSTER_IP, 1234, 81), "tr0",
+     "STEER_PASS_NO_MATCH"),
+    ("a NodePort from the transport is steered", lambda: _tcp(CLIENT, NODE, 1234, 30080), "tr0",
+     "STEER_REDIRECT_FRONTEND"),
+    ("a transport-only NodePort from a Pod is not", lambda: _tcp(POD, NODE, 1234, 30080), "gw0",
+     "STEER_PASS_NO_MATCH"),
+    ("a reply to a SNAT port on the node address is steered", lambda: _tcp(POD, NODE, 8080, 40500), "tr0",
+     "STEER_REDIRECT_SNAT_REPLY"),
+    ("a port outside the SNAT range (ssh to the node) is not", lambda: _tcp(CLIENT, NODE, 1234, 22), "tr0",
+     "STEER_PASS_NO_MATCH"),
+    ("a backend's reply from the gateway is steered", lambda: _tcp(POD, CLIENT, 8080, 1234), "gw0",
+     "STEER_REDIRECT_BACKEND_REPLY"),
+    ("the same Pod on another port is not", lambda: _tcp(POD, CLIENT, 9090, 1234), "gw0", "STEER_PASS_NO_MATCH"),
+    ("the Pod CIDR from the transport is steered", lambda: _udp(CLIENT, POD, 1234, 53), "tr0",
+     "STEER_REDIRECT_PREFIX"),
+    ("the gateway's own address (a roles-0 /32 in the Pod CIDR) is not", lambda: _udp(CLIENT, GATEWAY_IP, 1234, 53),
+     "tr0", "STEER_PASS_NO_MATCH"),
+    ("the Pod CIDR is not steered on the gateway (local traffic)", lambda: _udp(POD, "10.244.0.3", 1234, 53), "gw0",
+     "STEER_PASS_NO_MATCH"),
+]
+
+
+@pytest.mark.parametrize("what, make_frame, ifname, decision", CASES, ids=[c[0] for c in CASES])
+def test_each_frame_gets_its_decision(steering, what, make_frame, ifname, decision):
+    topo, program = steering
+    with in_netns(topo.node):
+        before = program.counters()
+        action = program.test_run(make_frame(), ifname)
+        after = program.counters()
+    changed = {name for name in after if after[name] != before[name]}
+    if decision.startswith("STEER_REDIRECT_"):
+        # no socket is bound: the redirect falls back to the kernel and says so
+        assert changed == {decision, "STEER_REDIRECT_FAILED"}, what
+    else:
+        assert changed == {decision}, what
+    assert action == XDP_PASS, what
+
+
+def test_a_bound_socket_takes_the_redirect(steering):
+    """With a socket bound on tr0 queue 0, a steered frame is redirected (and nothing fails)."""
+    from dataplane import xsk
+    topo, program = steering
+    with in_netns(topo.node):
+        with xsk.Umem(frame_count=64, ring_size=32) as umem:
+            sock = xsk.XskSocket(umem, "tr0", 0)
+            program.bind_socket(sock)
+            before = program.counters()
+            action = program.test_run(_tcp(CLIENT, CLUSTER_IP, 1234, 80), "tr0")
+            after = program.counters()
+            program.unbind_socket(sock)
+    assert action == XDP_REDIRECT
+    assert after["STEER_REDIRECT_FRONTEND"] == before["STEER_REDIRECT_FRONTEND"] + 1
+    assert after["STEER_REDIRECT_FAILED"] == before["STEER_REDIRECT_FAILED"]
