@@ -29,6 +29,7 @@ from dataplane.tables import (
 )
 
 log = logging.getLogger("xskproxy.translate")
+inet_pton, AF_INET, from_bytes = socket.inet_pton, socket.AF_INET, int.from_bytes
 
 lib = abi.lib
 PROTOCOL_NUMBERS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": 132}
@@ -39,6 +40,7 @@ IPPROTO_IPIP = 4
 ROLE_GATEWAY = lib.STEER_ROLE_GATEWAY
 ROLE_TRANSPORT = lib.STEER_ROLE_TRANSPORT
 ROLES_BOTH = ROLE_GATEWAY | ROLE_TRANSPORT
+_BE_ALIVE, _BE_LOCAL, _BE_TERMINATING = lib.XSKP_BE_ALIVE, lib.XSKP_BE_LOCAL, lib.XSKP_BE_TERMINATING
 
 
 # --- inputs ------------------------------------------------------------------------------
@@ -448,21 +450,30 @@ def _plan_service(service, slices, ctx):
             port = _slice_port(s, sp)
             if port is None or not port.port:
                 continue
+            target = port.port
             for ep in s.endpoints:
-                addr = _ip4(ep.addresses[0]) if ep.addresses else None
-                if addr is None:
+                if not ep.addresses:
                     continue
-                seen.setdefault((addr, port.port, proto), ep)
-        endpoints = sorted(seen.items(), key=lambda kv: kv[0])
+                try:
+                    addr = from_bytes(inet_pton(AF_INET, ep.addresses[0]), "big")
+                except OSError:
+                    continue
+                key = (addr, target, proto)
+                if key not in seen:
+                    seen[key] = ep
+        endpoints = sorted(seen.items())          # keys are unique: endpoints never compared
         cluster, local = _categorize(endpoints, ctx.node_name, ctx.zone)
         backends = {}
+        node_name = ctx.node_name
         for key, ep in cluster + local:
-            flags = lib.XSKP_BE_ALIVE
-            if ep.node_name == ctx.node_name:
-                flags |= lib.XSKP_BE_LOCAL
+            flags = _BE_ALIVE
+            if ep.node_name == node_name:
+                flags |= _BE_LOCAL
             if ep.terminating:
-                flags |= lib.XSKP_BE_TERMINATING
-            backends[key] = (node_addr_of.get(ep.node_name, 0), flags)
+                flags |= _BE_TERMINATING
+            # inet_pton accepted the text, so it is canonical dotted decimal (glibc refuses
+            # leading zeros): the steering key can use it as it is.
+            backends[key] = (node_addr_of.get(ep.node_name, 0), flags, ep.addresses[0])
         needs_local = bool(base_flags & (lib.XSKP_SVC_ETP_LOCAL | lib.XSKP_SVC_ITP_LOCAL))
         key = (service.namespace, service.name, sp.name, sp.protocol)
         plans[key] = _PortPlan(
@@ -724,8 +735,8 @@ class Translator:
     def _add_plan(self, plan, previous):
         sid, _ = self.service_ids.acquire(plan.key)
         plan.service_id = sid
-        for bkey, (node_addr, flags) in plan.backends.items():
-            self._acquire_backend(bkey, node_addr, flags)
+        for bkey, (node_addr, flags, text) in plan.backends.items():
+            self._acquire_backend(bkey, node_addr, flags, text)
         plan.ring = self._ring_for(plan.cluster_keys, previous.cluster_keys if previous else None,
                                    previous.ring if previous else None)
         plan.local_ring = self._ring_for(plan.local_keys, previous.local_keys if previous else None,
@@ -779,24 +790,27 @@ class Translator:
             return previous_ring
         if not keys:
             return (0, 0)
-        ids = np.array([self.backend_ids.ids[k] for k in keys], dtype=np.uint32)
-        arr = np.array([(k[0], k[1]) for k in keys], dtype=np.uint64)
-        hash_keys = backend_hash_keys_v4(arr[:, 0], arr[:, 1])
+        id_of = self.backend_ids.ids
+        ids = np.fromiter((id_of[k] for k in keys), dtype=np.uint32, count=len(keys))
+        hash_keys = backend_hash_keys_v4(
+            np.fromiter((k[0] for k in keys), dtype=np.uint32, count=len(keys)),
+            np.fromiter((k[1] for k in keys), dtype=np.uint16, count=len(keys)))
         size = maglev_ring_size(len(keys), previous=previous_ring[1] if previous_ring else 0)
         ring = ids[build_maglev_ring(hash_keys, ring_size=size)]
         return (self.arena.allocate(ring), int(ring.size))
 
     # -- backends ----------------------------------------------------------------------------
 
-    def _acquire_backend(self, key, node_addr, flags):
+    def _acquire_backend(self, key, node_addr, flags, text):
         bid, new = self.backend_ids.acquire(key)
-        self._backend_refs[key] = self._backend_refs.get(key, 0) + 1
+        refs = self._backend_refs
+        refs[key] = refs.get(key, 0) + 1
         info = (key[0], key[1], flags, node_addr)
         if new or self._backend_info.get(bid) != info:
             self._backend_info[bid] = info
             self._dirty_backend_ids.add(bid)
-            roles = ROLE_GATEWAY if flags & lib.XSKP_BE_LOCAL else ROLE_TRANSPORT
-            steer_key = (_ip4_str(key[0]), key[1], key[2])
+            roles = ROLE_GATEWAY if flags & _BE_LOCAL else ROLE_TRANSPORT
+            steer_key = (text, key[1], key[2])
             if self._steer_backends.get(steer_key) != roles:
                 self._steer_backends[steer_key] = roles
                 self._dirty_backend_keys.add(steer_key)
@@ -1002,7 +1016,7 @@ class Translator:
             self._diff_into(self._steer_frontends, wanted, changes.add_frontends,
                             changes.remove_frontends)
         # Backends changed in place as they were acquired and released: report only those.
-        for k in sorted(self._dirty_backend_keys):
+        for k in self._dirty_backend_keys:
             roles = self._steer_backends.get(k)
             if roles is None:
                 if self._reported_backends.pop(k, None) is not None:

@@ -72,6 +72,7 @@ def _largest_prime_below(n):
 
 # The ring sizes: the largest prime below each power of sqrt(2) from 2^10 to 2^31.
 RING_SIZES = tuple(_largest_prime_below(int(round(2 ** (k / 2)))) for k in range(20, 63))
+_RING_SIZE_SET = frozenset(RING_SIZES)
 RING_SIZE_KEEP_FACTOR = 8        # a shrinking Service keeps its size while <= 8x what it needs
 
 
@@ -80,7 +81,8 @@ def maglev_ring_size(backend_count, previous=0):
     100 slots per backend, or `previous` (the Service's current size) while it still holds 100
     per backend and is no more than 8x that, so that a change of one backend keeps the size."""
     needed = max(RING_SLOTS_PER_BACKEND * backend_count, RING_SIZE_MIN)
-    if previous and is_prime(previous) and needed <= previous <= RING_SIZE_KEEP_FACTOR * needed:
+    if previous and needed <= previous <= RING_SIZE_KEEP_FACTOR * needed and (
+            previous in _RING_SIZE_SET or is_prime(previous)):
         return previous
     for size in RING_SIZES:
         if size >= needed:
@@ -266,7 +268,7 @@ def build_maglev_ring(keys, weights=None, ring_size=None):
         raise ValueError("keys: backends must be unique (the same address:port appears twice)")
     if ring_size is None:
         ring_size = maglev_ring_size(n)
-    elif ring_size < 3 or not is_prime(ring_size):
+    elif ring_size < 3 or (ring_size not in _RING_SIZE_SET and not is_prime(ring_size)):
         raise ValueError(f"ring_size: {ring_size!r} is not a prime >= 3 (every skip must "
                          "permute all slots)")
     credit = weights[order] / weights[order].max()
