@@ -171,12 +171,13 @@ def process_batch_l2(umem, addrs, lens, n, ingress_iface, state, counters, verdi
 # ---- the worker loop ------------------------------------------------------------------------
 WorkerBuffers = namedtuple(
     "WorkerBuffers",
-    "socks free_frames free_count outstanding kick_pending rx_addrs rx_lens tx_addrs tx_lens "
-    "tx_counts verdicts comp_addrs worker_counters")
+    "socks free_frames free_count outstanding kick_pending last_active rx_addrs rx_lens tx_addrs "
+    "tx_lens tx_counts verdicts comp_addrs worker_counters")
 # njit code gets tuple(WorkerBuffers) and indexes it with these positions: under `python -m`
 # this module is __main__, and a namedtuple type of __main__ makes numba miss its disk cache.
-(_B_SOCKS, _B_FREE_FRAMES, _B_FREE_COUNT, _B_OUTSTANDING, _B_KICK_PENDING, _B_RX_ADDRS, _B_RX_LENS,
- _B_TX_ADDRS, _B_TX_LENS, _B_TX_COUNTS, _B_VERDICTS, _B_COMP_ADDRS, _B_WORKER_COUNTERS) = range(13)
+(_B_SOCKS, _B_FREE_FRAMES, _B_FREE_COUNT, _B_OUTSTANDING, _B_KICK_PENDING, _B_LAST_ACTIVE, _B_RX_ADDRS,
+ _B_RX_LENS, _B_TX_ADDRS, _B_TX_LENS, _B_TX_COUNTS, _B_VERDICTS, _B_COMP_ADDRS,
+ _B_WORKER_COUNTERS) = range(14)
 
 
 def make_worker_buffers(umem, sockets):
@@ -188,6 +189,7 @@ def make_worker_buffers(umem, sockets):
     return WorkerBuffers(
         socks=socks, free_frames=free, free_count=np.array([len(free)], np.int64),
         outstanding=np.zeros(IFACE_MAX, np.int64), kick_pending=np.zeros(IFACE_MAX, np.uint8),
+        last_active=np.zeros(1, np.uint64),
         rx_addrs=np.zeros(BATCH, np.uint64), rx_lens=np.zeros(BATCH, np.uint32),
         tx_addrs=np.zeros((IFACE_MAX, BATCH), np.uint64), tx_lens=np.zeros((IFACE_MAX, BATCH), np.uint32),
         tx_counts=np.zeros(IFACE_MAX, np.int64), verdicts=np.zeros(BATCH, np.int32),
@@ -240,12 +242,12 @@ def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
     rx_addrs, rx_lens, verdicts = buffers[_B_RX_ADDRS], buffers[_B_RX_LENS], buffers[_B_VERDICTS]
     tx_addrs, tx_lens, tx_counts = buffers[_B_TX_ADDRS], buffers[_B_TX_LENS], buffers[_B_TX_COUNTS]
     comp, free_frames, free_count = buffers[_B_COMP_ADDRS], buffers[_B_FREE_FRAMES], buffers[_B_FREE_COUNT]
-    kick_pending = buffers[_B_KICK_PENDING]
+    kick_pending, last_active_ns = buffers[_B_KICK_PENDING], buffers[_B_LAST_ACTIVE]
     rx_addrs_ptr, rx_lens_ptr = array_data_ptr(rx_addrs), array_data_ptr(rx_lens)
     comp_ptr = array_data_ptr(comp)
     received = 0
     deadline = xskp_now_ns() + slice_ns
-    last_active = deadline - slice_ns
+    last_active = last_active_ns[0]  # carried across slices: an idle worker stays asleep
     while True:
         now = xskp_now_ns()
         if now >= deadline:
@@ -340,6 +342,7 @@ def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
         elif now - last_active > IDLE_SPIN_NS:
             wc[IFACE_TRANSPORT, _WC_IDLE_SLEEPS] += 1  # counted once, on the first row
             xskp_poll_rx(socks[0], socks[1], IDLE_POLL_MS)
+    last_active_ns[0] = last_active
     return received
 
 
