@@ -192,3 +192,18 @@ def test_a_foreign_xdp_program_is_never_replaced(topo, tmp_path):
         assert xdp_program_id(lab, topo.node, "gw0") == foreign_id
     finally:
         lab.ip(topo.node, ["link", "set", "dev", "gw0", "xdpgeneric", "off"])
+
+
+def test_njit_code_can_also_call_pyxdp_through_cffi():
+    """After bind_native(), nopython code may call pyxdp.lib functions the cffi way too (handles
+    as uint64, arrays through ffi.from_buffer); the worker loop uses cacheable declarations."""
+    from numba import njit
+    from dataplane import forwarder
+    px = forwarder.bind_native()
+    ffi, probe = px.ffi, px.lib.xskp_batch_probe
+
+    @njit(nogil=True)
+    def call_through_cffi(addrs):
+        return probe(ffi.from_buffer(addrs), len(addrs))
+
+    assert call_through_cffi(np.zeros(7, np.uint64)) == 7
