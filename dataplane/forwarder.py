@@ -25,7 +25,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections import namedtuple
 
 import llvmlite.binding as llvm

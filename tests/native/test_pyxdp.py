@@ -2,7 +2,6 @@
 receive steered frames into the UMEM view, two sockets share one UMEM, unsteered or unbound
 traffic goes to the kernel, and failures name what was attempted."""
 import errno
-import os
 import sys
 import time
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 
 from xsk_test_support import (LAB_PREFIX, OFFLOADS_OFF, in_netns, needs_native, needs_root,
-                              udp_exchange, xdp_program_id, _read_line, UDP_SINK)
+                              xdp_program_id, _read_line, UDP_SINK)
 
 pytestmark = [needs_native]
 
