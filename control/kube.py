@@ -395,6 +395,14 @@ class KubeSource:
             worst = max(worst, now - since)
         return worst
 
+    @property
+    def error(self):
+        """The last connection/list error of a resource that is not watching now, or None."""
+        for name, r in self.reflectors.items():
+            if not r.healthy and r.last_error:
+                return f"{name}: {r.last_error}"
+        return None
+
     def errors(self):
         """Messages of the objects that failed to convert, by (resource, key)."""
         out = {}

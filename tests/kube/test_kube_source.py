@@ -263,3 +263,19 @@ class TestRealCluster:
             except k.ApiException:
                 pass
             core.delete_namespace(namespace)
+
+
+def test_unreachable_api_reports_an_error_and_never_syncs(tmp_path):
+    """With nothing listening, the source is not synced, says why, and its staleness grows."""
+    kubeconfig = tmp_path / "kubeconfig"
+    with FakeApiServer() as srv:                       # take a free port, then free it again
+        kubeconfig.write_text(srv.kubeconfig_text())
+    source = KubeSource(make_client_factory(kubeconfig), **FAST).start()
+    try:
+        wait_for(lambda: source.error is not None, what="an error")
+        assert not source.has_synced()
+        assert "refused" in source.error.lower()
+        time.sleep(0.3)
+        assert source.staleness() >= 0.3
+    finally:
+        source.stop()
