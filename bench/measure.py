@@ -78,6 +78,28 @@ def cpu_delta(before, after, cpu, forwarded):
             "ns_per_packet": busy / forwarded * 1e9 if forwarded else None}
 
 
+def process_user_seconds(pid):
+    """User CPU seconds of process `pid` (all threads), or 0.0 when there is none."""
+    if not pid:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) / os.sysconf("SC_CLK_TCK")   # utime, field 14 of proc(5)
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def own_cpu(before, after, cpu, forwarded, worker_user_s):
+    """The path's own CPU time on `cpu` per forwarded packet, robust to other processes: everything
+    but user time on that core (kernel paths run in softirq/system), plus the user time of the
+    path's own worker process (AF_XDP paths). Other processes' user time is left out."""
+    d = {name: after[cpu][name] - before[cpu][name] for name in _PROC_STAT_FIELDS}
+    own = d["system"] + d["softirq"] + d["irq"] + worker_user_s
+    return {"own_s": own, "own_ns_per_packet": own / forwarded * 1e9 if forwarded else None,
+            "worker_user_s": worker_user_s}
+
+
 def unavailable_reason():
     """Why the macro benchmark cannot run here at all, or None."""
     if os.geteuid() != 0:
@@ -161,11 +183,12 @@ class BenchLab:
         for ns in (self.topo.client, self.topo.pods):
             self.lab.ethtool_features(ns, "eth0", **{name: on for name in TCP_OFFLOADS})
 
-    def measure(self, dst_ip, dst_port, workload, seconds):
-        """One measurement of `workload` towards dst_ip:dst_port (see measure_udp / measure_tcp)."""
+    def measure(self, dst_ip, dst_port, workload, seconds, worker_pid=None):
+        """One measurement of `workload` towards dst_ip:dst_port (see measure_udp / measure_tcp).
+        worker_pid: the path's own process (AF_XDP paths), whose user time counts as the path's."""
         if workload.proto == "tcp":
             return self.measure_tcp(dst_ip, dst_port, workload, seconds)
-        return self.measure_udp(dst_ip, dst_port, workload, seconds)
+        return self.measure_udp(dst_ip, dst_port, workload, seconds, worker_pid)
 
     def measure_tcp(self, dst_ip, dst_port, workload, seconds):
         """iperf3 client (client ns) -> server (Pod ns), both on the generator core; Gbit/s received.
@@ -198,9 +221,10 @@ class BenchLab:
                 "path_cpu": cpu_delta(cpu0, cpu1, self.path_cpu, 0),
                 "generator_cpu": cpu_delta(cpu0, cpu1, self.gen_cpu, 0)}
 
-    def measure_udp(self, dst_ip, dst_port, workload, seconds):
+    def measure_udp(self, dst_ip, dst_port, workload, seconds, worker_pid=None):
         """One measurement: forwarded pps at the sink, offered pps, CPU seconds per packet per core."""
         self.start_sink()
+        worker0 = process_user_seconds(worker_pid)
         t, lab = self.topo, self.lab
         sink0, ingress0, cpu0 = lab.link_stats(t.pods, "eth0"), lab.link_stats(t.node, "tr0"), read_cpu_times()
         gen = self.generate(dst_ip, dst_port, workload, seconds)
@@ -209,6 +233,8 @@ class BenchLab:
         forwarded = sink1["rx_packets"] - sink0["rx_packets"]
         seconds_run = gen["seconds"]
         per_cpu = {cpu: cpu_delta(cpu0, cpu1, cpu, forwarded) for cpu in (self.gen_cpu, self.path_cpu)}
+        per_cpu[self.path_cpu].update(own_cpu(cpu0, cpu1, self.path_cpu, forwarded,
+                                              process_user_seconds(worker_pid) - worker0))
         return {
             "forwarded": forwarded,
             "rate": forwarded / seconds_run if seconds_run else 0.0,

@@ -58,6 +58,14 @@ class Path:
     def teardown(self, bench):
         pass
 
+    def worker_pid(self):
+        """The pid of this path's own forwarding process, if it has one."""
+        return None
+
+    def protocols(self, service_index):
+        """Every Service has a UDP port; the measured (last) one also a TCP port."""
+        return ("udp", "tcp") if service_index == self.services - 1 else ("udp",)
+
     def describe(self):
         return {"key": self.key, "name": self.name, "services": self.services if self.per_service_count else None,
                 "label": self.label, "row_id": self.row_id}
@@ -68,7 +76,8 @@ class KernelRouting(Path):
 
 
 class IptablesKubeProxy(Path):
-    """kube-proxy iptables mode for N UDP Services, the measured one last in KUBE-SERVICES."""
+    """kube-proxy iptables mode for N UDP Services, the measured one last in KUBE-SERVICES (it alone also
+    has a TCP port, for the TCP workloads)."""
     key, name = "b", "conntrack + iptables DNAT (kube-proxy)"
     per_service_count = True
 
@@ -82,7 +91,7 @@ class IptablesKubeProxy(Path):
         lines = ["*nat", ":PREROUTING ACCEPT [0:0]", ":KUBE-SERVICES - [0:0]"]
         body = ["-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"]
         for i in range(self.services):
-            for proto in ("udp", "tcp"):
+            for proto in self.protocols(i):
                 svc, sep = f"KUBE-SVC-{proto.upper()}{i:012d}", f"KUBE-SEP-{proto.upper()}{i:012d}"
                 backend = f"{backend_ip}:{BACKEND_PORT[proto]}"
                 lines += [f":{svc} - [0:0]", f":{sep} - [0:0]"]
@@ -103,11 +112,16 @@ class IptablesKubeProxy(Path):
         bench.lab.run(bench.topo.node, ["iptables-restore"], input="*nat\nCOMMIT\n", check=False)
         bench.lab.run(bench.topo.node, ["iptables", "-t", "nat", "-F"], check=False)
         bench.lab.run(bench.topo.node, ["iptables", "-t", "nat", "-X"], check=False)
-        bench.lab.run(bench.topo.node, ["nft", "flush", "ruleset"], check=False)
+        # iptables-nft keeps an empty `ip nat` table whose hooks keep conntrack on: remove it
+        bench.lab.run(bench.topo.node, ["nft", "delete", "table", "ip", "nat"], check=False)
 
 
 class NftablesKubeProxy(Path):
-    """kube-proxy nftables mode for N UDP Services: one verdict map keyed by (VIP, proto, port)."""
+    """kube-proxy nftables mode for N UDP Services: one verdict map keyed by (VIP, proto, port).
+
+    Loading 10,000 Services takes nft tens of seconds here, so the table is loaded once per lab and
+    only its hooked base chain is added by setup() and deleted by teardown(): without it the table
+    has no hook, costs no packet anything and conntrack is off."""
     key, name = "c", "conntrack + nftables vmap (kube-proxy)"
     per_service_count = True
 
@@ -120,26 +134,35 @@ class NftablesKubeProxy(Path):
     def ruleset(self, backend_ip):
         chains, elements = [], []
         for i in range(self.services):
-            for proto in ("udp", "tcp"):
+            for proto in self.protocols(i):
                 name = f"{i}-{proto}"
                 elements.append(f"{service_vip(i)} . {proto} . {SERVICE_PORT} : goto service-{name}")
                 chains.append(f"chain service-{name} {{ numgen random mod 1 vmap {{ 0 : goto endpoint-{name} }}; }}")
                 chains.append(f"chain endpoint-{name} {{ meta l4proto {proto} dnat to "
                               f"{backend_ip}:{BACKEND_PORT[proto]}; }}")
         return "\n".join([
-            "table ip xskp-bench-kube-proxy {",
+            f"table ip {self.table} {{",
             *chains,
             "map service-ips { type ipv4_addr . inet_proto . inet_service : verdict",
             "  elements = { " + ",\n".join(elements) + " } }",
             "chain services { ip daddr . meta l4proto . th dport vmap @service-ips; }",
-            "chain nat-prerouting { type nat hook prerouting priority dstnat; policy accept; jump services; }",
             "}", ""])
 
+    @property
+    def table(self):
+        return f"xskp-bench-kube-proxy-{self.services}"
+
     def setup(self, bench):
-        bench.lab.run(bench.topo.node, ["nft", "-f", "-"], input=self.ruleset(bench.topo.pod_if.ip), timeout=300)
+        node = bench.topo.node
+        if getattr(self, "loaded_in", None) != node:
+            bench.lab.run(node, ["nft", "-f", "-"], input=self.ruleset(bench.topo.pod_if.ip), timeout=600)
+            self.loaded_in = node
+        bench.lab.run(node, ["nft", "-f", "-"], input=(
+            f"add chain ip {self.table} nat-prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}\n"
+            f"add rule ip {self.table} nat-prerouting jump services\n"))
 
     def teardown(self, bench):
-        bench.lab.run(bench.topo.node, ["nft", "delete", "table", "ip", "xskp-bench-kube-proxy"], check=False)
+        bench.lab.run(bench.topo.node, ["nft", "delete", "chain", "ip", self.table, "nat-prerouting"], check=False)
 
 
 class NftablesFlowtable(Path):
@@ -236,6 +259,10 @@ class _AfxdpWorker(Path):
 
     def extra_ready(self, bench):
         return True
+
+    def worker_pid(self):
+        proc = getattr(self, "proc", None)
+        return proc.pid if proc is not None else None
 
     def teardown(self, bench):
         proc = getattr(self, "proc", None)

@@ -64,24 +64,28 @@ def markdown(results):
                 text += f" ({len(cell['errors'])} failed: {cell['errors'][0]})"[:80]
             cells.append(text)
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
-    lines += ["", "CPU time per forwarded packet on the path core (ns, median), its utilisation (user share in "
-              "brackets: for kernel paths that is other processes, i.e. noise), and what the generator "
-              "offered (median pps):", ""]
+    lines += ["", "CPU per forwarded packet on the path core (medians): `ns/pkt` = all busy time of the core; "
+              "`own` = the path's own time only (system + softirq on that core + its worker's user time; other "
+              "processes' user time left out, so it holds under load); `1-core` = 1e9/own, the pps the path "
+              "would reach with the whole core; `busy` = core utilisation (user share in brackets: for kernel "
+              "paths that is other processes); `offered` = what the generator sent.", ""]
     udp = [w for w in workloads if w["unit"] == "pps"]
-    lines.append("| path | " + " | ".join(f"{w['key']} ns/pkt | busy | offered" for w in udp) + " |")
-    lines.append("|---|" + "---|---|---|" * len(udp))
+    lines.append("| path | " + " | ".join(f"{w['key']} ns/pkt | own | 1-core | busy | offered" for w in udp) + " |")
+    lines.append("|---|" + "---|---|---|---|---|" * len(udp))
     for row in results["rows"]:
         cells = []
         for w in udp:
             cell = row["cells"].get(w["key"])
             if not cell:
-                cells += ["-", "-", "-"]
+                cells += ["-", "-", "-", "-", "-"]
                 continue
-            ns = cell["path_ns_per_packet"]
+            ns, own = cell["path_ns_per_packet"], cell.get("path_own_ns_per_packet")
+            cells += [f"{ns['median']:.0f}" if ns else "-", f"{own['median']:.0f}" if own else "-",
+                      _k(1e9 / own["median"]) if own and own["median"] else "-"]
             util, user = cell["path_cpu_utilisation"], cell.get("path_cpu_user_share")
             busy = f"{util['median'] * 100:.0f}%" if util else "-"
             busy += f" ({user['median'] * 100:.0f}%)" if user else ""
-            cells += [f"{ns['median']:.0f}" if ns else "-", busy,
+            cells += [busy,
                       _k(cell["offered_pps"]["median"])]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     call = results.get("batch_call") or {}

@@ -14,13 +14,13 @@ from bench.measure import QUICK_WORKLOADS, WORKLOADS, BenchLab, unavailable_reas
 from bench.paths import all_paths
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-FULL = dict(service_counts=(10, 1000, 10000), runs=3, seconds=3.0, warmup=0.5, workloads=WORKLOADS)
-QUICK = dict(service_counts=(10,), runs=1, seconds=1.0, warmup=0.3, workloads=QUICK_WORKLOADS)
+FULL = dict(service_counts=(10, 1000, 10000), runs=3, seconds=3.0, tcp_seconds=2, warmup=0.5, workloads=WORKLOADS)
+QUICK = dict(service_counts=(10,), runs=1, seconds=1.0, tcp_seconds=1, warmup=0.3, workloads=QUICK_WORKLOADS)
 
 
 def _summary(samples):
     def stats(key, sub=None):
-        values = [s[key][sub] if sub else s.get(key) for s in samples]
+        values = [s[key].get(sub) if sub else s.get(key) for s in samples]
         values = [v for v in values if v is not None]
         if not values:
             return None
@@ -30,6 +30,7 @@ def _summary(samples):
             "gbit_s": stats("gbit_s"), "retransmits": stats("retransmits"), "errors": errors,
             "path_ns_per_packet": stats("path_cpu", "ns_per_packet"),
             "path_cpu_utilisation": stats("path_cpu", "utilisation"),
+            "path_own_ns_per_packet": stats("path_cpu", "own_ns_per_packet"),
             "path_cpu_user_share": stats("path_cpu", "user_share"),
             "path_cpu_softirq_share": stats("path_cpu", "softirq_share"),
             "generator_ns_per_packet": stats("generator_cpu", "ns_per_packet"),
@@ -50,8 +51,8 @@ def row_workloads(row, workloads, service_counts):
     return [w for w in workloads if w.proto != "tcp" or row.tcp]
 
 
-def run_matrix(service_counts, runs, seconds, warmup, workloads=WORKLOADS, only=None, out_dir=RESULTS_DIR,
-               quick=False, log=print):
+def run_matrix(service_counts, runs, seconds, warmup, tcp_seconds=2, workloads=WORKLOADS, only=None,
+               out_dir=RESULTS_DIR, quick=False, log=print):
     """Measure every path row on every workload `runs` times, A B .. B A interleaved; write the report.
 
     `only`: path keys to keep (e.g. "abg"). Returns the results dict (also in latest.json)."""
@@ -59,6 +60,7 @@ def run_matrix(service_counts, runs, seconds, warmup, workloads=WORKLOADS, only=
     rows = [r for r in all_paths(service_counts) if not only or r.key in only]
     results = {"meta": {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
                         "quick": quick, "runs": runs, "seconds_per_measurement": seconds,
+                        "tcp_seconds_per_measurement": tcp_seconds,
                         "warmup_seconds": warmup, "service_counts": list(service_counts),
                         "generator_cpu": 0, "path_cpu": 1, **machine_description()},
                "workloads": [{"key": w.key, "name": w.name, "unit": w.unit} for w in workloads],
@@ -88,12 +90,15 @@ def run_matrix(service_counts, runs, seconds, warmup, workloads=WORKLOADS, only=
                             bench.generate(dst_ip, dst_port, workload, warmup)
                         if workload.new_flows:
                             bench.flush_conntrack()
-                        m = bench.measure(dst_ip, dst_port, workload, seconds)
+                        m = bench.measure(dst_ip, dst_port, workload,
+                                          tcp_seconds if workload.proto == "tcp" else seconds, row.worker_pid())
                         samples[row.row_id][workload.key].append(m)
                         cpu = m["path_cpu"]
                         what = (f"{m['pps'] / 1e3:8.1f} kpps forwarded (offered {m['offered_pps'] / 1e3:.0f} k"
                                 if workload.proto == "udp" else
                                 f"{m['gbit_s']:6.2f} Gbit/s ({m['retransmits']} retransmits{', ' + str(m['error']) if m['error'] else ''}")
+                        own = cpu.get("own_ns_per_packet")
+                        what += f", own {own:.0f} ns/pkt" if own else ""
                         log(f"  {workload.key}: {what}, path core {cpu['utilisation'] * 100:.0f}% busy: "
                             f"user {cpu['user_share'] * 100:.0f}%, softirq {cpu['softirq_share'] * 100:.0f}%)")
                 except Exception as e:  # a broken path is reported, the others still run
