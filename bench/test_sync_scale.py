@@ -70,7 +70,7 @@ def full_sync(kubeconfig, translate=None):
     """Start a KubeSource, wait for the first complete list, take the snapshot (and translate it).
     Returns (seconds, source, snapshot)."""
     from control.kube import KubeSource, make_client_factory
-    from control.sync import Snapshot
+    from control.sync import Snapshot, gc_paused
     started = time.perf_counter()
     source = KubeSource(make_client_factory(kubeconfig)).start()
     if not source.wait_synced(300):
@@ -79,7 +79,8 @@ def full_sync(kubeconfig, translate=None):
     snapshot = Snapshot(cluster=source.snapshot())
     full_sync.model_seconds = time.perf_counter() - started
     if translate is not None:
-        translate(snapshot)
+        with gc_paused():                            # as SyncLoop.sync_once runs it in the agent
+            translate(snapshot)
     return time.perf_counter() - started, source, snapshot
 
 

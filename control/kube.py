@@ -7,8 +7,6 @@ bookmarks, 410 Gone (HTTP status or in-stream ERROR) -> re-list and diff, watch 
 reconnects with capped exponential back-off. While the API is away the last good objects stay.
 Never lets an exception end a reflector thread; never hands out Kubernetes types.
 """
-import contextlib
-import gc
 import json
 import logging
 import random
@@ -17,6 +15,7 @@ import time
 
 from control.convert import ManifestError, endpoint_slice_from_dict, node_from_dict, service_from_dict
 from control.model import ClusterState
+from control.sync import gc_paused
 
 log = logging.getLogger("xskproxy.kube")
 
@@ -26,31 +25,6 @@ try:                                  # optional: about twice as fast as json on
     from orjson import loads as _json_loads
 except ImportError:
     _json_loads = json.loads
-
-_gc_pause_lock = threading.Lock()
-_gc_pause_depth = 0
-
-
-@contextlib.contextmanager
-def _gc_paused():
-    """Pause the cyclic GC while a large list is parsed and converted: millions of fresh,
-    acyclic objects otherwise trigger full collections that cost ~40% of a 250,000-endpoint
-    sync. Nested/concurrent uses (one per reflector) keep it off until the last one ends."""
-    global _gc_pause_depth
-    with _gc_pause_lock:
-        if _gc_pause_depth == 0:
-            was_enabled = gc.isenabled()
-            gc.disable()
-            _gc_paused.was_enabled = was_enabled
-        _gc_pause_depth += 1
-    try:
-        yield
-    finally:
-        with _gc_pause_lock:
-            _gc_pause_depth -= 1
-            if _gc_pause_depth == 0 and _gc_paused.was_enabled:
-                gc.enable()
-
 
 class ResourceExpired(Exception):
     """The watch's resourceVersion is too old (410): re-list."""
@@ -199,7 +173,7 @@ class Reflector:
         finally:
             response.release_conn()
         fetched = time.monotonic()
-        with _gc_paused():
+        with gc_paused():
             body = _json_loads(data)
             size = len(data)
             del data

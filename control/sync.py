@@ -5,6 +5,8 @@ notify() may be called from any thread, as often as events arrive; after a short
 published one, calls publish(snapshot). A failing collect or publish is logged and retried with
 back-off; nothing a callback raises ends the loop.
 """
+import contextlib
+import gc
 import logging
 import threading
 import time
@@ -13,6 +15,31 @@ from dataclasses import dataclass, field
 from control.model import ClusterState
 
 log = logging.getLogger("xskproxy.sync")
+
+_gc_pause_lock = threading.Lock()
+_gc_pause_depth = 0
+_gc_was_enabled = True
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Pause Python's cyclic GC around bulk work (a 250,000-endpoint list, a full translate):
+    millions of fresh, mostly acyclic objects otherwise trigger full collections that cost
+    25-40% of the time. Refcounting still frees memory. Nested and concurrent uses keep it off
+    until the last one ends; it is restored to what it was before the first."""
+    global _gc_pause_depth, _gc_was_enabled
+    with _gc_pause_lock:
+        if _gc_pause_depth == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pause_depth += 1
+    try:
+        yield
+    finally:
+        with _gc_pause_lock:
+            _gc_pause_depth -= 1
+            if _gc_pause_depth == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 @dataclass(frozen=True)
@@ -43,8 +70,10 @@ class SyncLoop:
     publish: (snapshot) -> None; raising means "not published", retried after back-off
     """
 
-    def __init__(self, collect, publish, debounce=0.05, max_delay=0.5, retry_initial=0.1, retry_max=5.0):
+    def __init__(self, collect, publish, debounce=0.05, max_delay=0.5, retry_initial=0.1, retry_max=5.0,
+                 pause_gc=True):
         self.collect = collect
+        self.pause_gc = pause_gc                 # collect + publish run with the cyclic GC paused
         self.publish = publish
         self.debounce = debounce
         self.max_delay = max_delay
@@ -68,6 +97,12 @@ class SyncLoop:
     def sync_once(self):
         """Collect and publish if changed, now, on the caller's thread. Returns True if published;
         False if unchanged; raises what collect/publish raised."""
+        if self.pause_gc:
+            with gc_paused():
+                return self._sync_once()
+        return self._sync_once()
+
+    def _sync_once(self):
         self.counters["syncs"] += 1
         started = time.perf_counter()
         snapshot = self.collect()

@@ -165,3 +165,18 @@ def test_nothing_is_published_before_the_source_has_synced():
         assert wait_for(lambda: len(published) == 1)
     finally:
         loop.stop()
+
+
+def test_gc_paused_nests_and_restores():
+    """gc_paused keeps the GC off until the outermost use ends, then restores it; publish runs paused."""
+    import gc
+    from control.sync import gc_paused
+    assert gc.isenabled()
+    with gc_paused():
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    seen = []
+    SyncLoop(lambda: 1, lambda s: seen.append(gc.isenabled())).sync_once()
+    assert seen == [False] and gc.isenabled()
