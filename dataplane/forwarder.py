@@ -233,10 +233,10 @@ def _free_frame(free_frames, free_count, addr, frame_mask):
 
 @njit(cache=True, nogil=True)
 def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
-    """Move frames for slice_ns nanoseconds (0: return at once, e.g. to compile): complete,
-    receive, process_batch, transmit on the egress interface, kick, refill, sleep in poll() when
-    idle. buffers is tuple(WorkerBuffers). Reads and writes the UMEM frames, buffers (free stack,
-    worker counters) and counters; returns the frames received."""
+    """Move frames for slice_ns nanoseconds (0: one pass, which also fills the fill rings):
+    complete, receive, process_batch, transmit on the egress interface, kick, refill, sleep in
+    poll() when idle. buffers is tuple(WorkerBuffers). Reads and writes the UMEM frames, buffers
+    (free stack, worker counters) and counters; returns the frames received."""
     socks, wc, outstanding = buffers[_B_SOCKS], buffers[_B_WORKER_COUNTERS], buffers[_B_OUTSTANDING]
     rx_addrs, rx_lens, verdicts = buffers[_B_RX_ADDRS], buffers[_B_RX_LENS], buffers[_B_VERDICTS]
     tx_addrs, tx_lens, tx_counts = buffers[_B_TX_ADDRS], buffers[_B_TX_LENS], buffers[_B_TX_COUNTS]
@@ -247,10 +247,8 @@ def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
     received = 0
     deadline = xskp_now_ns() + slice_ns
     last_active = last_active_ns[0]  # carried across slices: an idle worker stays asleep
-    while True:
+    while True:  # at least one pass, then until the deadline
         now = xskp_now_ns()
-        if now >= deadline:
-            break
         active = False
         # 1. frames the kernel has sent are free again
         for i in range(IFACE_MAX):
@@ -341,6 +339,8 @@ def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
         elif now - last_active > IDLE_SPIN_NS:
             wc[IFACE_TRANSPORT, _WC_IDLE_SLEEPS] += 1  # counted once, on the first row
             xskp_poll_rx(socks[0], socks[1], IDLE_POLL_MS)
+        if now >= deadline:
+            break
     last_active_ns[0] = last_active
     return received
 
@@ -400,7 +400,8 @@ class Worker:
             raise
 
     def compile(self):
-        """Compile (or load from numba's cache) the loop by running one empty slice."""
+        """Compile (or load from numba's cache) the loop and fill the fill rings: one pass, before
+        the sockets are bound into the steering program (nothing arrives yet)."""
         run_slice(self.umem.frames, self.frame_mask, self._buffer_tuple, self.state, self.counters, 0)
 
     def start(self):

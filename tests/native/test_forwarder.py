@@ -50,7 +50,7 @@ def test_tcp_and_udp_cross_the_forwarder_with_kernel_forwarding_off(topo, stats_
     assert not lab.ping(topo.client, topo.pod_if.ip, timeout=0.3)
     fwd = ForwarderProcess(lab, topo, stats_file)
     try:
-        assert lab.ping(topo.client, topo.pod_if.ip)
+        assert lab.ping(topo.client, topo.pod_if.ip, count=3, timeout=1.0)
         before = fwd.stats(settle=0.3)
         _assert_udp_delivered(lab, topo.client, topo.pods, topo.pod_if.ip, 300, port=5001)
         _assert_udp_delivered(lab, topo.pods, topo.client, topo.client_if.ip, 100, port=5003)
@@ -85,8 +85,8 @@ def test_traffic_it_does_not_steer_still_reaches_the_node_kernel(topo, stats_fil
     time.sleep(0.3)
     fwd = ForwarderProcess(lab, topo, stats_file)
     try:
-        assert lab.ping(topo.client, topo.transport.ip)
-        assert lab.ping(topo.pods, topo.gateway.ip)
+        assert lab.ping(topo.client, topo.transport.ip, count=3, timeout=1.0)
+        assert lab.ping(topo.pods, topo.gateway.ip, count=3, timeout=1.0)
         reply = lab.run(topo.client, [sys.executable, "-c",
                                       "import socket; c = socket.create_connection(('%s', 8022), timeout=3); "
                                       "print(c.recv(64).decode())" % topo.transport.ip]).stdout.strip()
@@ -122,7 +122,7 @@ def test_after_kill_9_the_kernel_forwards_within_a_second_and_a_restart_reattach
     lab.sysctl(topo.node, "net.ipv4.ip_forward", 1)
     try:
         fwd = ForwarderProcess(lab, topo, stats_file)
-        assert lab.ping(topo.client, topo.pod_if.ip)
+        assert lab.ping(topo.client, topo.pod_if.ip, count=3, timeout=1.0)
         assert fwd.stats(settle=0.3)["worker"]["tr0"]["rx_frames"] >= 1
         os.kill(fwd.pid, signal.SIGKILL)
         fwd.proc.wait(5)
@@ -133,7 +133,7 @@ def test_after_kill_9_the_kernel_forwards_within_a_second_and_a_restart_reattach
         os.remove(stats_file)
         restarted = ForwarderProcess(lab, topo, stats_file)
         try:
-            assert lab.ping(topo.client, topo.pod_if.ip)
+            assert lab.ping(topo.client, topo.pod_if.ip, count=3, timeout=1.0)
             assert restarted.stats()["worker"]["tr0"]["rx_frames"] >= 1
         finally:
             code, _, _ = restarted.stop()
@@ -177,7 +177,7 @@ def test_a_queue_already_bound_fails_with_one_line_and_leaves_the_first_running(
     try:
         second = _forwarder_exec(topo)
         _assert_one_line_failure(second, "queue 0", "busy")
-        assert lab.ping(topo.client, topo.pod_if.ip)
+        assert lab.ping(topo.client, topo.pod_if.ip, count=3, timeout=1.0)
     finally:
         code, _, _ = first.stop()
     assert code == 0 and _nothing_attached(topo)

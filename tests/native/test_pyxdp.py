@@ -119,8 +119,8 @@ def test_unsteered_and_unbound_traffic_goes_to_the_kernel(topo):
         with xsk.SteeringProgram() as steering:
             steering.attach("tr0", "transport")
             steering.add_prefix(topo.pod_if.network, "transport")
-            assert lab.ping(topo.client, topo.transport.ip)
-            assert lab.ping(topo.client, topo.pod_if.ip)  # ip_forward=1: the kernel forwards it
+            assert lab.ping(topo.client, topo.transport.ip, count=3, timeout=1.0)
+            assert lab.ping(topo.client, topo.pod_if.ip, count=3, timeout=1.0)  # ip_forward=1: the kernel forwards it
             counters = steering.counters()
     assert counters["STEER_PASS_NO_MATCH"] >= 1
     assert counters["STEER_REDIRECT_PREFIX"] >= 1
