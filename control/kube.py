@@ -26,6 +26,7 @@ try:                                  # optional: about twice as fast as json on
 except ImportError:
     _json_loads = json.loads
 
+
 class ResourceExpired(Exception):
     """The watch's resourceVersion is too old (410): re-list."""
 
@@ -181,13 +182,16 @@ class Reflector:
             items = body.get("items") or []
             count = len(items)
             rv = (body.get("metadata") or {}).get("resourceVersion")
-            self._replace(items)
+            changed = self._replace(items)
             del body, items
         converted = time.monotonic()
         self.resource_version = rv or "0"
         self.counters["lists"] += 1
-        self.synced = True
+        first = not self.synced
+        self.synced = True                       # before on_change: the sync loop checks has_synced
         self.last_ok = time.monotonic()
+        if (changed or first) and self.on_change is not None:
+            self.on_change()
         log.info("event=listed resource=%s items=%d bytes=%d resource_version=%s fetch_s=%.3f parse_s=%.3f "
                  "convert_s=%.3f", self.resource, count, size, rv, fetched - started, parsed - fetched,
                  converted - parsed)
@@ -282,7 +286,8 @@ class Reflector:
         return True
 
     def _replace(self, items):
-        """Re-list: diff `items` against the store; unchanged objects keep their model object."""
+        """Re-list: diff `items` against the store; unchanged objects keep their model object.
+        Returns True when the store changed."""
         changed = False
         with self.lock:
             seen = set()
@@ -296,8 +301,7 @@ class Reflector:
                 changed = True
             for key in [k for k in self.errors if k not in seen]:
                 del self.errors[key]
-        if (changed or not self.synced) and self.on_change is not None:
-            self.on_change()
+        return changed
 
     def snapshot(self):
         with self.lock:
