@@ -6,7 +6,6 @@ The API server runs in its own process (tests/kube/apiserver.py), so its memory 
 counted against the agent's. Targets (issue 3): full sync < 5 s and < 2 GiB; one endpoint change
 < 20 ms median. Scale with XSKP_SYNC_SERVICES / XSKP_SYNC_ENDPOINTS.
 """
-import inspect
 import json
 import os
 import subprocess
