@@ -96,8 +96,14 @@ def own_cpu(before, after, cpu, forwarded, worker_user_s):
     path's own worker process (AF_XDP paths). Other processes' user time is left out."""
     d = {name: after[cpu][name] - before[cpu][name] for name in _PROC_STAT_FIELDS}
     own = d["system"] + d["softirq"] + d["irq"] + worker_user_s
+    total = sum(d.values())
     return {"own_s": own, "own_ns_per_packet": own / forwarded * 1e9 if forwarded else None,
-            "worker_user_s": worker_user_s}
+            "worker_user_s": worker_user_s,
+            "noise_share": max(0.0, d["user"] + d["nice"] - worker_user_s) / total if total else 0.0}
+
+
+# A sample is "clean" when other processes used less than this share of either core.
+CLEAN_NOISE_SHARE = 0.05
 
 
 def unavailable_reason():
@@ -235,12 +241,15 @@ class BenchLab:
         per_cpu = {cpu: cpu_delta(cpu0, cpu1, cpu, forwarded) for cpu in (self.gen_cpu, self.path_cpu)}
         per_cpu[self.path_cpu].update(own_cpu(cpu0, cpu1, self.path_cpu, forwarded,
                                               process_user_seconds(worker_pid) - worker0))
+        # the generator runs in the kernel (BPF_PROG_RUN): user time on its core is other processes
+        noise = max(per_cpu[self.path_cpu]["noise_share"], per_cpu[self.gen_cpu]["user_share"])
         return {
             "forwarded": forwarded,
             "rate": forwarded / seconds_run if seconds_run else 0.0,
             "pps": forwarded / seconds_run if seconds_run else 0.0,
             "offered_pps": gen["generated"] / seconds_run if seconds_run else 0.0,
             "ingress_dropped": ingress1["rx_dropped"] - ingress0["rx_dropped"],
+            "noise_share": noise, "clean": noise < CLEAN_NOISE_SHARE,
             "seconds": seconds_run,
             "path_cpu": per_cpu[self.path_cpu],
             "generator_cpu": per_cpu[self.gen_cpu],

@@ -39,7 +39,8 @@ def markdown(results):
     meta, workloads = results["meta"], results["workloads"]
     lines = [f"Forwarded packets per second at the sink (UDP) or Gbit/s received by iperf3 (TCP), median of "
              f"{meta['runs']} run(s) of {meta['seconds_per_measurement']:g} s [min-max], x ratio to (b) "
-             f"(same N, else the smallest N); generator on CPU "
+             f"(same N, else the smallest N); UDP cells are medians of the clean runs (other processes below "
+             f"5% of both cores; `(k/n clean)`), or of all runs marked `(under load)`; generator on CPU "
              f"{meta['generator_cpu']}, path on CPU {meta['path_cpu']}; kernel {meta['kernel']}, "
              f"load average at start {' '.join(meta['loadavg_at_start'])}"
              f"{' (quick run)' if meta['quick'] else ''}.", ""]
@@ -60,6 +61,10 @@ def markdown(results):
             ref_rate = _median(ref, w["key"]) if ref else None
             ratio = f" x{rate['median'] / ref_rate:.2f}" if ref_rate else ""
             text = f"{_fmt(rate['median'], unit)} [{_fmt(rate['min'], unit)}-{_fmt(rate['max'], unit)}]{ratio}"
+            if cell.get("under_load"):
+                text += " (under load)"
+            elif cell.get("clean_runs") is not None and w["unit"] == "pps" and cell["clean_runs"] < cell["runs"]:
+                text += f" ({cell['clean_runs']}/{cell['runs']} clean)"
             if cell.get("errors"):
                 text += f" ({len(cell['errors'])} failed: {cell['errors'][0]})"[:80]
             cells.append(text)

@@ -18,7 +18,12 @@ FULL = dict(service_counts=(10, 1000, 10000), runs=3, seconds=3.0, tcp_seconds=2
 QUICK = dict(service_counts=(10,), runs=1, seconds=1.0, tcp_seconds=1, warmup=0.3, workloads=QUICK_WORKLOADS)
 
 
-def _summary(samples):
+def _summary(all_samples):
+    """Medians/min/max over the clean samples (other processes < 5% of either core) when there are
+    any, else over all samples, flagged `under_load`."""
+    clean = [s for s in all_samples if s.get("clean")]
+    samples = clean or all_samples
+
     def stats(key, sub=None):
         values = [s[key].get(sub) if sub else s.get(key) for s in samples]
         values = [v for v in values if v is not None]
@@ -34,7 +39,9 @@ def _summary(samples):
             "path_cpu_user_share": stats("path_cpu", "user_share"),
             "path_cpu_softirq_share": stats("path_cpu", "softirq_share"),
             "generator_ns_per_packet": stats("generator_cpu", "ns_per_packet"),
-            "runs": len(samples), "samples": samples}
+            "runs": len(all_samples), "clean_runs": len(clean),
+            "under_load": bool(all_samples) and not clean and all_samples[0].get("clean") is not None,
+            "samples": all_samples}
 
 
 def machine_description():
@@ -99,6 +106,7 @@ def run_matrix(service_counts, runs, seconds, warmup, tcp_seconds=2, workloads=W
                                 f"{m['gbit_s']:6.2f} Gbit/s ({m['retransmits']} retransmits{', ' + str(m['error']) if m['error'] else ''}")
                         own = cpu.get("own_ns_per_packet")
                         what += f", own {own:.0f} ns/pkt" if own else ""
+                        what += "" if m.get("clean", True) else f", noise {m['noise_share'] * 100:.0f}%"
                         log(f"  {workload.key}: {what}, path core {cpu['utilisation'] * 100:.0f}% busy: "
                             f"user {cpu['user_share'] * 100:.0f}%, softirq {cpu['softirq_share'] * 100:.0f}%)")
                 except Exception as e:  # a broken path is reported, the others still run
