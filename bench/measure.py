@@ -121,8 +121,16 @@ class BenchLab:
     """The forwarder lab set up for measuring: generator in the client namespace, the node as the
     router under test, an XDP counting sink on the Pod's interface."""
 
-    def __init__(self, prefix="xlb", gen_cpu=0, path_cpu=1):
-        self.gen_cpu, self.path_cpu = gen_cpu, path_cpu
+    RX_MODES = ("rps", "napi")
+
+    def __init__(self, prefix="xlb", gen_cpu=0, path_cpu=1, rx_mode="rps"):
+        """rx_mode "rps": the transport's NAPI (skb build, GRO; XDP and the UMEM copy for AF_XDP paths)
+        runs on the generator core, RPS moves the kernel's forwarding to the path core (issue 5's
+        method). "napi": the transport's NAPI runs threaded, pinned to the path core, so the path core
+        pays for receiving too and the generator core only generates."""
+        if rx_mode not in self.RX_MODES:
+            raise ValueError(f"rx_mode: {rx_mode!r} is not one of {', '.join(self.RX_MODES)}")
+        self.gen_cpu, self.path_cpu, self.rx_mode = gen_cpu, path_cpu, rx_mode
         self.lab = Lab(prefix)
         self.topo = None
         self.sink = None
@@ -146,9 +154,33 @@ class BenchLab:
         lab.add_route(t.node, BENCH_SOURCE_NET, via=t.client_if.ip)
         # frames sent by XDP_TX reach the stack (and RPS) only through veth's NAPI path: GRO on
         lab.ethtool_features(t.node, "tr0", gro=True)
-        # kernel paths: receive processing of the transport moves to the path core
-        lab.set_rps(t.node, "tr0", 1 << self.path_cpu)
+        if self.rx_mode == "rps":
+            # kernel paths: receive processing of the transport moves to the path core
+            lab.set_rps(t.node, "tr0", 1 << self.path_cpu)
+        else:
+            lab.write_file(t.node, "/sys/class/net/tr0/threaded", "1")
+        self.pin_rx()
         self.start_sink()
+
+    def pin_rx(self):
+        """rx_mode "napi": pin the transport's NAPI threads (re-created when XDP attaches) to the path core."""
+        if self.rx_mode != "napi":
+            return []
+        import glob
+        import subprocess
+        pinned = []
+        for comm in glob.glob("/proc/[0-9]*/comm"):
+            try:
+                with open(comm) as f:
+                    name = f.read().strip()
+            except OSError:
+                continue
+            # threaded NAPI kthreads are named napi/<dev>-<napi id>; only this bench switches a veth
+            # named tr0 to threaded mode, so every napi/tr0-* thread is the node's transport
+            if name.startswith("napi/tr0-"):
+                subprocess.run(["taskset", "-pc", str(self.path_cpu), comm.split("/")[2]], capture_output=True)
+                pinned.append(name)
+        return pinned
 
     def start_sink(self):
         """The counting XDP drop on the Pod's eth0 (UDP workloads)."""

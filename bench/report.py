@@ -41,7 +41,8 @@ def markdown(results):
              f"{meta['runs']} run(s) of {meta['seconds_per_measurement']:g} s [min-max], x ratio to (b) "
              f"(same N, else the smallest N); UDP cells are medians of the clean runs (other processes below "
              f"5% of both cores; `(k/n clean)`), or of all runs marked `(under load)`; generator on CPU "
-             f"{meta['generator_cpu']}, path on CPU {meta['path_cpu']}; kernel {meta['kernel']}, "
+             f"{meta['generator_cpu']}, path on CPU {meta['path_cpu']} (rx mode {meta.get('rx_mode', 'rps')}); "
+             f"kernel {meta['kernel']}, "
              f"load average at start {' '.join(meta['loadavg_at_start'])}"
              f"{' (quick run)' if meta['quick'] else ''}.", ""]
     lines.append("| path | " + " | ".join(f"{w['name']} ({w['unit']})" for w in workloads) + " |")

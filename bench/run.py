@@ -59,7 +59,7 @@ def row_workloads(row, workloads, service_counts):
 
 
 def run_matrix(service_counts, runs, seconds, warmup, tcp_seconds=2, workloads=WORKLOADS, only=None,
-               out_dir=RESULTS_DIR, quick=False, log=print):
+               out_dir=RESULTS_DIR, quick=False, rx_mode="rps", log=print):
     """Measure every path row on every workload `runs` times, A B .. B A interleaved; write the report.
 
     `only`: path keys to keep (e.g. "abg"). Returns the results dict (also in latest.json)."""
@@ -69,7 +69,7 @@ def run_matrix(service_counts, runs, seconds, warmup, tcp_seconds=2, workloads=W
                         "quick": quick, "runs": runs, "seconds_per_measurement": seconds,
                         "tcp_seconds_per_measurement": tcp_seconds,
                         "warmup_seconds": warmup, "service_counts": list(service_counts),
-                        "generator_cpu": 0, "path_cpu": 1, **machine_description()},
+                        "generator_cpu": 0, "path_cpu": 1, "rx_mode": rx_mode, **machine_description()},
                "workloads": [{"key": w.key, "name": w.name, "unit": w.unit} for w in workloads],
                "rows": []}
     reason = unavailable_reason()
@@ -77,7 +77,7 @@ def run_matrix(service_counts, runs, seconds, warmup, tcp_seconds=2, workloads=W
         raise RuntimeError(f"benchmark cannot run: {reason}")
     samples = {r.row_id: {w.key: [] for w in workloads} for r in rows}
     errors = {}
-    with BenchLab(gen_cpu=0, path_cpu=1) as bench:
+    with BenchLab(gen_cpu=0, path_cpu=1, rx_mode=rx_mode) as bench:
         unavailable = {r.row_id: r.unavailable(bench) for r in rows}
         for row in rows:
             if unavailable[row.row_id]:
@@ -91,6 +91,7 @@ def run_matrix(service_counts, runs, seconds, warmup, tcp_seconds=2, workloads=W
                 bench.flush_conntrack()
                 try:
                     row.setup(bench)
+                    bench.pin_rx()
                     for workload in row_workloads(row, workloads, service_counts):
                         dst_ip, dst_port = row.target(bench, workload.proto)
                         if warmup and workload.proto == "udp":
@@ -134,6 +135,9 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, help="seconds per measurement")
     parser.add_argument("--services", help="comma-separated Service counts for (b) and (c)")
     parser.add_argument("--paths", help="path keys to run, e.g. abg (default: all)")
+    parser.add_argument("--rx-mode", choices=BenchLab.RX_MODES, default="rps",
+                        help="rps: transport NAPI on the generator core, RPS to the path core (default); "
+                             "napi: transport NAPI threaded on the path core")
     parser.add_argument("--out", default=RESULTS_DIR)
     args = parser.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
@@ -143,7 +147,7 @@ def main(argv=None):
         cfg["seconds"] = args.seconds
     if args.services:
         cfg["service_counts"] = tuple(int(n) for n in args.services.split(","))
-    results = run_matrix(**cfg, only=args.paths, out_dir=args.out, quick=args.quick)
+    results = run_matrix(**cfg, only=args.paths, out_dir=args.out, quick=args.quick, rx_mode=args.rx_mode)
     print(report.markdown(results))
     return 0
 
