@@ -39,9 +39,12 @@ Decisions:
   remote backend are SNATed to node.node_addr, with a port in [snat_port_min, snat_port_max]
   chosen from the flow hash and probed against the conntrack table (the reply key
   (backend, node_addr, backend port, port) must be free), up to XSKP_SNAT_MAX_TRIES ports.
-- Hairpin (client == chosen backend): SNATed to node.node_addr with a SNAT port, like the case
-  above, so the Pod sees the connection from the node and replies through xskproxy (the
-  steering program redirects node address + SNAT range on the gateway too). kube-proxy
+- Hairpin (a frame from the gateway whose chosen backend is local, the client itself included):
+  SNATed to node.node_addr with a SNAT port, like the case above. Pods of a node share a
+  switch (OVS, a bridge), so a local backend would answer its client directly, past
+  xskproxy, unless the request comes from the node. The backend sees the connection from the
+  node and replies through xskproxy (the steering program redirects node address + SNAT
+  range on the gateway too). kube-proxy
   masquerades hairpin traffic in the same spirit; Antrea uses a virtual IP instead.
 - DSR applies to LoadBalancer IPs and externalIPs of Services with XSKP_SVC_DSR (NodePorts are
   per-node addresses the backend node does not own). The ingress node keeps a one-way entry
@@ -483,7 +486,7 @@ def allocate_snat_port(ct, node, backend_addr, backend_port, proto, flow_hash, n
 
 @njit(cache=True, nogil=True)
 def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, src, dst, sport,
-                  dport, tcp_flags, decapsulated, chunk, st, ft, counters, now_ns):
+                  dport, tcp_flags, decapsulated, ingress_iface, chunk, st, ft, counters, now_ns):
     """New flows to a Service frontend: source ranges, backend (affinity, Maglev), DSR or DNAT
     (+ SNAT), conntrack entries, then forward. CONTINUE when dst is no frontend."""
     fe_idx = lookup_frontend(st.frontends, dst, dport, proto)
@@ -555,7 +558,9 @@ def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, s
     new_src = src
     new_sport = sport
     flags = 0
-    hairpin = backend_addr == src
+    # a Pod reaching a backend on its own node (itself included): the backend's reply would
+    # stay on the Pods' switch and never come back through us unless it is addressed to us
+    hairpin = ingress_iface == IFACE_GATEWAY and be_is_local(be) and not decapsulated
     if hairpin or (external and not svc_etp_local(svc) and not be_is_local(be)
                    and not decapsulated):
         port = allocate_snat_port(ct, node, backend_addr, backend_port, proto, flow_hash, now_ns,
@@ -786,7 +791,8 @@ def process_frame(umem, addrs, lens, i, ingress_iface, st, ft, counters, now_ns)
             return verdict, reason
         verdict, reason = service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto,
                                         csum_off, src, dst, sport, dport, tcp_flags,
-                                        decapsulated, chunk, st, ft, counters, now_ns)
+                                        decapsulated, ingress_iface, chunk, st, ft, counters,
+                                        now_ns)
         if verdict != CONTINUE:
             return verdict, reason
     elif proto == IPPROTO_ICMP:

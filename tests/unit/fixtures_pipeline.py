@@ -309,13 +309,15 @@ def _nodeport_remote_scenario():
 def scenarios():
     """Every fixture scenario; each starts from fresh tables (make_topology)."""
     out = []
-    # ClusterIP from a local Pod to a local backend: DNAT only, both directions.
+    # ClusterIP from a local Pod to a local backend: DNAT + SNAT to the node address (the
+    # backend's reply would otherwise stay on the Pods' switch), both directions.
+    local_snat = expected_snat_port(POD_A2, "10.96.0.10", 43000, 80, TCP_P)
     out.append(Scenario("clusterip-local", [
-        Step("a Pod's SYN to a ClusterIP is DNATed to the local backend Pod", GATEWAY,
-             from_pod(MAC_POD_A2) / tcp(POD_A2, "10.96.0.10", 43000, 80, "S"), TX_G,
-             to_gateway(MAC_POD_A1) / tcp(POD_A2, POD_A1, 43000, 8080, "S", ttl=63)),
-        Step("the backend's SYN+ACK gets the ClusterIP back as its source", GATEWAY,
-             from_pod(MAC_POD_A1) / tcp(POD_A1, POD_A2, 8080, 43000, "SA", ack=1001), TX_G,
+        Step("a Pod's SYN to a ClusterIP with a local backend is DNATed and SNATed to the node",
+             GATEWAY, from_pod(MAC_POD_A2) / tcp(POD_A2, "10.96.0.10", 43000, 80, "S"), TX_G,
+             to_gateway(MAC_POD_A1) / tcp(NODE_A, POD_A1, local_snat, 8080, "S", ttl=63)),
+        Step("the backend's SYN+ACK to the node gets the ClusterIP back as its source", GATEWAY,
+             from_pod(MAC_POD_A1) / tcp(POD_A1, NODE_A, 8080, local_snat, "SA", ack=1001), TX_G,
              to_gateway(MAC_POD_A2) / tcp("10.96.0.10", POD_A2, 80, 43000, "SA", ttl=63,
                                           ack=1001)),
     ]))
@@ -381,6 +383,7 @@ def scenarios():
              / UDP(sport=40054, dport=5353, chksum=0) / b"q"),
     ]))
     # ETP Local / ITP Local.
+    itp_snat = expected_snat_port(POD_A2, "10.96.0.18", 43002, 80, TCP_P)
     out.append(Scenario("traffic-policy-local", [
         Step("externalTrafficPolicy Local sends a NodePort client to the local backend, no SNAT",
              TRANSPORT, from_transport() / tcp(CLIENT, NODE_A, 51005, 30015, "S"), TX_G,
@@ -390,7 +393,7 @@ def scenarios():
              reason="XSKP_DROP_NO_BACKEND"),
         Step("internalTrafficPolicy Local sends a Pod to the local backend only", GATEWAY,
              from_pod(MAC_POD_A2) / tcp(POD_A2, "10.96.0.18", 43002, 80, "S"), TX_G,
-             to_gateway(MAC_POD_A1) / tcp(POD_A2, POD_A1, 43002, 8080, "S", ttl=63)),
+             to_gateway(MAC_POD_A1) / tcp(NODE_A, POD_A1, itp_snat, 8080, "S", ttl=63)),
         Step("a Service without endpoints drops with NO_BACKEND", GATEWAY,
              from_pod(MAC_POD_A2) / tcp(POD_A2, "10.96.0.17", 43003, 80, "S"), DROP,
              reason="XSKP_DROP_NO_BACKEND"),
@@ -474,13 +477,14 @@ def scenarios():
         Step("a non-first fragment to a Service cannot be port-matched and is dropped", GATEWAY,
              from_pod(MAC_POD_A2) / IP(src=POD_A2, dst="10.96.0.53", frag=100, proto=17)
              / (b"\x02" * 16), DROP, reason="XSKP_DROP_FRAGMENT"),
-        Step("IPv4 options are skipped and a 802.1Q tag is kept while DNATing", GATEWAY,
+        Step("IPv4 options are skipped and a 802.1Q tag is kept while NATing", GATEWAY,
              Ether(src=MAC_POD_A2, dst=MAC_GATEWAY) / Dot1Q(vlan=7)
              / IP(src=POD_A2, dst="10.96.0.10", options=b"\x94\x04\x00\x00")
              / TCP(sport=43009, dport=80, flags="S", seq=1000), TX_G,
              Ether(src=MAC_GATEWAY, dst=MAC_POD_A1) / Dot1Q(vlan=7)
-             / IP(src=POD_A2, dst=POD_A1, ttl=63, options=b"\x94\x04\x00\x00")
-             / TCP(sport=43009, dport=8080, flags="S", seq=1000)),
+             / IP(src=NODE_A, dst=POD_A1, ttl=63, options=b"\x94\x04\x00\x00")
+             / TCP(sport=expected_snat_port(POD_A2, "10.96.0.10", 43009, 80, TCP_P), dport=8080,
+                   flags="S", seq=1000)),
         Step("an RST for no tracked flow is invalid", GATEWAY,
              from_pod(MAC_POD_A2) / tcp(POD_A2, "10.96.0.10", 43010, 80, "R"), DROP,
              reason="XSKP_DROP_TCP_INVALID"),

@@ -30,29 +30,39 @@ def pod_syn(sport, flags="S", dst="10.96.0.10", payload=b""):
     return fx.from_pod(fx.MAC_POD_A2) / fx.tcp(fx.POD_A2, dst, sport, 80, flags, payload=payload)
 
 
-def backend_reply(sport, flags="SA"):
-    return fx.from_pod(fx.MAC_POD_A1) / fx.tcp(fx.POD_A1, fx.POD_A2, 8080, sport, flags)
+def snat_port(ft, sport, dst="10.96.0.10"):
+    """The node-address port a Pod's flow to a local backend was SNATed to (from its entry)."""
+    return int(entry(ft, fx.POD_A2, dst, sport, 80, 6)["new_src_port"])
+
+
+def backend_reply(ft, sport, flags="SA"):
+    """The local backend's answer to the Pod's flow: to the node address (hairpin SNAT)."""
+    return fx.from_pod(fx.MAC_POD_A1) / fx.tcp(fx.POD_A1, fx.NODE_A, 8080, snat_port(ft, sport),
+                                               flags)
 
 
 def test_tcp_states_follow_the_handshake_and_close():
     """SYN, SYN+ACK, ACK, FIN, FIN move the flow SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT, CLOSING
     in both entries."""
     st, ft = fx.make_topology()
-    steps = [(pod_syn(44000), L.XSKP_CT_SYN_SENT), (backend_reply(44000), L.XSKP_CT_SYN_RECV),
-             (pod_syn(44000, "A"), L.XSKP_CT_ESTABLISHED), (pod_syn(44000, "FA"), L.XSKP_CT_FIN_WAIT),
-             (backend_reply(44000, "FA"), L.XSKP_CT_CLOSING)]
-    for pkt, state in steps:
-        verdict, _, _ = send(st, ft, pkt, fx.GATEWAY)
+    steps = [(lambda: pod_syn(44000), L.XSKP_CT_SYN_SENT),
+             (lambda: backend_reply(ft, 44000), L.XSKP_CT_SYN_RECV),
+             (lambda: pod_syn(44000, "A"), L.XSKP_CT_ESTABLISHED),
+             (lambda: pod_syn(44000, "FA"), L.XSKP_CT_FIN_WAIT),
+             (lambda: backend_reply(ft, 44000, "FA"), L.XSKP_CT_CLOSING)]
+    for make_pkt, state in steps:
+        verdict, _, _ = send(st, ft, make_pkt(), fx.GATEWAY)
         assert verdict == fx.TX_G
         orig = entry(ft, fx.POD_A2, "10.96.0.10", 44000, 80, 6)
-        reply = entry(ft, fx.POD_A1, fx.POD_A2, 8080, 44000, 6)
+        reply = entry(ft, fx.POD_A1, fx.NODE_A, 8080, snat_port(ft, 44000), 6)
         assert orig["state"] == state and reply["state"] == state
 
 
 def test_closing_flow_expires_after_its_short_timeout():
     """A closed flow is gone after XSKP_CT_TIMEOUT_TCP_CLOSING_S: a new SYN then creates a new flow."""
     st, ft = fx.make_topology()
-    for pkt in (pod_syn(44001), backend_reply(44001), pod_syn(44001, "A"), pod_syn(44001, "R")):
+    send(st, ft, pod_syn(44001), fx.GATEWAY)
+    for pkt in (backend_reply(ft, 44001), pod_syn(44001, "A"), pod_syn(44001, "R")):
         send(st, ft, pkt, fx.GATEWAY)
     assert entry(ft, fx.POD_A2, "10.96.0.10", 44001, 80, 6)["state"] == L.XSKP_CT_CLOSING
     later = T0 + (L.XSKP_CT_TIMEOUT_TCP_CLOSING_S + 1) * S
@@ -64,7 +74,8 @@ def test_closing_flow_expires_after_its_short_timeout():
 def test_established_flow_survives_hours_but_not_its_timeout():
     """An ESTABLISHED flow idle for 5 h still matches; idle past 6 h it is expired."""
     st, ft = fx.make_topology()
-    for pkt in (pod_syn(44002), backend_reply(44002), pod_syn(44002, "A")):
+    send(st, ft, pod_syn(44002), fx.GATEWAY)
+    for pkt in (backend_reply(ft, 44002), pod_syn(44002, "A")):
         send(st, ft, pkt, fx.GATEWAY)
     _, _, counters = send(st, ft, pod_syn(44002, "A"), fx.GATEWAY, now_ns=T0 + 5 * 3600 * S)
     assert counters.get("XSKP_CNT_CT_HIT") == 1
@@ -170,7 +181,8 @@ def test_full_conntrack_of_established_flows_drops_new_ones():
     """When every flow in the window is ESTABLISHED nothing is evicted: CT_FULL drop."""
     st, ft = fx.make_topology(ct_capacity=32)
     for i in range(16):
-        for pkt in (pod_syn(47000 + i), backend_reply(47000 + i), pod_syn(47000 + i, "A")):
+        send(st, ft, pod_syn(47000 + i), fx.GATEWAY)
+        for pkt in (backend_reply(ft, 47000 + i), pod_syn(47000 + i, "A")):
             send(st, ft, pkt, fx.GATEWAY)
     in_use = (ft.ct["flags"] & L.XSKP_CT_IN_USE) != 0
     assert in_use.sum() == 32 and (ft.ct["state"][in_use] == L.XSKP_CT_ESTABLISHED).all()
@@ -233,8 +245,8 @@ def test_partial_tcp_checksum_is_completed_while_dnating():
     frame = with_partial_checksum(pod_syn(49000, "S", payload=b"data"))
     verdict, out, counters = send(st, ft, frame, fx.GATEWAY)
     assert verdict == fx.TX_G and counters.get("XSKP_CNT_CSUM_COMPLETED") == 1
-    expected = fx.to_gateway(fx.MAC_POD_A1) / fx.tcp(fx.POD_A2, fx.POD_A1, 49000, 8080, "S", ttl=63,
-                                                      payload=b"data")
+    expected = fx.to_gateway(fx.MAC_POD_A1) / fx.tcp(fx.NODE_A, fx.POD_A1, snat_port(ft, 49000),
+                                                      8080, "S", ttl=63, payload=b"data")
     assert out == bytes(expected)
 
 

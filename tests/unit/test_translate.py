@@ -416,12 +416,14 @@ def test_translated_tables_drive_the_pipeline(tmp_path):
         verdicts, outs, _ = fx.run([bytes(syn)], fx.GATEWAY, st, ft)
         out = Ether(outs[0])
         backend = out[IP].dst
-        assert backend in macs and out[TCP].dport == 8080 and out[IP].src == "10.1.0.9"
+        # a local backend sees the Pod's flow from the node address (hairpin SNAT)
+        client = ("192.168.1.1", out[TCP].sport) if backend == "10.1.0.5" else ("10.1.0.9", sport)
+        assert backend in macs and out[TCP].dport == 8080 and (out[IP].src, out[TCP].sport) == client
         assert (out.dst, int(verdicts[0])) == macs[backend]
         seen.add(backend)
         if backend == "10.1.0.5":
             reply = Ether(src="0a:00:00:00:01:05", dst="02:00:00:00:00:03") / \
-                IP(src="10.1.0.5", dst="10.1.0.9") / TCP(sport=8080, dport=sport, flags="SA")
+                IP(src="10.1.0.5", dst=client[0]) / TCP(sport=8080, dport=client[1], flags="SA")
             verdicts, outs, _ = fx.run([bytes(reply)], fx.GATEWAY, st, ft)
             back = Ether(outs[0])
             assert int(verdicts[0]) == fx.TX_G and back.dst == "0a:00:00:00:01:09"
