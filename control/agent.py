@@ -8,6 +8,7 @@ then does the steering program learn which frontends to redirect. Stop reverses 
 (traffic returns to the kernel at once), stop the workers, keep the per-flow files for the next
 start.
 """
+import collections
 import json
 import logging
 import os
@@ -27,8 +28,11 @@ from dataplane.tables import counters_by_name
 log = logging.getLogger("xskproxy.agent")
 
 STATS_INTERVAL = 1.0          # seconds between stats.json / metrics snapshots
+MISS_POLL_INTERVAL = 0.1      # seconds between looks at the workers' neighbour-miss slots
 FIRST_SYNC_TIMEOUT = 60.0     # how long start() waits for the source's first complete state
 PICKUP_TIMEOUT = 0.05         # how long a publish waits for every worker to pick it up
+SERVICE_IDS = "service-ids"   # state-dir file keeping service ids stable across restarts
+MAX_MISSED_HOPS = 1024        # next hops learned from the pipeline's misses, oldest forgotten first
 
 
 def _worker_class():
@@ -67,6 +71,9 @@ class Agent:
         self.flow_tables = []
         self.source = None
         self.network = None
+        self.neighbours = None
+        self._wanted_hops = set()                       # next hops the tables need
+        self._missed_hops = collections.OrderedDict()   # next hops the pipeline missed
         self.sync = None
         self.started_at = None
         self.last_translation_stats = {}
@@ -97,6 +104,8 @@ class Agent:
         self.translator = Translator(ProxyOptions.from_config(cfg), fib_generation_base=fib_base + 1)
         if adopted_ids:
             self.translator.adopt_backend_ids(adopted_ids)
+        self.translator.adopt_service_ids(store.load_id_map(cfg.state_dir, SERVICE_IDS))
+        self.neighbours = netlink.NeighbourKeeper(self.netns)
 
         self.network = netlink.NetworkView(interfaces=[cfg.transport_interface, cfg.gateway_interface],
                                            netns=self.netns)
@@ -114,6 +123,9 @@ class Agent:
                                   gateway=cfg.gateway_interface, queue=queue)
             self.workers.append(worker)
             worker.compile()
+        # next hops the kernel resolved while the workers compiled: in the tables before steering
+        self.network.mark_dirty()
+        self.sync.sync_once()
         modes = {ifname: self.steering.attach(ifname, role) for ifname, role in
                  ((cfg.transport_interface, "transport"), (cfg.gateway_interface, "gateway"))}
         for worker in self.workers:
@@ -126,8 +138,10 @@ class Agent:
                  ",".join(f"{k}:{v}" for k, v in modes.items()),
                  ",".join(s.mode_name for w in self.workers for s in w.sockets if s is not None),
                  cfg.queues, self.store.current.number)
+        # changes between the last read and the watcher's start gave no notification: re-read
         self.network.start(self.sync.notify)
-        self.sync.start(initial_sync=False)
+        self.network.mark_dirty()
+        self.sync.start(initial_sync=True)
         self._stats_thread = threading.Thread(target=self._stats_loop, name="stats", daemon=True)
         self._stats_thread.start()
         self.write_stats()
@@ -155,7 +169,7 @@ class Agent:
     def stop(self):
         """Detach first (the kernel path takes over at once), then stop everything else."""
         self._stop.set()
-        for part in (self.sync, self.network, self.source):
+        for part in (self.sync, self.network, self.source, self.neighbours):
             if part is not None:
                 try:
                     part.stop()
@@ -192,9 +206,59 @@ class Agent:
                 self._wait_for_pickup(generation.number)
                 apply_steering_changes(self.steering, translation.steering)
             self.write_services(translation.tables)
+            store.save_id_map(self.config.state_dir, SERVICE_IDS, self.translator.service_id_map())
+            self._keep_next_hops(snapshot, translation.tables)
             log.info("event=published generation=%d services=%d backends=%d rebuilt=%d seconds=%.4f",
                      generation.number, translation.stats["services"], translation.stats["backends"],
                      translation.stats["rebuilt_services"], self.last_translation_stats["seconds"])
+
+    def _keep_next_hops(self, snapshot, tables):
+        """Managed neighbour entries for every next hop the pipeline may transmit to: the other
+        Nodes, local backends, and the gateways of routes out of the served interfaces."""
+        if self.neighbours is None or self.network is None:
+            return
+        cfg = self.config
+        served = (cfg.transport_interface, cfg.gateway_interface)
+        net = self.network.state
+        indexes = {l.index for l in net.links if l.name in served}
+        destinations = {r.gateway for r in net.routes if r.gateway and r.ifindex in indexes}
+        for node in snapshot.cluster.nodes.values():
+            if node.name != cfg.node_name:
+                destinations.update(node.internal_ips())
+        wanted = abi.lib.XSKP_BE_ALIVE | abi.lib.XSKP_BE_LOCAL
+        local = tables.backends["addr"][(tables.backends["flags"] & wanted) == wanted]
+        destinations.update(_ip(int(a)) for a in np.unique(local))
+        self._wanted_hops = netlink.next_hops(net, destinations, served)
+        self.neighbours.ensure(self._wanted_hops | set(self._missed_hops), net.neighbours)
+
+    def _resolve_missed_next_hops(self):
+        """Next hops the pipeline found no neighbour for (an on-link client a DSR or NodePort
+        reply goes to): have the kernel resolve them; the FIB then picks them up."""
+        if self.neighbours is None or self.network is None:
+            return
+        cfg = self.config
+        slot = abi.lib.XSKP_SLOT_NEIGH_MISS
+        names = {abi.lib.XSKP_IFACE_TRANSPORT: cfg.transport_interface,
+                 abi.lib.XSKP_IFACE_GATEWAY: cfg.gateway_interface}
+        net = self.network.state
+        added = False
+        for worker in self.workers:
+            value = int(worker.counters[slot])
+            if not value:
+                continue
+            worker.counters[slot] = 0
+            link = net.link(names.get(value >> 32, ""))
+            if link is None:
+                continue
+            hop = (link.index, _ip(value & 0xffffffff))
+            self._missed_hops[hop] = None
+            self._missed_hops.move_to_end(hop)
+            added = True
+        while len(self._missed_hops) > MAX_MISSED_HOPS:
+            self._missed_hops.popitem(last=False)
+        if added:
+            with self._publish_lock:
+                self.neighbours.ensure(self._wanted_hops | set(self._missed_hops), net.neighbours)
 
     def _wait_for_pickup(self, number):
         deadline = time.monotonic() + PICKUP_TIMEOUT
@@ -249,9 +313,14 @@ class Agent:
         _write_json(os.path.join(self.config.state_dir, "services.json"), described)
 
     def _stats_loop(self):
-        while not self._stop.wait(STATS_INTERVAL):
+        """Housekeeping: neighbour misses every MISS_POLL_INTERVAL, stats every STATS_INTERVAL."""
+        next_stats = time.monotonic() + STATS_INTERVAL
+        while not self._stop.wait(MISS_POLL_INTERVAL):
             try:
-                self.write_stats()
+                self._resolve_missed_next_hops()
+                if time.monotonic() >= next_stats:
+                    next_stats += STATS_INTERVAL
+                    self.write_stats()
             except Exception:
                 log.exception("event=stats_failed")
 

@@ -1,8 +1,11 @@
 """The node's network as the dataplane needs it: links, addresses, routes, neighbours (pyroute2),
 watched for changes, and a pure function from them to FIB entries for the translate step.
 
-Reading and watching touch netlink; fib_from_net_state is pure (tests feed it hand-made state).
-Never changes the node's network configuration.
+Reading and watching touch netlink; fib_from_net_state and next_hops are pure (tests feed them
+hand-made state). The one change xskproxy makes to the node's network is NeighbourKeeper's:
+kernel-managed neighbour entries for the next hops it transmits to, because traffic it takes
+off the kernel path no longer makes the kernel resolve them (Cilium keeps its next hops the
+same way).
 """
 import ipaddress
 import logging
@@ -85,10 +88,12 @@ class NetState:
 
 
 class FibEntry(NamedTuple):
-    """Where a destination prefix goes: out of `ifindex` to `next_hop_mac`, from `src_mac`."""
+    """Where a destination prefix goes: out of `ifindex` to `next_hop_mac`, from `src_mac`.
+    A connected prefix has no next hop and no MAC: each destination is its own next hop, and
+    its host entry (when resolved) carries the MAC."""
     prefix: str
     ifindex: int
-    next_hop_mac: str
+    next_hop_mac: Optional[str]
     src_mac: str
     next_hop: Optional[str]         # the gateway, or the neighbour itself for host entries
     mtu: int
@@ -145,9 +150,9 @@ def fib_from_net_state(net, interfaces=None):
     """FIB entries for routes out of `interfaces` (names; None: all up links but loopback).
 
     A route via a gateway gives one entry for its prefix if the gateway's neighbour entry is
-    usable (REACHABLE, STALE or PERMANENT); a connected route gives one host entry (/32, /128) per
-    usable neighbour inside it. Unresolved next hops give nothing: the kernel resolves those.
-    Sorted longest prefix first, so the first match is the longest-prefix match.
+    usable (REACHABLE, STALE or PERMANENT); a connected route gives an entry for its prefix
+    without MAC and one host entry (/32, /128) per usable neighbour inside it.
+    Sorted by family, then longest prefix first, so the first match is the longest-prefix match.
     """
     by_index = {l.index: l for l in net.links}
     if interfaces is None:
@@ -168,6 +173,7 @@ def fib_from_net_state(net, interfaces=None):
                                                        route.gateway, link.mtu))
             continue
         network = ipaddress.ip_network(route.dst, strict=False)
+        entries.setdefault(route.dst, FibEntry(route.dst, link.index, None, link.mac, None, link.mtu))
         for (ifindex, address), hop in neighbours.items():
             if ifindex != route.ifindex:
                 continue
@@ -176,8 +182,80 @@ def fib_from_net_state(net, interfaces=None):
                 host = f"{address}/{ip.max_prefixlen}"
                 entries.setdefault(host, FibEntry(host, link.index, hop.mac, link.mac, address, link.mtu))
     return tuple(sorted(entries.values(),
-                        key=lambda e: (-ipaddress.ip_network(e.prefix).prefixlen,
-                                       ipaddress.ip_network(e.prefix).version, e.prefix)))
+                        key=lambda e: (ipaddress.ip_network(e.prefix).version,
+                                       -ipaddress.ip_network(e.prefix).prefixlen, e.prefix)))
+
+
+def next_hops(net, destinations, interfaces):
+    """{(ifindex, next hop address)} the IPv4 `destinations` leave through, by longest-prefix match
+    over main-table routes out of `interfaces` (names): the route's gateway, or the destination
+    itself on a connected route. Destinations routed elsewhere (or nowhere) give nothing."""
+    wanted = {l.index for l in net.links if l.name in set(interfaces)}
+    routes = [(ipaddress.ip_network(r.dst, strict=False), r) for r in net.routes
+              if r.table == MAIN_TABLE and ":" not in r.dst]
+    routes.sort(key=lambda r: -r[0].prefixlen)
+    local = {a.address for a in net.addresses}
+    hops = set()
+    for dest in destinations:
+        ip = ipaddress.ip_address(dest)
+        if ip.version != 4 or dest in local:
+            continue
+        for network, route in routes:
+            if ip in network:
+                if route.ifindex in wanted:
+                    hops.add((route.ifindex, route.gateway or dest))
+                break
+    return hops
+
+
+class NeighbourKeeper:
+    """Keeps kernel-managed (NTF_EXT_MANAGED) neighbour entries for the next hops xskproxy needs,
+    so the kernel resolves and refreshes them although it no longer forwards that traffic. Leaves
+    resolved entries alone, removes only the ones it made (when no longer needed and on close). Errors are logged and retried at the next ensure(); they never stop the agent."""
+
+    NDA_FLAGS_EXT_MANAGED = 1
+
+    def __init__(self, netns=None):
+        self.netns = netns
+        self.added = set()              # (ifindex, address) entries this keeper created
+
+    def _ipr(self):
+        from pyroute2 import IPRoute
+        return IPRoute(netns=self.netns) if self.netns else IPRoute()
+
+    def ensure(self, hops, neighbours=()):
+        """Make `hops` ({(ifindex, address)}) the set of entries this keeper holds. A hop with a
+        usable entry in `neighbours` (Neighbour, from the last NetState) is left to its owner; an
+        unresolved or failed one is replaced by a managed entry."""
+        from pyroute2.netlink.exceptions import NetlinkError
+        hops = set(hops)
+        usable = {(n.ifindex, n.address) for n in neighbours if n.usable}
+        try:
+            with self._ipr() as ipr:
+                for ifindex, address in sorted(hops - self.added - usable):
+                    try:
+                        ipr.neigh("replace", dst=address, ifindex=ifindex, state=0,
+                                  NDA_FLAGS_EXT=self.NDA_FLAGS_EXT_MANAGED)
+                        self.added.add((ifindex, address))
+                        log.info("event=neighbour_managed ifindex=%d address=%s", ifindex, address)
+                    except NetlinkError as e:
+                        log.warning("event=neighbour_add_failed ifindex=%d address=%s error=%s",
+                                    ifindex, address, e)
+                for ifindex, address in sorted(self.added - hops):
+                    self._delete(ipr, ifindex, address)
+        except Exception:
+            log.exception("event=neighbour_keeper_failed netns=%s retry=next_publish", self.netns)
+
+    def _delete(self, ipr, ifindex, address):
+        from pyroute2.netlink.exceptions import NetlinkError
+        try:
+            ipr.neigh("del", dst=address, ifindex=ifindex)
+        except NetlinkError as e:
+            log.debug("event=neighbour_del_failed ifindex=%d address=%s error=%s", ifindex, address, e)
+        self.added.discard((ifindex, address))
+
+    def stop(self):
+        self.ensure(set())
 
 
 class NetlinkWatcher:
@@ -256,6 +334,7 @@ class NetworkView:
         self.netns = netns
         self._dirty = True
         self._current = NodeNetwork()
+        self.state = NetState()         # the NetState self._current was made from
         self._watcher = None
         self._lock = threading.Lock()
 
@@ -267,7 +346,9 @@ class NetworkView:
             if self._dirty:
                 self._dirty = False
                 try:
-                    self._current = node_network(read_net_state_in(self.netns), self.interfaces)
+                    state = read_net_state_in(self.netns)
+                    self._current = node_network(state, self.interfaces)
+                    self.state = state
                 except Exception:
                     self._dirty = True          # keep the last good view, try again next time
                     log.exception("event=netlink_read_failed netns=%s kept=last_good", self.netns)

@@ -474,7 +474,9 @@ def _plan_service(service, slices, ctx):
             # inet_pton accepted the text, so it is canonical dotted decimal (glibc refuses
             # leading zeros): the steering key can use it as it is.
             backends[key] = (node_addr_of.get(ep.node_name, 0), flags, ep.addresses[0])
-        needs_local = bool(base_flags & (lib.XSKP_SVC_ETP_LOCAL | lib.XSKP_SVC_ITP_LOCAL))
+        # DSR: the backend node picks among its own endpoints for decapsulated flows
+        needs_local = bool(base_flags & (lib.XSKP_SVC_ETP_LOCAL | lib.XSKP_SVC_ITP_LOCAL
+                                         | lib.XSKP_SVC_DSR))
         key = (service.namespace, service.name, sp.name, sp.protocol)
         plans[key] = _PortPlan(
             key=key, service_id=0, flags=base_flags, affinity_timeout_s=affinity,
@@ -879,10 +881,13 @@ class Translator:
             net = ipaddress.ip_network(e.prefix, strict=False)
             if iface is None or net.version != 4:
                 continue
-            hop = (_ip4(e.next_hop) if e.next_hop else None) or int(net.network_address)
             bypass = any(net.subnet_of(c) for c in pod_cidrs)
-            routes.append((int(net.network_address), net.prefixlen, hop or 0, iface,
-                           lib.XSKP_ROUTE_BYPASS if bypass else 0))
+            route_flags = lib.XSKP_ROUTE_BYPASS if bypass else 0
+            if e.next_hop_mac is None:      # connected: each destination is its own next hop
+                routes.append((int(net.network_address), net.prefixlen, 0, iface, route_flags))
+                continue
+            hop = (_ip4(e.next_hop) if e.next_hop else None) or int(net.network_address)
+            routes.append((int(net.network_address), net.prefixlen, hop or 0, iface, route_flags))
             neighbours.append((hop, iface, bytes.fromhex(e.next_hop_mac.replace(":", ""))))
             # Netfilter bypass steering: remote Pod CIDRs arriving from local Pods, resolved
             # local Pods arriving from the transport. Only what the FIB can forward.
@@ -909,8 +914,17 @@ class Translator:
             self.fib_generation += 1
         self._transport_addr = transport_addr
 
+        # Node addresses are the kernel's (the steering program passes them) except the SNAT
+        # range of our transport address: this node's other addresses (a kernel-masqueraded
+        # flow's replies) and the other Nodes' (their SNATed flows' replies, which our local
+        # backends send and the kernel routes).
         lo, hi = opts.snat_port_range
         node_addrs = {}
+        for _, addr in ctx.node_addr_of:
+            node_addrs[_ip4_str(addr)] = (0, 0, ROLES_BOTH)
+        for a in (network.addresses if network is not None else ()):
+            if _ip4(a.address) is not None:
+                node_addrs[a.address] = (0, 0, ROLES_BOTH)
         if transport_addr:
             node_addrs[_ip4_str(transport_addr)] = (lo, hi, ROLES_BOTH)
         self._diff_into(self._steer_prefixes, prefixes, changes.add_prefixes, changes.remove_prefixes)

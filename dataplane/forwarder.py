@@ -9,7 +9,7 @@ so that the caller can stop it or hand it new tables (Worker.set_state).
 Per-batch step contract (the full pipeline, dataplane/pipeline.py, takes the same shape):
     process_batch(umem, addrs, lens, n, ingress_iface, state, counters, verdicts_out, now)
 reads and rewrites frames umem[addrs[i]:addrs[i] + lens[i]] in place (it may move addrs[i]
-into the frame's headroom and change lens[i]), counts into counters (uint64[XSKP_COUNTER_MAX]),
+into the frame's headroom and change lens[i]), counts into counters (uint64[XSKP_COUNTER_SLOTS]),
 and writes one enum xskp_verdict per frame. The loop picks the step from the type of `state`:
 (macs,) runs process_batch_l2, (ServiceTables, FlowTables) runs dataplane/pipeline.py.
 
@@ -126,7 +126,7 @@ def make_l2_state(transport_peer_mac, transport_own_mac, gateway_peer_mac, gatew
 
 
 def make_pipeline_counters():
-    return np.zeros(abi.lib.XSKP_COUNTER_MAX, np.uint64)
+    return np.zeros(abi.lib.XSKP_COUNTER_SLOTS, np.uint64)
 
 
 @njit(cache=True, nogil=True)

@@ -10,7 +10,7 @@ Stages (Katran style: each returns a verdict >= 0, or XSKP_VERDICT_CONTINUE = -1
   -> netfilter bypass -> XSKP_DROP_NOT_OURS.
 
 Verdicts and counters: verdicts[i] is enum xskp_verdict (DROP, TX_TRANSPORT, TX_GATEWAY; never
-CONTINUE). counters (uint64[XSKP_COUNTER_MAX]) counts each frame once, under its drop reason
+CONTINUE). counters (uint64[XSKP_COUNTER_SLOTS]) counts each frame once, under its drop reason
 (enum xskp_drop_reason) or XSKP_CNT_TX_TRANSPORT / XSKP_CNT_TX_GATEWAY; the other XSKP_CNT_*
 count events (flows created, SNAT, DSR, ...). A frame is addrs[i] (UMEM offset of its first
 byte) and lens[i]; both are rewritten when the frame start moves (DSR encapsulation moves it
@@ -135,7 +135,8 @@ CNT_ICMP_ERROR_TRANSLATED = L.XSKP_CNT_ICMP_ERROR_TRANSLATED
 CNT_CSUM_COMPLETED = L.XSKP_CNT_CSUM_COMPLETED
 CNT_AFFINITY_HIT = L.XSKP_CNT_AFFINITY_HIT
 CNT_FIB_REFRESH = L.XSKP_CNT_FIB_REFRESH
-COUNTER_MAX = L.XSKP_COUNTER_MAX
+COUNTER_SLOTS = L.XSKP_COUNTER_SLOTS
+SLOT_NEIGH_MISS = L.XSKP_SLOT_NEIGH_MISS
 
 FE_LOAD_BALANCER = L.XSKP_FE_LOAD_BALANCER
 BE_TERMINATING = L.XSKP_BE_TERMINATING
@@ -178,8 +179,10 @@ def verdict_of_iface(iface):
 
 
 @njit(cache=True, nogil=True)
-def resolve_next_hop(st, addr):
-    """(drop reason or 0, out iface, neighbour slot) for a frame to addr: route, then neighbour."""
+def resolve_next_hop(st, addr, counters):
+    """(drop reason or 0, out iface, neighbour slot) for a frame to addr: route, then neighbour.
+    A next hop without neighbour entry is left in counters[XSKP_SLOT_NEIGH_MISS] (iface << 32 |
+    address) for the agent to have the kernel resolve it."""
     node = st.node[0]
     r = lookup_route(st.routes, np.int64(node.route_count), addr)
     if r < 0:
@@ -193,18 +196,19 @@ def resolve_next_hop(st, addr):
         next_hop = np.int64(addr)
     nb = lookup_neighbour(st.neighbours, next_hop, iface)
     if nb < 0:
+        counters[SLOT_NEIGH_MISS] = np.uint64((iface << 32) | next_hop)
         return DROP_NO_NEIGHBOUR, 0, -1
     return 0, iface, nb
 
 
 @njit(cache=True, nogil=True)
-def ct_resolve(st, ct, idx):
+def ct_resolve(st, ct, idx, counters):
     """Cache out interface and MACs for entry idx; 0 or the drop reason (then the entry keeps a
     mismatching fib_generation so the next frame retries)."""
     e = ct[idx]
     node = st.node[0]
     target = np.int64(e.encap_dst) if (e.flags & CT_DSR_ENCAP) != 0 else np.int64(e.new_dst_addr)
-    reason, iface, nb = resolve_next_hop(st, target)
+    reason, iface, nb = resolve_next_hop(st, target, counters)
     if reason != 0:
         e.fib_generation = node.fib_generation ^ np.uint32(1)
         return reason
@@ -270,7 +274,7 @@ def apply_entry(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
     e = ct[idx]
     node = st.node[0]
     if e.fib_generation != node.fib_generation:
-        reason = ct_resolve(st, ct, idx)
+        reason = ct_resolve(st, ct, idx, counters)
         if reason != 0:
             return V_DROP, reason
         counters[CNT_FIB_REFRESH] += 1
@@ -546,7 +550,7 @@ def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, s
             return V_DROP, DROP_CT_FULL
         ct_write_entry(ct, o, CT_DSR_ENCAP, src, dst, sport, dport, proto, state,
                        src, dst, sport, dport, np.int64(be.node_addr), bid, sid, now_ns)
-        reason = ct_resolve(st, ct, o)
+        reason = ct_resolve(st, ct, o, counters)
         if reason != 0:
             ct_delete_flow(ct, o)
             return V_DROP, reason
@@ -592,11 +596,11 @@ def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, s
                    state, dst, src, dport, sport, 0, bid, sid, now_ns)
     ct[o].peer = r
     ct[r].peer = o
-    reason = ct_resolve(st, ct, o)
+    reason = ct_resolve(st, ct, o, counters)
     if reason != 0:
         ct_delete_flow(ct, o)
         return V_DROP, reason
-    ct_resolve(st, ct, r)
+    ct_resolve(st, ct, r, counters)
     counters[CNT_CT_CREATED] += 1
     counters[CNT_DNAT] += 1
     if (flags & CT_SNAT) != 0:
@@ -616,7 +620,7 @@ def bypass_stage(umem, base, l3, dst, st, counters):
     r = lookup_route(st.routes, np.int64(node.route_count), dst)
     if r < 0 or not route_allows_bypass(st.routes[r]):
         return CONTINUE, 0
-    reason, iface, nb = resolve_next_hop(st, dst)
+    reason, iface, nb = resolve_next_hop(st, dst, counters)
     if reason != 0:
         return V_DROP, reason
     ip_diff = decrement_ttl(umem, l3)
@@ -658,7 +662,7 @@ def icmp_error_stage(umem, base, l3, ihl, ip_end, l4, src, dst, st, ft, counters
         return CONTINUE, 0
     node = st.node[0]
     if e.fib_generation != node.fib_generation:
-        reason = ct_resolve(st, ct, idx)
+        reason = ct_resolve(st, ct, idx, counters)
         if reason != 0:
             return V_DROP, reason
         counters[CNT_FIB_REFRESH] += 1
@@ -820,13 +824,13 @@ def process_batch(umem, addrs, lens, n, ingress_iface, svc_tables, flow_tables, 
     Reads: umem frames, addrs/lens (uint64/uint32 descriptors), svc_tables (ServiceTables).
     Writes: the frames (in place, within their UMEM chunk), addrs/lens (frame start and length
     after encapsulation or decapsulation), flow_tables (FlowTables: conntrack, affinity),
-    counters (uint64[XSKP_COUNTER_MAX]) and verdicts (int32, enum xskp_verdict) for 0..n-1.
+    counters (uint64[XSKP_COUNTER_SLOTS]) and verdicts (int32, enum xskp_verdict) for 0..n-1.
     now_ns (uint64) is the caller's monotonic clock. Returns the number of frames processed.
     """
     n = min(np.int64(n), addrs.shape[0], lens.shape[0], verdicts.shape[0])
     if n <= 0:
         return 0
-    if counters.shape[0] < COUNTER_MAX:
+    if counters.shape[0] < COUNTER_SLOTS:
         for i in range(n):
             verdicts[i] = V_DROP
         return n
@@ -842,7 +846,7 @@ def process_batch(umem, addrs, lens, n, ingress_iface, svc_tables, flow_tables, 
             verdicts[i] = V_TX_GATEWAY
         else:
             verdicts[i] = V_DROP
-            if 0 < reason < COUNTER_MAX:
+            if 0 < reason < COUNTER_SLOTS:
                 counters[reason] += 1
             else:
                 counters[DROP_NOT_OURS] += 1

@@ -101,8 +101,9 @@ def make_flow_tables(ct_capacity, affinity_capacity):
 
 
 def make_counters():
-    """The pipeline's counter array: uint64[XSKP_COUNTER_MAX], indexed by drop reason / XSKP_CNT_*."""
-    return np.zeros(abi.lib.XSKP_COUNTER_MAX, np.uint64)
+    """The pipeline's counter array: uint64[XSKP_COUNTER_SLOTS], indexed by drop reason,
+    XSKP_CNT_* and XSKP_SLOT_*."""
+    return np.zeros(abi.lib.XSKP_COUNTER_SLOTS, np.uint64)
 
 
 def counters_by_name(counters):

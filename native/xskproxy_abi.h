@@ -138,6 +138,7 @@ enum steer_counter {
 	STEER_PASS_MALFORMED,       /* truncated headers: the kernel decides */
 	STEER_PASS_FRAGMENT,        /* IPv4 fragments: ports unknown, the kernel reassembles */
 	STEER_PASS_NO_MATCH,        /* not owned by xskproxy */
+	STEER_PASS_NODE_ADDRESS,    /* to a node address, outside this node's SNAT range */
 	STEER_REDIRECT_FRONTEND,    /* destination is a Service frontend */
 	STEER_REDIRECT_BACKEND_REPLY, /* source is a Service backend */
 	STEER_REDIRECT_SNAT_REPLY,  /* destination is a node address + SNAT port */
@@ -213,6 +214,14 @@ enum xskp_counter {
 	XSKP_CNT_AFFINITY_HIT,          /* new flows that reused a ClientIP affinity backend */
 	XSKP_CNT_FIB_REFRESH,           /* conntrack entries whose cached MACs were re-resolved */
 	XSKP_COUNTER_MAX,
+};
+
+/* Slots of the counter array after the counters: values, not counts. XSKP_SLOT_NEIGH_MISS
+ * holds the last next hop the pipeline found no neighbour entry for (iface << 32 | IPv4
+ * address, host order; 0: none); the agent has the kernel resolve it and clears the slot. */
+enum xskp_counter_slot {
+	XSKP_SLOT_NEIGH_MISS = XSKP_COUNTER_MAX,
+	XSKP_COUNTER_SLOTS,             /* length of the counter array */
 };
 
 /* Service flags (struct xskp_service.flags). Read them through predicates in dataplane/tables.py. */

@@ -5,6 +5,7 @@
  * xskproxy owns, judged on the interface's roles (steer_ifaces):
  *   1. destination (addr, port, proto) is a Service frontend          -> STEER_REDIRECT_FRONTEND
  *   2. destination is a node address and the port in its SNAT range   -> STEER_REDIRECT_SNAT_REPLY
+ *      (any other port of a node address: the kernel's                -> STEER_PASS_NODE_ADDRESS)
  *   3. source (addr, port, proto) is a Service backend (its replies)  -> STEER_REDIRECT_BACKEND_REPLY
  *   4. destination in a steered prefix (Pod CIDRs, noEncap bypass)    -> STEER_REDIRECT_PREFIX
  * and passes everything else to the kernel: other interfaces, ARP/IPv6/other ethertypes, truncated
@@ -157,9 +158,12 @@ int xskp_steer(struct xdp_md *ctx)
 		return redirect(ctx, iface, STEER_REDIRECT_FRONTEND);
 
 	node = bpf_map_lookup_elem(&xskp_v4_nodes, &ip->daddr);
-	if (node && (node->roles & iface->roles) && dport &&
-	    bpf_ntohs(dport) >= node->snat_port_min && bpf_ntohs(dport) <= node->snat_port_max)
-		return redirect(ctx, iface, STEER_REDIRECT_SNAT_REPLY);
+	if (node && (node->roles & iface->roles)) {
+		if (dport && bpf_ntohs(dport) >= node->snat_port_min &&
+		    bpf_ntohs(dport) <= node->snat_port_max)
+			return redirect(ctx, iface, STEER_REDIRECT_SNAT_REPLY);
+		return pass(STEER_PASS_NODE_ADDRESS);
+	}
 
 	l4_key.addr = ip->saddr;
 	l4_key.port = sport;

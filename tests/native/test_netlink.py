@@ -120,3 +120,27 @@ def test_network_view_and_sync_loop_publish_a_new_fib(netns):
     finally:
         view.stop()
         loop.stop()
+
+
+def neighbours(netns, dev):
+    return subprocess.run(["ip", "-n", netns, "neigh", "show", "dev", dev], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def test_neighbour_keeper_manages_only_its_own_entries(netns):
+    """ensure() adds managed entries for unresolved next hops, leaves a resolved one alone,
+    removes the entries it made when they are no longer needed, and stop() removes the rest."""
+    from control.netlink import NeighbourKeeper
+    ip(netns, "neigh", "add", "192.168.50.2", "lladdr", "02:00:00:00:00:02", "dev", "xtr", "nud", "permanent")
+    state = read_net_state_in(netns)
+    xtr, xgw = state.link("xtr").index, state.link("xgw").index
+    keeper = NeighbourKeeper(netns)
+    keeper.ensure({(xtr, "192.168.50.2"), (xtr, "192.168.50.3"), (xgw, "10.10.1.7")}, state.neighbours)
+    assert "192.168.50.3" in neighbours(netns, "xtr") and "managed" in neighbours(netns, "xtr")
+    assert "10.10.1.7" in neighbours(netns, "xgw")
+    assert keeper.added == {(xtr, "192.168.50.3"), (xgw, "10.10.1.7")}
+    keeper.ensure({(xtr, "192.168.50.2"), (xtr, "192.168.50.3")}, state.neighbours)
+    assert "10.10.1.7" not in neighbours(netns, "xgw")
+    keeper.stop()
+    assert "192.168.50.3" not in neighbours(netns, "xtr")
+    assert "192.168.50.2 lladdr 02:00:00:00:00:02 PERMANENT" in neighbours(netns, "xtr")

@@ -23,7 +23,7 @@ def test_constructors_give_c_contiguous_header_dtypes_and_pow2_hash_tables():
 def test_counter_layout_continues_the_drop_reasons():
     """Outcome counters start right after the last drop reason; the array covers them all."""
     assert L.XSKP_CNT_TX_TRANSPORT == L.XSKP_DROP_REASON_MAX
-    assert tables.make_counters().shape == (L.XSKP_COUNTER_MAX,)
+    assert tables.make_counters().shape == (L.XSKP_COUNTER_SLOTS,)
 
 
 def test_frontends_round_trip_and_replace():

@@ -372,7 +372,9 @@ def test_fib_becomes_routes_neighbours_and_bypass_steering():
     n = lookup_neighbour(t.neighbours, ip("10.1.0.5"), abi.lib.XSKP_IFACE_GATEWAY)
     assert n >= 0 and bytes(t.neighbours[n]["mac"]) == bytes.fromhex("0a0000000105")
     assert result.steering.add_prefixes == {"10.2.0.0/24": GW, "10.1.0.5/32": TR, "10.1.0.1/32": 0}
-    assert result.steering.set_node_addrs == {"192.168.1.1": (61000, 65535, BOTH)}
+    # the SNAT range on our transport address; the other node addresses are the kernel's
+    assert result.steering.set_node_addrs == {"192.168.1.1": (61000, 65535, BOTH),
+                                              "192.168.1.2": (0, 0, BOTH), "10.1.0.1": (0, 0, BOTH)}
     # The same network again: no steering change, routes shared.
     again = translator.translate(state, _network())
     assert again.steering.empty() and again.tables.routes is t.routes
