@@ -20,11 +20,15 @@ log = logging.getLogger("xskproxy.netlink")
 MAIN_TABLE = 254
 RTN_UNICAST = 1
 IFF_UP = 0x1
-# neighbour states (NUD_*): only these carry a MAC the kernel itself would use
+# neighbour states (NUD_*) that carry a MAC the kernel itself would use (its NUD_VALID but
+# NOARP). DELAY and PROBE belong here: an entry nobody confirms (xskproxy's traffic never does)
+# cycles REACHABLE -> STALE -> DELAY -> PROBE -> REACHABLE, and the FIB must not flap with it.
 NUD_REACHABLE = 0x02
 NUD_STALE = 0x04
+NUD_DELAY = 0x08
+NUD_PROBE = 0x10
 NUD_PERMANENT = 0x80
-NUD_USABLE = NUD_REACHABLE | NUD_STALE | NUD_PERMANENT
+NUD_USABLE = NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_PERMANENT
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,7 @@ def fib_from_net_state(net, interfaces=None):
     """FIB entries for routes out of `interfaces` (names; None: all up links but loopback).
 
     A route via a gateway gives one entry for its prefix if the gateway's neighbour entry is
-    usable (REACHABLE, STALE or PERMANENT); a connected route gives an entry for its prefix
+    usable (REACHABLE, STALE, DELAY, PROBE or PERMANENT); a connected route gives an entry for its prefix
     without MAC and one host entry (/32, /128) per usable neighbour inside it.
     Sorted by family, then longest prefix first, so the first match is the longest-prefix match.
     """

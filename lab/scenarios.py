@@ -77,6 +77,10 @@ class ServiceLab:
 
     def start_agent(self, node, wait=True):
         path = os.path.join(self.workdir, f"{node.name}.yaml")
+        try:
+            os.unlink(self.stats_path(node))          # a previous agent's: wait for the new one's
+        except FileNotFoundError:
+            pass
         with open(path, "w") as f:
             yaml.safe_dump(self.agent_config(node), f)
         log = open(os.path.join(self.workdir, f"{node.name}.log"), "a")

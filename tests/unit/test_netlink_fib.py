@@ -54,3 +54,10 @@ def test_next_hops_follow_the_longest_prefix_route():
     more_specific = NetState(links=state.links, addresses=state.addresses,
                              routes=state.routes + (Route("10.2.0.0/25", 4, "192.168.1.3"),))
     assert next_hops(more_specific, ["10.2.0.7"], ("eth0", "gw0")) == set()
+
+
+def test_delay_and_probe_keep_their_entries():
+    """An unconfirmed entry passing through DELAY and PROBE keeps its MAC: the FIB does not flap."""
+    fibs = [fib_from_net_state(net([Neighbour(2, "192.168.0.2", "0a:00:00:00:00:02", state)]))
+            for state in (NUD_REACHABLE, NUD_STALE, 0x08, 0x10)]
+    assert all(fib == fibs[0] for fib in fibs) and "10.2.0.0/24" in {e.prefix for e in fibs[0]}
