@@ -251,7 +251,6 @@ class _Handler(BaseHTTPRequestHandler):
             if since not in ("", "0") and int(since) < store.oldest_rv:
                 too_old = f"too old resource version: {since} ({store.oldest_rv})"
                 if server.too_old_as == "status":
-                    self.close_connection = True
                     return self._send_status(410, "Expired", too_old)
                 initial, start_rv, gone = [], None, too_old
             elif since in ("", "0"):
@@ -263,6 +262,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")      # so the client never reuses this socket
         self.end_headers()
         self.close_connection = True
         conn = self.connection
