@@ -229,6 +229,10 @@ class Agent:
         local = tables.backends["addr"][(tables.backends["flags"] & wanted) == wanted]
         destinations.update(_ip(int(a)) for a in np.unique(local))
         self._wanted_hops = netlink.next_hops(net, destinations, served)
+        self._ensure_neighbours(net)
+
+    def _ensure_neighbours(self, net):
+        """Managed entries for the wanted and the missed next hops, nothing else of ours."""
         self.neighbours.ensure(self._wanted_hops | set(self._missed_hops), net.neighbours)
 
     def _resolve_missed_next_hops(self):
@@ -258,7 +262,7 @@ class Agent:
             self._missed_hops.popitem(last=False)
         if added:
             with self._publish_lock:
-                self.neighbours.ensure(self._wanted_hops | set(self._missed_hops), net.neighbours)
+                self._ensure_neighbours(net)
 
     def _wait_for_pickup(self, number):
         deadline = time.monotonic() + PICKUP_TIMEOUT

@@ -154,8 +154,8 @@ def fib_from_net_state(net, interfaces=None):
     """FIB entries for routes out of `interfaces` (names; None: all up links but loopback).
 
     A route via a gateway gives one entry for its prefix if the gateway's neighbour entry is
-    usable (REACHABLE, STALE, DELAY, PROBE or PERMANENT); a connected route gives an entry for its prefix
-    without MAC and one host entry (/32, /128) per usable neighbour inside it.
+    usable (REACHABLE, STALE, DELAY, PROBE or PERMANENT); a connected route gives an entry for
+    its prefix without MAC and one host entry (/32, /128) per usable neighbour inside it.
     Sorted by family, then longest prefix first, so the first match is the longest-prefix match.
     """
     by_index = {l.index: l for l in net.links}
@@ -215,7 +215,8 @@ def next_hops(net, destinations, interfaces):
 class NeighbourKeeper:
     """Keeps kernel-managed (NTF_EXT_MANAGED) neighbour entries for the next hops xskproxy needs,
     so the kernel resolves and refreshes them although it no longer forwards that traffic. Leaves
-    resolved entries alone, removes only the ones it made (when no longer needed and on close). Errors are logged and retried at the next ensure(); they never stop the agent."""
+    resolved entries alone, removes only the ones it made (when no longer needed and at stop()).
+    Errors are logged and retried at the next ensure(); they never stop the agent."""
 
     NDA_FLAGS_EXT_MANAGED = 1
 

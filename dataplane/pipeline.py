@@ -135,6 +135,7 @@ CNT_ICMP_ERROR_TRANSLATED = L.XSKP_CNT_ICMP_ERROR_TRANSLATED
 CNT_CSUM_COMPLETED = L.XSKP_CNT_CSUM_COMPLETED
 CNT_AFFINITY_HIT = L.XSKP_CNT_AFFINITY_HIT
 CNT_FIB_REFRESH = L.XSKP_CNT_FIB_REFRESH
+COUNTER_MAX = L.XSKP_COUNTER_MAX
 COUNTER_SLOTS = L.XSKP_COUNTER_SLOTS
 SLOT_NEIGH_MISS = L.XSKP_SLOT_NEIGH_MISS
 
@@ -221,6 +222,18 @@ def ct_resolve(st, ct, idx, counters):
     return 0
 
 
+@njit(cache=True, nogil=True)
+def ct_refresh(st, ct, idx, counters):
+    """Re-resolve entry idx's cached interface and MACs if the FIB changed since (counted as
+    XSKP_CNT_FIB_REFRESH); 0 or the drop reason."""
+    if ct[idx].fib_generation == st.node[0].fib_generation:
+        return 0
+    reason = ct_resolve(st, ct, idx, counters)
+    if reason == 0:
+        counters[CNT_FIB_REFRESH] += 1
+    return reason
+
+
 @njit(cache=True, nogil=True, inline="always")
 def decrement_ttl(umem, l3):
     """Decrement the IPv4 TTL; returns the checksum diff, or -1 when TTL would reach 0."""
@@ -273,11 +286,9 @@ def apply_entry(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
     TTL, NAT (or IPIP-encapsulate for DSR), write MACs. Returns (verdict, drop reason)."""
     e = ct[idx]
     node = st.node[0]
-    if e.fib_generation != node.fib_generation:
-        reason = ct_resolve(st, ct, idx, counters)
-        if reason != 0:
-            return V_DROP, reason
-        counters[CNT_FIB_REFRESH] += 1
+    reason = ct_refresh(st, ct, idx, counters)
+    if reason != 0:
+        return V_DROP, reason
     ip_diff = decrement_ttl(umem, l3)
     if ip_diff < 0:
         return V_DROP, DROP_TTL_EXCEEDED
@@ -660,12 +671,9 @@ def icmp_error_stage(umem, base, l3, ihl, ip_end, l4, src, dst, st, ft, counters
     e = ct[idx]
     if (e.flags & CT_DSR_ENCAP) != 0:
         return CONTINUE, 0
-    node = st.node[0]
-    if e.fib_generation != node.fib_generation:
-        reason = ct_resolve(st, ct, idx, counters)
-        if reason != 0:
-            return V_DROP, reason
-        counters[CNT_FIB_REFRESH] += 1
+    reason = ct_refresh(st, ct, idx, counters)
+    if reason != 0:
+        return V_DROP, reason
     if decrement_ttl(umem, l3) < 0:
         return V_DROP, DROP_TTL_EXCEEDED
     new_qsrc = np.int64(e.new_dst_addr)
@@ -846,7 +854,7 @@ def process_batch(umem, addrs, lens, n, ingress_iface, svc_tables, flow_tables, 
             verdicts[i] = V_TX_GATEWAY
         else:
             verdicts[i] = V_DROP
-            if 0 < reason < COUNTER_SLOTS:
+            if 0 < reason < COUNTER_MAX:
                 counters[reason] += 1
             else:
                 counters[DROP_NOT_OURS] += 1
