@@ -235,9 +235,12 @@ class NeighbourKeeper:
         from pyroute2.netlink.exceptions import NetlinkError
         hops = set(hops)
         usable = {(n.ifindex, n.address) for n in neighbours if n.usable}
+        to_add, to_remove = hops - self.added - usable, self.added - hops
+        if not to_add and not to_remove:
+            return                      # the usual publish: no netlink round trip
         try:
             with self._ipr() as ipr:
-                for ifindex, address in sorted(hops - self.added - usable):
+                for ifindex, address in sorted(to_add):
                     try:
                         ipr.neigh("replace", dst=address, ifindex=ifindex, state=0,
                                   NDA_FLAGS_EXT=self.NDA_FLAGS_EXT_MANAGED)
@@ -246,7 +249,7 @@ class NeighbourKeeper:
                     except NetlinkError as e:
                         log.warning("event=neighbour_add_failed ifindex=%d address=%s error=%s",
                                     ifindex, address, e)
-                for ifindex, address in sorted(self.added - hops):
+                for ifindex, address in sorted(to_remove):
                     self._delete(ipr, ifindex, address)
         except Exception:
             log.exception("event=neighbour_keeper_failed netns=%s retry=next_publish", self.netns)
