@@ -3,10 +3,14 @@ program and one worker per queue, and publishes what it does (stats.json, servic
 Prometheus metrics). The only place that owns the process's lifetime; it never parses packets.
 
 Start order keeps traffic on the kernel path until xskproxy can serve it: per-flow tables are
-adopted first, the first generation is translated and published, the workers start, and only
-then does the steering program learn which frontends to redirect. Stop reverses it: detach
-(traffic returns to the kernel at once), stop the workers, keep the per-flow files for the next
-start.
+adopted first, the first generation is translated and published, the workers start with their
+sockets bound, the steering maps are filled, and only then is the steering program attached
+(replacing in one step the program a predecessor left). Stop reverses it. SIGINT, or SIGTERM
+with handoverSeconds 0: detach (traffic returns to the kernel at once), stop the workers. SIGTERM
+otherwise is a handover, as a DaemonSet upgrade needs it: the program stays attached and for
+handoverSeconds drops the translated traffic it has no socket for (the kernel would break those
+flows; TCP retransmits them to the next agent), then falls back to the kernel. Either way the
+per-flow files stay for the next start.
 """
 import collections
 import json
@@ -117,6 +121,10 @@ class Agent:
 
         forwarder, store_worker = _worker_class()
         self.steering = xsk.SteeringProgram()
+        served = ((cfg.transport_interface, "transport"), (cfg.gateway_interface, "gateway"))
+        for ifname, role in served:
+            self.steering.prepare(ifname, role)       # the interface's lock: one agent at a time
+        self.neighbours.adopt(xsk.ifindex_of(ifname) for ifname, _ in served)
         for queue in range(cfg.queues):
             worker = store_worker(self.store.reader(f"queue-{queue}"), self.flow_tables[queue],
                                   steering=self.steering, transport=cfg.transport_interface,
@@ -126,14 +134,12 @@ class Agent:
         # next hops the kernel resolved while the workers compiled: in the tables before steering
         self.network.mark_dirty()
         self.sync.sync_once()
-        modes = {ifname: self.steering.attach(ifname, role) for ifname, role in
-                 ((cfg.transport_interface, "transport"), (cfg.gateway_interface, "gateway"))}
         for worker in self.workers:
-            worker.start()
+            worker.start()                            # sockets bound: nothing arrives before attach
         with self._publish_lock:
-            contents = self.translator.steering_contents()
-            self._apply_full_steering(contents)
+            self._apply_full_steering(self.translator.steering_contents())
             self.steering_ready = True
+        modes = {ifname: self.steering.attach(ifname) for ifname, _ in served}
         log.info("event=started node=%s xdp=%s sockets=%s queues=%d generation=%d", cfg.node_name,
                  ",".join(f"{k}:{v}" for k, v in modes.items()),
                  ",".join(s.mode_name for w in self.workers for s in w.sockets if s is not None),
@@ -166,28 +172,40 @@ class Agent:
                                    f"within {FIRST_SYNC_TIMEOUT:.0f}s" + (f": {error}" if error else ""))
             time.sleep(0.1)
 
-    def stop(self):
-        """Detach first (the kernel path takes over at once), then stop everything else."""
+    def stop(self, handover=False):
+        """Detach first (the kernel path takes over at once), then stop everything else. With
+        handover=True (and handoverSeconds > 0) hold instead and leave the program attached, and
+        the managed neighbour entries in place, for the next agent."""
+        handover = handover and self.config.handover_seconds > 0 and self.steering_ready
         self._stop.set()
-        for part in (self.sync, self.network, self.source, self.neighbours):
+        for part in (self.sync, self.network, self.source):
             if part is not None:
                 try:
                     part.stop()
                 except Exception:
                     log.exception("event=stop_failed part=%s", type(part).__name__)
-        if self.steering is not None:
+        if handover:
+            try:
+                self.steering.hold(self.config.handover_seconds)
+            except OSError as e:
+                log.error("event=hold_failed error=%r fallback=detach", str(e))
+                handover = False
+        if self.steering is not None and not handover:
             for ifname in list(self.steering.ifaces):
                 try:
                     self.steering.detach(ifname)
                 except OSError as e:
                     log.error("event=detach_failed iface=%s error=%r", ifname, str(e))
+        if self.neighbours is not None:
+            self.neighbours.stop(keep=handover)
         for worker in self.workers:
             worker.close()
         if self.steering is not None:
-            self.steering.close()
+            self.steering.release() if handover else self.steering.close()
         for tables in self.flow_tables:
             store.flush_flow_tables(tables)
-        log.info("event=stopped node=%s", self.config.node_name)
+        log.info("event=stopped node=%s handover_seconds=%s", self.config.node_name,
+                 self.config.handover_seconds if handover else 0)
 
     # -- publishing --------------------------------------------------------------------------
     def _publish(self, snapshot):
@@ -441,12 +459,19 @@ def start_metrics_server(agent):
 
 # -- xskproxy run -----------------------------------------------------------------------------
 def run(config):
-    """Run until SIGTERM/SIGINT; exit code 0 after a clean stop, 1 when start-up fails."""
+    """Run until SIGTERM (a handover, see the module docstring) or SIGINT (detach); exit code 0
+    after a clean stop, 1 when start-up fails."""
     logging.basicConfig(level=getattr(logging, config.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     stop = threading.Event()
+    received = []
+
+    def on_signal(signum, _frame):
+        received.append(signum)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     agent = Agent(config)
     try:
         agent.start()
@@ -462,5 +487,5 @@ def run(config):
             log.error("event=worker_failed error=%r", errors[0])
             agent.stop()
             return 1
-    agent.stop()
+    agent.stop(handover=received[0] == signal.SIGTERM)
     return 0

@@ -24,9 +24,12 @@ def build_parser():
 
     run = sub.add_parser("run", help="run the agent on this node",
                          description="Attach the steering program to the transport and gateway "
-                         "interfaces, start one worker per queue and the control thread. SIGTERM "
-                         "or SIGINT detach and exit; per-flow state stays in the state directory "
-                         "for the next start to adopt.")
+                         "interfaces, start one worker per queue and the control thread. SIGINT "
+                         "detaches and exits. SIGTERM hands over: the program stays attached and for "
+                         "handoverSeconds (default 10, 0: detach) drops translated traffic it has no "
+                         "socket for, until the next agent replaces it; then the kernel path takes "
+                         "over again. Per-flow state stays in the state directory for the next start "
+                         "to adopt.")
     run.add_argument("--config", required=True, help="YAML configuration file (see deploy/configmap.yaml)")
 
     demo = sub.add_parser("demo", help="build the lab, run every scenario, print the results",

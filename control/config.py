@@ -185,6 +185,10 @@ class Config:
     snat_port_range: tuple = _key("snatPortRange", (61000, 65535), _port_range,
                                   "source ports used for SNAT to the node address; keep it "
                                   "outside net.ipv4.ip_local_port_range")
+    handover_seconds: int = _key("handoverSeconds", 10, _int_between(0, 600),
+                                 "on SIGTERM, how long the XDP program stays attached and drops "
+                                 "translated traffic it has no socket for, so that the next agent "
+                                 "takes over live flows; 0: detach at once (SIGINT always does)")
     log_level: str = _key("logLevel", "info", _one_of(LOG_LEVELS))
     tables: TableSizes = _key("tables", TableSizes())
     antrea_proxy: AntreaProxyConfig = _key("antreaProxy", AntreaProxyConfig())

@@ -254,6 +254,19 @@ class NeighbourKeeper:
         except Exception:
             log.exception("event=neighbour_keeper_failed netns=%s retry=next_publish", self.netns)
 
+    def adopt(self, ifindexes):
+        """Count the managed entries already on these interfaces as this keeper's own: those a
+        predecessor left at a handover (stop(keep=True)); the next ensure() drops the unwanted."""
+        try:
+            with self._ipr() as ipr:
+                for ifindex in ifindexes:
+                    for msg in ipr.get_neighbours(ifindex=ifindex, family=socket.AF_INET):
+                        if (msg.get_attr("NDA_FLAGS_EXT") or 0) & self.NDA_FLAGS_EXT_MANAGED:
+                            self.added.add((ifindex, msg.get_attr("NDA_DST")))
+        except Exception:
+            log.exception("event=neighbour_adopt_failed netns=%s", self.netns)
+        return set(self.added)
+
     def _delete(self, ipr, ifindex, address):
         from pyroute2.netlink.exceptions import NetlinkError
         try:
@@ -262,8 +275,12 @@ class NeighbourKeeper:
             log.debug("event=neighbour_del_failed ifindex=%d address=%s error=%s", ifindex, address, e)
         self.added.discard((ifindex, address))
 
-    def stop(self):
-        self.ensure(set())
+    def stop(self, keep=False):
+        """Remove the entries this keeper made, or with keep=True leave them for the next agent."""
+        if keep:
+            self.added.clear()
+        else:
+            self.ensure(set())
 
 
 class NetlinkWatcher:

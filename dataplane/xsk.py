@@ -27,7 +27,8 @@ ATTACH_MODE_NAMES = {abi.lib.XSKP_ATTACH_NATIVE: "native", abi.lib.XSKP_ATTACH_S
 ROLES = {"gateway": abi.lib.STEER_ROLE_GATEWAY, "transport": abi.lib.STEER_ROLE_TRANSPORT}
 PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": 132,
              "icmp": socket.IPPROTO_ICMP, "ipip": socket.IPPROTO_IPIP}
-STEER_COUNTER_NAMES = sorted(abi.enum_members("STEER_PASS_").keys() | abi.enum_members("STEER_REDIRECT_").keys(),
+STEER_COUNTER_NAMES = sorted((name for name in abi.enum_members("STEER_").keys()
+                              if name.startswith(("STEER_PASS_", "STEER_REDIRECT_", "STEER_DROP_"))),
                              key=lambda name: getattr(abi.lib, name))
 
 NATIVE_DEBUG_ENV = "XSKPROXY_NATIVE_DEBUG"  # "1": let libbpf/libxdp print their own messages
@@ -268,9 +269,11 @@ class SteeringProgram:
     """The XDP steering program (native/xskproxy_steer.bpf.c), loaded once, attached to the
     interfaces a worker serves, with its maps written from here.
 
-    close() detaches it from every interface (the kernel path takes all traffic again). A
-    program of ours left attached by a killed process is replaced on attach; any other XDP
-    program makes attach fail with EBUSY."""
+    prepare() takes an interface and attach() attaches there; sockets bound and maps written in
+    between are in place before the first packet. close() detaches it from every interface (the
+    kernel path takes all traffic again); hold() + release() leave it attached for a handover. A
+    program of ours that another process left attached (killed, or handing over) is replaced
+    in one step on attach; any other XDP program makes attach fail with EBUSY."""
 
     def __init__(self, obj_path=None):
         px = _pyxdp()
@@ -284,6 +287,7 @@ class SteeringProgram:
         self.handle = int(handle[0])
         self.ifaces = {}  # ifname -> (ifindex, xsk_base, attach mode name)
         self._locks = {}  # ifname -> _InterfaceLock
+        self._roles = {}  # ifname -> roles as given
         self._l4_key = np.zeros(1, abi.dtype("struct steer_v4_l4_key"))
         self._lpm_key = np.zeros(1, abi.dtype("struct steer_v4_lpm_key"))
         self._u32 = np.zeros(1, np.uint32)
@@ -292,57 +296,90 @@ class SteeringProgram:
         self._snat_value = np.zeros(1, abi.dtype("struct steer_v4_snat_range"))
 
     # -- interfaces and sockets -------------------------------------------------------------
-    def attach(self, ifname, roles, mode="auto"):
-        """Attach to ifname with roles ('transport'/'gateway' or bits); returns 'native' or 'skb'."""
-        if mode not in ATTACH_MODES:
-            raise ValueError(f"attach mode: {mode!r} is not one of {', '.join(ATTACH_MODES)}")
+    def prepare(self, ifname, roles):
+        """Take ifname for this program (its lock) and write its steering entry, without attaching:
+        sockets can then be bound and maps filled before the program sees a packet."""
         ifindex = ifindex_of(ifname)
         if ifname in self.ifaces:
-            raise ValueError(f"interface {ifname}: the steering program is already attached there")
+            raise ValueError(f"interface {ifname}: the steering program is already set up there")
         lock = _InterfaceLock(ifname, ifindex)
+        used = {base for _, base, _ in self.ifaces.values()}
+        slot = next(s for s in range(abi.lib.STEER_MAX_IFACES) if s * abi.lib.STEER_MAX_QUEUES not in used)
+        self.ifaces[ifname] = (ifindex, slot * abi.lib.STEER_MAX_QUEUES, None)
         try:
-            mode_name = self._attach_locked(ifname, ifindex, roles, mode)
+            self.set_roles(ifname, roles)
         except BaseException:
+            del self.ifaces[ifname]
             lock.release()
             raise
         self._locks[ifname] = lock
-        return mode_name
 
-    def _attach_locked(self, ifname, ifindex, roles, mode):
-        used = {base for _, base, _ in self.ifaces.values()}
-        slot = next(s for s in range(abi.lib.STEER_MAX_IFACES) if s * abi.lib.STEER_MAX_QUEUES not in used)
-        xsk_base = slot * abi.lib.STEER_MAX_QUEUES
-        self._iface_value["roles"], self._iface_value["xsk_base"] = roles_bits(roles), xsk_base
-        self._u32[0] = ifindex
-        self._update(abi.lib.STEER_MAP_IFACES, self._u32, self._iface_value,
-                     f"configuring interface {ifname} in the steering map")
+    def attach(self, ifname, roles=None, mode="auto"):
+        """Attach to ifname (prepared before, or now with roles 'transport'/'gateway' or bits);
+        returns 'native' or 'skb'. Replaces in one step a program of ours another agent left."""
+        if mode not in ATTACH_MODES:
+            raise ValueError(f"attach mode: {mode!r} is not one of {', '.join(ATTACH_MODES)}")
+        if ifname not in self.ifaces:
+            self.prepare(ifname, roles)
+        ifindex, xsk_base, attached = self.ifaces[ifname]
+        if attached:
+            raise ValueError(f"interface {ifname}: the steering program is already attached there")
         mode_out = self._px.ffi.new("uint32_t *")
         result = self._px.lib.xskp_steer_attach(self.handle, ifindex, ATTACH_MODES[mode], mode_out)
         if result < 0:
-            self._delete(abi.lib.STEER_MAP_IFACES, self._u32)
+            self._forget(ifname)
             _raise_if_error(result, f"attaching the XDP steering program to {ifname} ({mode} mode)")
         name = ATTACH_MODE_NAMES[mode_out[0]]
         self.ifaces[ifname] = (ifindex, xsk_base, name)
         return name
 
-    def set_roles(self, ifname, roles):
-        ifindex, xsk_base, _ = self.ifaces[ifname]
-        self._iface_value["roles"], self._iface_value["xsk_base"] = roles_bits(roles), xsk_base
-        self._u32[0] = ifindex
-        self._update(abi.lib.STEER_MAP_IFACES, self._u32, self._iface_value,
-                     f"setting the roles of {ifname}")
-
-    def detach(self, ifname):
+    def _forget(self, ifname):
         ifindex, _, _ = self.ifaces.pop(ifname)
-        result = self._px.lib.xskp_steer_detach(self.handle, ifindex)
+        self._roles.pop(ifname, None)
         self._u32[0] = ifindex
         self._delete(abi.lib.STEER_MAP_IFACES, self._u32)
         self._locks.pop(ifname).release()
+
+    def set_roles(self, ifname, roles, hold_until_ns=0):
+        ifindex, xsk_base, _ = self.ifaces[ifname]
+        value = self._iface_value
+        value["roles"], value["xsk_base"], value["hold_until_ns"] = roles_bits(roles), xsk_base, hold_until_ns
+        self._u32[0] = ifindex
+        self._update(abi.lib.STEER_MAP_IFACES, self._u32, value, f"setting the roles of {ifname}")
+        self._roles[ifname] = roles
+
+    def detach(self, ifname):
+        ifindex, _, attached = self.ifaces[ifname]
+        result = self._px.lib.xskp_steer_detach(self.handle, ifindex) if attached else 0
+        self._forget(ifname)
         _raise_if_error(result, f"detaching the XDP steering program from {ifname}")
+
+    def hold(self, seconds):
+        """Start a handover: for `seconds`, traffic this program would redirect for translation
+        but finds no socket for is dropped instead of passed to the kernel (which would break
+        those flows mid-stream); the next agent's attach replaces the program. Then release()."""
+        until = time.monotonic_ns() + int(seconds * 1e9)   # CLOCK_MONOTONIC, as bpf_ktime_get_ns
+        for ifname, roles in self._roles.items():
+            self.set_roles(ifname, roles, until)
+
+    def release(self):
+        """Let go of the program and the interfaces' locks but leave it attached, maps and all
+        (after hold(); a process exiting this way hands its interfaces to the next agent)."""
+        self._let_go(self._px.lib.xskp_steer_release)
+
+    def _let_go(self, free):
+        if self.handle:
+            free(self.handle)
+            self.handle = 0
+            self.ifaces.clear()
+            self._roles.clear()
+            for lock in self._locks.values():
+                lock.release()
+            self._locks.clear()
 
     def xsk_index(self, sock):
         if sock.ifname not in self.ifaces:
-            raise ValueError(f"socket on {sock.ifname}: the steering program is not attached there")
+            raise ValueError(f"socket on {sock.ifname}: the steering program is not set up there")
         if sock.queue >= abi.lib.STEER_MAX_QUEUES:
             raise ValueError(f"queue: {sock.queue} is beyond STEER_MAX_QUEUES ({abi.lib.STEER_MAX_QUEUES})")
         return self.ifaces[sock.ifname][1] + sock.queue
@@ -441,13 +478,7 @@ class SteeringProgram:
 
     def close(self):
         """Detach from every interface and unload (traffic returns to the kernel path)."""
-        if self.handle:
-            self._px.lib.xskp_steer_close(self.handle)
-            self.handle = 0
-            self.ifaces.clear()
-            for lock in self._locks.values():
-                lock.release()
-            self._locks.clear()
+        self._let_go(self._px.lib.xskp_steer_close)
 
     def __enter__(self):
         return self

@@ -9,6 +9,7 @@ import ipaddress
 HTTP_PORT = 8080          # every Pod's HTTP server (lab/servers.py)
 UDP_PORT = 5353           # every Pod's UDP echo server
 TCP_ECHO_PORT = 7000      # every Pod's TCP echo server
+IPERF_PORTS = (5201, 5202)  # every Pod's iperf3 servers (one test at a time each)
 LB_NET = "10.97.0.0/24"         # LoadBalancer ingress IPs and externalIPs; the client routes it via node0
 POD_SUPERNET = "10.244.0.0/16"  # cluster_lab's default pod_supernet
 
@@ -61,6 +62,7 @@ def lab_services(cluster, backends=None, terminating=()):
     http = [{"name": "http", "protocol": "TCP", "port": HTTP_PORT}]
     udp = [{"name": "dns", "protocol": "UDP", "port": UDP_PORT}]
     echo = [{"name": "echo", "protocol": "TCP", "port": TCP_ECHO_PORT}]
+    bulk = [[{"name": "iperf", "protocol": "TCP", "port": port}] for port in IPERF_PORTS]
     table = [
         (_svc("web", [_port("http", "TCP", 80, HTTP_PORT, 30080)], "10.96.0.10", "NodePort"), pods, http),
         (_svc("web-local", [_port("http", "TCP", 80, HTTP_PORT, 30081)], "10.96.0.14", "NodePort",
@@ -79,6 +81,11 @@ def lab_services(cluster, backends=None, terminating=()):
          remote, http),
         (_svc("hairpin", [_port("http", "TCP", 80, HTTP_PORT)], "10.96.0.40"), pods[:1], http),
         (_svc("skipped", [_port("http", "TCP", 80, HTTP_PORT)], "10.96.0.50"), pods, http),
+        # iperf3's control and data connections must meet the same server: ClientIP affinity
+        (_svc("bulk", [_port("iperf", "TCP", 5201, IPERF_PORTS[0])], "10.96.0.21",
+              affinity_timeout=600), pods, bulk[0]),
+        (_svc("bulk-np", [_port("iperf", "TCP", 5202, IPERF_PORTS[1], 30522)], "10.96.0.22", "NodePort",
+              affinity_timeout=600), pods, bulk[1]),
     ]
     out = []
     for service, serving, ports in table:

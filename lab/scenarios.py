@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +54,9 @@ class ServiceLab:
             for kind, port in (("http", svc.HTTP_PORT), ("udp", svc.UDP_PORT), ("tcp-echo", svc.TCP_ECHO_PORT)):
                 lab.popen(pod.ns, [sys.executable, "-m", "lab.servers", kind, port, pod.name], cwd=REPO,
                           stdout=None, stderr=None)
+            for port in svc.IPERF_PORTS:
+                lab.popen(pod.ns, ["iperf3", "-s", "-p", str(port)], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
         self.wait_for_servers()
 
     # -- manifests and agents ------------------------------------------------------------------

@@ -529,25 +529,43 @@ int xskp_xdp_query(uint32_t ifindex, uint32_t *prog_id, uint32_t *mode, char *na
 	return 0;
 }
 
-/* Detaches a program named like ours that a killed xskproxy left behind; refuses others. */
-static int remove_stale_program(struct xskp_steer *st, uint32_t ifindex)
+/* A program named like ours that another xskproxy left attached (killed, or stopped for a
+ * handover with traffic held) is replaced in one step (XDP_FLAGS_REPLACE: no packet meets an
+ * interface without a program) when it sits in the mode asked for, or AUTO; in another mode it
+ * is detached first. Any other program is refused with -EBUSY. Returns 0 with *mode_out set
+ * once ours is attached, 1 when the caller still has to attach, or -errno. */
+static int replace_stale_program(struct xskp_steer *st, uint32_t ifindex, uint32_t mode,
+				 uint32_t *mode_out)
 {
+	LIBBPF_OPTS(bpf_xdp_attach_opts, opts);
 	struct bpf_prog_info own;
-	uint32_t prog_id, mode, len = sizeof(own);
+	uint32_t prog_id, stale_mode, len = sizeof(own);
 	char name[16];
 	int err;
 
-	err = xskp_xdp_query(ifindex, &prog_id, &mode, name, sizeof(name));
+	err = xskp_xdp_query(ifindex, &prog_id, &stale_mode, name, sizeof(name));
 	if (err || !prog_id)
-		return err;
+		return err ? err : 1;
 	memset(&own, 0, sizeof(own));
 	if (bpf_obj_get_info_by_fd(st->prog_fd, &own, &len))
 		return -errno;
 	if (prog_id == own.id)
-		return 0;
-	if (strcmp(name, STEER_PROG_NAME) || mode == XSKP_ATTACH_AUTO)
+		return -EALREADY;
+	if (strcmp(name, STEER_PROG_NAME) || stale_mode == XSKP_ATTACH_AUTO)
 		return -EBUSY;
-	return bpf_xdp_detach(ifindex, mode_flags(mode), NULL);
+	if (mode != XSKP_ATTACH_AUTO && mode != stale_mode) {
+		err = bpf_xdp_detach(ifindex, mode_flags(stale_mode), NULL);
+		return err ? err : 1;
+	}
+	opts.old_prog_fd = bpf_prog_get_fd_by_id(prog_id);
+	if (opts.old_prog_fd < 0)
+		return errno == ENOENT ? 1 : -errno;    /* gone meanwhile: attach as usual */
+	err = bpf_xdp_attach(ifindex, st->prog_fd, XDP_FLAGS_REPLACE | mode_flags(stale_mode), &opts);
+	close(opts.old_prog_fd);
+	if (err)
+		return err;
+	*mode_out = stale_mode;
+	return 0;
 }
 
 int xskp_steer_attach(uint64_t steer, uint32_t ifindex, uint32_t mode, uint32_t *mode_out)
@@ -564,15 +582,15 @@ int xskp_steer_attach(uint64_t steer, uint32_t ifindex, uint32_t mode, uint32_t 
 			return -EALREADY;
 	if (st->attached_count == STEER_MAX_IFACES)
 		return -ENOSPC;
-	err = remove_stale_program(st, ifindex);
-	if (err)
-		return err;
-	err = bpf_xdp_attach(ifindex, st->prog_fd, XDP_FLAGS_UPDATE_IF_NOEXIST | mode_flags(tried),
-			     NULL);
-	if (err && mode == XSKP_ATTACH_AUTO && err != -ENODEV && err != -EBUSY) {
-		tried = XSKP_ATTACH_SKB;
+	err = replace_stale_program(st, ifindex, mode, &tried);
+	if (err == 1) {
 		err = bpf_xdp_attach(ifindex, st->prog_fd,
 				     XDP_FLAGS_UPDATE_IF_NOEXIST | mode_flags(tried), NULL);
+		if (err && mode == XSKP_ATTACH_AUTO && err != -ENODEV && err != -EBUSY) {
+			tried = XSKP_ATTACH_SKB;
+			err = bpf_xdp_attach(ifindex, st->prog_fd,
+					     XDP_FLAGS_UPDATE_IF_NOEXIST | mode_flags(tried), NULL);
+		}
 	}
 	if (err)
 		return err;
@@ -681,6 +699,13 @@ int xskp_steer_counters(uint64_t steer, uint64_t *out, uint32_t n)
 	return 0;
 }
 
+static void steer_free(struct xskp_steer *st)
+{
+	bpf_object__close(st->obj);
+	free(st->percpu_values);
+	free(st);
+}
+
 void xskp_steer_close(uint64_t steer)
 {
 	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;
@@ -689,7 +714,13 @@ void xskp_steer_close(uint64_t steer)
 		return;
 	while (st->attached_count)
 		xskp_steer_detach(steer, st->attached_ifindex[0]);
-	bpf_object__close(st->obj);
-	free(st->percpu_values);
-	free(st);
+	steer_free(st);
+}
+
+void xskp_steer_release(uint64_t steer)
+{
+	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;
+
+	if (st)
+		steer_free(st);   /* the interfaces keep the program, the program keeps its maps */
 }

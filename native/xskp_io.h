@@ -57,8 +57,9 @@ uint32_t xskp_batch_probe(uint64_t *addrs, uint32_t n);  /* does nothing: times 
 
 /* The steering program (native/xskproxy_steer.bpf.c): open + load the object, attach to
  * interfaces (mode: enum xskp_attach_mode, *mode_out: the mode obtained), write its maps
- * (map: enum steer_map). Attaching replaces a stale xskproxy program left by a killed
- * process; any other program on the interface is refused with -EBUSY. */
+ * (map: enum steer_map). Attaching replaces an xskproxy program another process left attached
+ * (killed, or released for a handover) atomically when it sits in the mode asked for (or AUTO);
+ * any other program on the interface is refused with -EBUSY. */
 int xskp_steer_open(uint64_t *steer_out, const char *obj_path);
 int xskp_steer_attach(uint64_t steer, uint32_t ifindex, uint32_t mode, uint32_t *mode_out);
 int xskp_steer_detach(uint64_t steer, uint32_t ifindex);
@@ -73,6 +74,9 @@ int xskp_steer_counters(uint64_t steer, uint64_t *out, uint32_t n);  /* summed o
 int xskp_steer_test_run(uint64_t steer, const void *frame, uint32_t len, uint32_t ifindex,
 			uint32_t rx_queue, uint32_t *action_out);
 void xskp_steer_close(uint64_t steer);        /* detaches from every interface it attached */
+/* Frees the handle and leaves the program attached where it is, with its maps (a handover:
+ * the next agent's attach replaces it). */
+void xskp_steer_release(uint64_t steer);
 
 /* What is attached to an interface: program id (0: none), enum xskp_attach_mode, and the
  * program's name (name_size bytes, NUL-terminated). 0 or -errno. */

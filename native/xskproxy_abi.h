@@ -102,6 +102,9 @@ enum steer_map {
 struct steer_iface {
 	__u32 roles;                /* enum steer_role bits; 0: attached but steers nothing */
 	__u32 xsk_base;             /* XSKMAP index of this interface's queue 0 */
+	__u64 hold_until_ns;        /* CLOCK_MONOTONIC; until then a redirect of traffic xskproxy
+				     * translates (not STEER_REDIRECT_PREFIX) that finds no socket
+				     * is dropped instead of passed: a restarting agent's handover */
 };
 
 /* Key of steer_v4_frontends (destination) and steer_v4_backends (source): an (address, port,
@@ -144,6 +147,7 @@ enum steer_counter {
 	STEER_REDIRECT_SNAT_REPLY,  /* destination is a node address + SNAT port */
 	STEER_REDIRECT_PREFIX,      /* destination in a steered prefix (Pod CIDR) */
 	STEER_REDIRECT_FAILED,      /* redirect fell back to XDP_PASS (no socket bound) */
+	STEER_DROP_HELD,            /* redirect found no socket during a handover hold: dropped */
 	STEER_COUNTER_MAX,
 };
 

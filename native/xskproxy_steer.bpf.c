@@ -1,5 +1,5 @@
 /* xskproxy_steer.bpf.c — the XDP steering classifier (seam 1 of DESIGN.md); never rewrites a
- * packet and never drops one.
+ * packet, and drops one only while an agent hands over to its successor.
  *
  * It redirects to the interface's AF_XDP socket for the receiving queue only IPv4 packets that
  * xskproxy owns, judged on the interface's roles (steer_ifaces):
@@ -11,7 +11,12 @@
  * and passes everything else to the kernel: other interfaces, ARP/IPv6/other ethertypes, truncated
  * headers, IPv4 fragments (their ports are unknown; the kernel reassembles), unmatched packets.
  * Every redirect falls back to XDP_PASS, so a dead or absent socket returns traffic to the kernel
- * (fail-open). Each decision is counted in a per-CPU array indexed by enum steer_counter.
+ * (fail-open). The one exception is a handover: an agent stopping for a restart leaves the
+ * program attached with the interface's hold_until_ns set, and until then traffic xskproxy
+ * translates (decisions 1-3) that finds no socket is dropped, not passed: the kernel would
+ * re-balance or reset those flows mid-stream, while a dropped segment is retransmitted to the
+ * next agent. Prefix traffic (plain routing) still falls back to the kernel. Each decision is
+ * counted in a per-CPU array indexed by enum steer_counter.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -100,8 +105,13 @@ static __always_inline int redirect(struct xdp_md *ctx, const struct steer_iface
 	if (queue >= STEER_MAX_QUEUES)
 		return pass(STEER_REDIRECT_FAILED);
 	action = bpf_redirect_map(&xskp_xsks, iface->xsk_base + queue, XDP_PASS);
-	if (action != XDP_REDIRECT)
-		count(STEER_REDIRECT_FAILED);
+	if (action == XDP_REDIRECT)
+		return action;
+	if (decision != STEER_REDIRECT_PREFIX && iface->hold_until_ns > bpf_ktime_get_ns()) {
+		count(STEER_DROP_HELD);
+		return XDP_DROP;
+	}
+	count(STEER_REDIRECT_FAILED);
 	return action;
 }
 

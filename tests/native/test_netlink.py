@@ -144,3 +144,21 @@ def test_neighbour_keeper_manages_only_its_own_entries(netns):
     keeper.stop()
     assert "192.168.50.3" not in neighbours(netns, "xtr")
     assert "192.168.50.2 lladdr 02:00:00:00:00:02 PERMANENT" in neighbours(netns, "xtr")
+
+
+def test_neighbour_keeper_hands_its_entries_to_the_next_one(netns):
+    """stop(keep=True) leaves the managed entries (a handover); the next keeper adopts them as
+    its own, never someone else's entry, and removes them once they are no longer needed."""
+    from control.netlink import NeighbourKeeper
+    ip(netns, "neigh", "replace", "192.168.50.2", "lladdr", "02:00:00:00:00:02", "dev", "xtr", "nud", "permanent")
+    state = read_net_state_in(netns)
+    xtr = state.link("xtr").index
+    first = NeighbourKeeper(netns)
+    first.ensure({(xtr, "192.168.50.4")}, state.neighbours)
+    first.stop(keep=True)
+    assert "192.168.50.4" in neighbours(netns, "xtr")
+    second = NeighbourKeeper(netns)
+    assert second.adopt([xtr]) == {(xtr, "192.168.50.4")}
+    second.ensure(set(), state.neighbours)
+    assert "192.168.50.4" not in neighbours(netns, "xtr")
+    assert "192.168.50.2 lladdr 02:00:00:00:00:02 PERMANENT" in neighbours(netns, "xtr")

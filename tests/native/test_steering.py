@@ -7,7 +7,7 @@ from xsk_test_support import LAB_PREFIX, in_netns, needs_native, needs_root
 
 pytestmark = [needs_root, needs_native]
 
-XDP_PASS, XDP_REDIRECT = 2, 4
+XDP_DROP, XDP_PASS, XDP_REDIRECT = 1, 2, 4
 NODE, CLIENT, POD, GATEWAY_IP, CLUSTER_IP = "10.0.0.1", "10.0.0.100", "10.244.0.2", "10.244.0.1", "10.96.0.10"
 
 
@@ -123,3 +123,57 @@ def test_a_bound_socket_takes_the_redirect(steering):
     assert action == XDP_REDIRECT
     assert after["STEER_REDIRECT_FRONTEND"] == before["STEER_REDIRECT_FRONTEND"] + 1
     assert after["STEER_REDIRECT_FAILED"] == before["STEER_REDIRECT_FAILED"]
+
+
+def test_a_held_program_drops_translated_traffic_until_the_next_agent_replaces_it(steering):
+    """The handover of a restart: after hold() a redirect without socket drops a frontend's
+    frame (counted) but still passes prefix traffic; release() leaves the program attached; the
+    next program binds first, then replaces it in one step, with no hold of its own."""
+    import subprocess
+    import time
+    from dataplane import xsk
+    topo, _ = steering
+    subprocess.run(["ip", "-n", topo.node, "link", "add", "hv0", "type", "veth", "peer", "name", "hv1"],
+                   check=True)
+    for name in ("hv0", "hv1"):
+        subprocess.run(["ip", "-n", topo.node, "link", "set", name, "up"], check=True)
+    frontend, routed = _tcp(CLIENT, CLUSTER_IP, 1234, 80), _tcp(CLIENT, POD, 1234, 8080)
+    with in_netns(topo.node):
+        old = xsk.SteeringProgram()
+        try:
+            old.attach("hv0", "transport")
+            old.add_frontend(CLUSTER_IP, 80, "tcp", "transport")
+            old.add_prefix("10.244.0.0/24", "transport")
+            assert old.test_run(frontend, "hv0") == XDP_PASS        # no socket, no hold: the kernel's
+            old.hold(0.3)
+            before = old.counters()
+            assert old.test_run(frontend, "hv0") == XDP_DROP
+            assert old.test_run(routed, "hv0") == XDP_PASS
+            after = old.counters()
+            assert after["STEER_DROP_HELD"] == before["STEER_DROP_HELD"] + 1
+            assert after["STEER_REDIRECT_FAILED"] == before["STEER_REDIRECT_FAILED"] + 1   # the routed one
+            time.sleep(0.4)
+            assert old.test_run(frontend, "hv0") == XDP_PASS        # the hold ran out: fail-open again
+            old.hold(30)
+            old_id, old_mode, _ = xsk.attached_program("hv0")
+        finally:
+            old.release()
+        assert xsk.attached_program("hv0") == (old_id, old_mode, "xskp_steer")   # still attached
+
+        new = xsk.SteeringProgram()
+        try:
+            new.prepare("hv0", "transport")
+            new.add_frontend(CLUSTER_IP, 80, "tcp", "transport")
+            with xsk.Umem(frame_count=64, ring_size=32) as umem:
+                sock = xsk.XskSocket(umem, "hv0", 0)
+                new.bind_socket(sock)                               # before the program sees a packet
+                assert new.attach("hv0") == old_mode
+                new_id, mode, name = xsk.attached_program("hv0")
+                assert new_id != old_id and (mode, name) == (old_mode, "xskp_steer")
+                assert new.test_run(frontend, "hv0") == XDP_REDIRECT
+                new.unbind_socket(sock)
+                assert new.test_run(frontend, "hv0") == XDP_PASS    # the new one holds nothing
+                sock.close()
+        finally:
+            new.close()
+        assert xsk.attached_program("hv0")[0] == 0
