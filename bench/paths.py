@@ -2,13 +2,21 @@
 
 A path says where the generator must aim (a Pod address or a Service VIP), installs its rules or
 starts its worker pinned to the path core, and removes everything again. Never touches the root
-namespace; a path that cannot run here says why (`unavailable()`), it is never silently skipped.
+namespace; a path that cannot run here says why (`unavailable()`), and so does a path for a workload
+it cannot carry (`unsupported()`): neither is ever silently skipped.
 """
 import ipaddress
+import json
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
 import time
+
+import yaml
+
+from bench import agent_setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 XSKFWD_C = os.path.join(REPO, "build", "native", "xskfwd_c")
@@ -46,7 +54,10 @@ class Path:
         """None when this path can run here, else the reason it cannot (shown in the report)."""
         return None
 
-    tcp = True                  # False: TCP workloads are not run on this row
+    def unsupported(self, workload):
+        """None when this path can carry `workload` (bench.measure.Workload), else why not (shown in
+        its cell instead of a measurement)."""
+        return None
 
     def target(self, bench, proto="udp"):
         """(destination IP, destination port) the client aims at for `proto`."""
@@ -60,6 +71,11 @@ class Path:
 
     def worker_pid(self):
         """The pid of this path's own forwarding process, if it has one."""
+        return None
+
+    def path_counters(self, bench, newer_than=None):
+        """The path's own cumulative counters ({name: n}), read after time.time() `newer_than`, or
+        None when it keeps none (run.py stores their delta over each measurement)."""
         return None
 
     def protocols(self, service_index):
@@ -223,42 +239,50 @@ class TcRedirect(Path):
 
 
 class _AfxdpWorker(Path):
-    """A forwarder process in the node namespace, pinned to the path core; ip_forward is 0 so that
-    only the forwarder can have carried the traffic."""
+    """A forwarding process in the node namespace, pinned to the path core; ip_forward is 0 so that
+    only it can have carried the traffic."""
     kernel_forwards = False
     ready_timeout = 30.0
+    stop_timeout = 3.0
 
     def command(self, bench):
         raise NotImplementedError
 
-    @staticmethod
-    def steer_args(bench):
-        """Pod CIDR arriving on the transport; the client and the generator's sources arriving on the gateway."""
-        from bench.measure import BENCH_SOURCE_NET
-        t = bench.topo
-        return ["--steer-prefix", f"{t.pod_if.network}@transport",
-                "--steer-prefix", f"{t.client_if.ip}/32@gateway",
-                "--steer-prefix", f"{BENCH_SOURCE_NET}@gateway"]
+    def start(self, bench):
+        """Start the process (stdout/stderr piped unless a subclass says otherwise)."""
+        return bench.lab.popen(bench.topo.node, self.command(bench), cpu=bench.path_cpu, cwd=REPO)
 
     def setup(self, bench):
-        self.proc = bench.lab.popen(bench.topo.node, self.command(bench), cpu=bench.path_cpu, cwd=REPO)
+        self.proc = self.start(bench)
         self.wait_ready(bench)
 
     def wait_ready(self, bench):
-        """Wait until the steering program is attached on the transport (or the worker died)."""
+        """Wait until the steering program is attached on the transport and the process still runs
+        half a second later (a start-up step after the attach can still fail)."""
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                result = bench.lab.stop(self.proc)
-                raise RuntimeError(f"{self.name} exited with {result.returncode}: {(result.stderr or '').strip()}")
+            self.check_running(bench)
             if "prog/xdp" in bench.lab.ip(bench.topo.node, "link show dev tr0") and self.extra_ready(bench):
                 time.sleep(0.5)
+                self.check_running(bench)
                 return
             time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not attach its XDP program within {self.ready_timeout:.0f} s")
+        raise RuntimeError(f"{self.name} was not ready within {self.ready_timeout:.0f} s: "
+                           f"{self.output(None)}")
+
+    def check_running(self, bench):
+        """Raise with what the process printed if it has exited."""
+        if self.proc.poll() is not None:
+            result = bench.lab.stop(self.proc)
+            self.proc = None
+            raise RuntimeError(f"{self.name} exited with {result.returncode}: {self.output(result)}")
 
     def extra_ready(self, bench):
         return True
+
+    def output(self, result):
+        """What the process printed, for an error message (`result`: from lab.stop, or None)."""
+        return ((result.stderr or "") if result is not None else "").strip()[-2000:]
 
     def worker_pid(self):
         proc = getattr(self, "proc", None)
@@ -267,60 +291,168 @@ class _AfxdpWorker(Path):
     def teardown(self, bench):
         proc = getattr(self, "proc", None)
         if proc is not None:
-            self.result = bench.lab.stop(proc)
+            self.result = bench.lab.stop(proc, timeout=self.stop_timeout)
             self.proc = None
 
 
 class CForwarder(_AfxdpWorker):
+    """build/native/xskfwd_c: MAC rewrite between transport and gateway, nothing else (no checksum
+    completion), aimed at the Pod address like (a), (d), (e)."""
     key, name = "g", "minimal C AF_XDP forwarder"
 
     def unavailable(self, bench):
         return None if os.access(XSKFWD_C, os.X_OK) else f"{XSKFWD_C} is not built (make build)"
 
+    def unsupported(self, workload):
+        if workload.proto == "tcp" and workload.offloads:
+            return ("a pure L2 forwarder does not complete partial (offloaded) checksums: "
+                    "the Pod drops the segments")
+        return None
+
     def command(self, bench):
+        from bench.measure import BENCH_SOURCE_NET
         t = bench.topo
         return [XSKFWD_C, "--transport", "tr0", "--gateway", "gw0",
                 "--transport-peer-mac", t.client_if.mac, "--gateway-peer-mac", t.pod_if.mac,
-                *self.steer_args(bench)]
+                # Pod CIDR arriving on the transport; the client and the generator's sources on the gateway
+                "--steer-prefix", f"{t.pod_if.network}@transport",
+                "--steer-prefix", f"{t.client_if.ip}/32@gateway",
+                "--steer-prefix", f"{BENCH_SOURCE_NET}@gateway"]
 
 
-class NumbaForwarder(_AfxdpWorker):
-    """xskproxy's dataplane: for now the numba forwarder (dataplane/forwarder.py); later the agent."""
-    key, name = "f", "xskproxy (numba forwarder)"
-    ready_timeout = 120.0   # first start compiles with numba
+class XskproxyAgent(_AfxdpWorker):
+    """The product: `python -m control.cli run` with N Services from manifest files (bench/agent_setup.py),
+    the Service pipeline load-balancing service_vip(N-1) to the Pod (DNAT), as (b) and (c) do.
+
+    Config, manifest, log and stateDir live in a fresh temporary directory per setup (on tmpfs when
+    /dev/shm is one, as /run is on a node, so the memory-mapped flow tables cause no disk writeback).
+    The agent reads the node namespace's routes and neighbours itself: the Pod and the client have
+    permanent neighbours there, and BenchLab routes the generator's sources via the client."""
+    key, name = "f", "xskproxy agent (Service pipeline)"
+    per_service_count = True
+    ready_timeout = 300.0        # the first start compiles the pipeline with numba (cached after)
+    stop_timeout = 20.0          # stop flushes the flow tables
+    # A loopback port of the node namespace, the bench's own (nothing else listens there). Not "" (which
+    # control/config.py documents as disabled): `run` starts the metrics server regardless and exits 1.
+    METRICS_ADDRESS = "127.0.0.1:9847"
 
     def unavailable(self, bench):
-        if not os.path.exists(os.path.join(REPO, "dataplane", "forwarder.py")):
-            return "dataplane/forwarder.py does not exist yet"
         try:
             import pyxdp  # noqa: F401
         except ImportError as e:
             return f"pyxdp is not built (make build): {e}"
         return None
 
-    def extra_ready(self, bench):
-        """The forwarder prints `forwarder: ready ...` once its worker runs."""
-        import select
-        while select.select([self.proc.stdout], [], [], 0)[0]:
-            line = self.proc.stdout.readline()
-            if not line:
-                return False
-            if line.startswith("forwarder: ready"):
-                self.ready_line = line.strip()
-                return True
-        return False
+    def target(self, bench, proto="udp"):
+        return service_vip(self.services - 1), SERVICE_PORT
 
-    def command(self, bench):
+    def manifest(self, bench):
         t = bench.topo
-        return [sys.executable, "-m", "dataplane.forwarder", "--transport", "tr0", "--gateway", "gw0",
-                "--transport-peer-mac", t.client_if.mac, "--gateway-peer-mac", t.pod_if.mac,
-                *self.steer_args(bench)]
+        services = [agent_setup.service_objects(i, service_vip(i), agent_setup.cluster_ip(SERVICE_NET, service_vip(i)),
+                                                self.protocols(i), SERVICE_PORT, BACKEND_PORT, t.pod_if.ip)
+                    for i in range(self.services)]
+        return agent_setup.manifest(services, node_ip=t.transport.ip, pod_cidr=t.pod_if.network)
+
+    def write_files(self, bench):
+        """config.yaml, manifests/services.json (JSON is YAML; 10,000 Services dump far faster) in a
+        new work directory; returns the config's path."""
+        parent = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        self.workdir = tempfile.mkdtemp(prefix="xskp-bench-agent-", dir=parent)
+        manifest_dir = os.path.join(self.workdir, "manifests")
+        os.makedirs(manifest_dir)
+        with open(os.path.join(manifest_dir, "services.json"), "w") as f:
+            json.dump(self.manifest(bench), f)
+        config = agent_setup.agent_config(manifest_dir, os.path.join(self.workdir, "state"), self.METRICS_ADDRESS)
+        path = os.path.join(self.workdir, "config.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump(config, f)
+        return path
+
+    @property
+    def log_path(self):
+        return os.path.join(self.workdir, "agent.log")
+
+    @property
+    def stats_path(self):
+        return os.path.join(self.workdir, "state", "stats.json")
+
+    def start(self, bench):
+        config = self.write_files(bench)
+        with open(self.log_path, "w") as log:   # a file, not a pipe nobody reads while it runs
+            return bench.lab.popen(bench.topo.node, [sys.executable, "-m", "control.cli", "run", "--config", config],
+                                   cpu=bench.path_cpu, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+
+    def extra_ready(self, bench):
+        """The agent logged event=started and wrote stats.json with its first generation."""
+        stats = self.read_stats()
+        return bool(stats and stats.get("generation", 0) > 0) and "event=started" in self.log_text()
+
+    def log_text(self):
+        if not getattr(self, "workdir", None):
+            return getattr(self, "last_log", "")
+        try:
+            with open(self.log_path) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def output(self, result):
+        """The agent's error lines (`xskproxy: error: ...`, ERROR records), else its log's tail."""
+        text = self.log_text()
+        errors = [line for line in text.splitlines() if line.startswith("xskproxy: error") or " ERROR " in line]
+        return ("\n".join(errors) or text.strip())[-2000:]
+
+    def read_stats(self):
+        try:
+            with open(self.stats_path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def path_counters(self, bench, newer_than=None, timeout=3.0):
+        """The agent's pipeline counters summed over its queues ({XSKP_...: n}), from a stats.json
+        written after `newer_than` (time.time(); the agent rewrites it every second). Raises if the
+        agent has exited."""
+        self.check_running(bench)
+        deadline = time.monotonic() + timeout
+        while newer_than is not None and time.monotonic() < deadline:
+            try:
+                if os.stat(self.stats_path).st_mtime > newer_than:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        stats = self.read_stats() or {}
+        total = {}
+        for queue in stats.get("queues", {}).values():
+            for name, value in queue.get("pipeline", {}).items():
+                total[name] = total.get(name, 0) + value
+        return total
+
+    def teardown(self, bench):
+        """SIGTERM (handoverSeconds 0: the agent detaches at once), make sure no XDP program stays on
+        the node's interfaces, keep the log's tail, remove the work directory."""
+        try:
+            super().teardown(bench)
+            for ifname in ("tr0", "gw0"):
+                if "prog/xdp" in bench.lab.ip(bench.topo.node, f"link show dev {ifname}"):
+                    for mode in ("xdp", "xdpgeneric"):
+                        bench.lab.run(bench.topo.node, ["ip", "link", "set", "dev", ifname, mode, "off"],
+                                      check=False)
+        finally:
+            workdir = getattr(self, "workdir", None)
+            if workdir:
+                self.last_log = self.log_text()[-4000:]
+                self.workdir = None
+                shutil.rmtree(workdir, ignore_errors=True)
 
 
 def all_paths(service_counts):
-    """Every path row of the matrix, (b) and (c) once per Service count."""
+    """Every path row of the matrix, (b), (c) and (f) once per Service count."""
     rows = [KernelRouting()]
     rows += [IptablesKubeProxy(n) for n in service_counts]
     rows += [NftablesKubeProxy(n) for n in service_counts]
-    rows += [NftablesFlowtable(), TcRedirect(), NumbaForwarder(), CForwarder()]
+    rows += [NftablesFlowtable(), TcRedirect()]
+    rows += [XskproxyAgent(n) for n in service_counts]
+    rows += [CForwarder()]
     return rows

@@ -13,6 +13,11 @@ def _k(value):
     return f"{value / 1e6:.2f} M" if value >= 1e6 else f"{value / 1e3:.0f} k"
 
 
+def _count(value):
+    """An event count: exact below 10,000, else k/M."""
+    return f"{value:.0f}" if value < 1e4 else _k(value)
+
+
 def _fmt(value, unit):
     """pps as k/M, Gbit/s with two decimals."""
     if value is None:
@@ -53,6 +58,9 @@ def markdown(results):
             cell = row["cells"].get(w["key"])
             if row["unavailable"] or (row["error"] and not cell):
                 cells.append(f"n/a: {row['unavailable'] or row['error']}"[:90])
+                continue
+            if w["key"] in (row.get("unsupported") or {}):
+                cells.append(f"not supported: {row['unsupported'][w['key']]}"[:120])
                 continue
             if not cell:
                 cells.append("-")
@@ -109,9 +117,41 @@ def markdown(results):
                 cells += [f"{util['median'] * 100:.0f}%" if util else "-", f"{retr['median']:.0f}" if retr else "-"]
             if any(c != "-" for c in cells):
                 lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    lines += path_counter_lines(results)
     lines += ["", ("One numba->cffi batch call: " + (f"{call['ns']:.1f} ns" if "ns" in call
                else f"not measured ({call.get('unavailable', 'unknown')})")), ""]
     return "\n".join(lines)
+
+
+# pipeline counters shown per cell (the rest of them are in latest.json); every XSKP_DROP_* is shown
+SHOWN_COUNTERS = ("XSKP_CNT_TX_GATEWAY", "XSKP_CNT_TX_TRANSPORT", "XSKP_CNT_CT_HIT", "XSKP_CNT_CT_CREATED",
+                  "XSKP_CNT_DNAT", "XSKP_CNT_CSUM_COMPLETED", "XSKP_CNT_CT_EVICTED")
+
+
+def path_counter_lines(results):
+    """Per row keeping its own counters (the agent's pipeline): what moved during each measurement
+    (medians over runs), next to what the sink counted, so that one sees the traffic was translated."""
+    rows = [r for r in results["rows"]
+            if any(s.get("path_counters") is not None for c in r["cells"].values() for s in c["samples"])]
+    if not rows:
+        return []
+    import statistics
+    lines = ["", "Path counters: the agent's pipeline counters that moved during each measurement (stats.json "
+             "deltas, medians over runs; `forwarded` = packets at the sink, or bytes received for TCP):", "",
+             "| path | workload | forwarded | counters |", "|---|---|---|---|"]
+    for row in rows:
+        for w in results["workloads"]:
+            cell = row["cells"].get(w["key"])
+            samples = [s for s in (cell["samples"] if cell else []) if s.get("path_counters") is not None]
+            if not samples:
+                continue
+            names = sorted({n for s in samples for n in s["path_counters"]
+                            if n in SHOWN_COUNTERS or n.startswith("XSKP_DROP_")})
+            text = " ".join(f"{n[len('XSKP_'):]}={_count(statistics.median(s['path_counters'].get(n, 0) for s in samples))}"
+                            for n in names)
+            forwarded = statistics.median(s["forwarded"] for s in samples)
+            lines.append(f"| {row['label']} | {w['key']} | {_count(forwarded)} | {text or '-'} |")
+    return lines
 
 
 def plot(results, path):

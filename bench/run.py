@@ -52,17 +52,26 @@ def machine_description():
 
 
 def row_workloads(row, workloads, service_counts):
-    """TCP rides established connections, which skip the NAT rules: (b) and (c) get TCP at the smallest N only."""
+    """TCP rides established connections, which skip the NAT rules: rows per Service count get TCP at
+    the smallest N only."""
     if row.per_service_count and row.services != min(service_counts):
         return [w for w in workloads if w.proto != "tcp"]
-    return [w for w in workloads if w.proto != "tcp" or row.tcp]
+    return list(workloads)
+
+
+def counter_delta(before, after):
+    """after - before per counter name, leaving out counters that did not move."""
+    if before is None or after is None:
+        return None
+    return {name: after[name] - before.get(name, 0) for name in sorted(after) if after[name] != before.get(name, 0)}
 
 
 def run_matrix(service_counts, runs, seconds, warmup, tcp_seconds=2, workloads=WORKLOADS, only=None,
-               out_dir=RESULTS_DIR, quick=False, rx_mode="rps", log=print):
+               out_dir=RESULTS_DIR, quick=False, rx_mode="rps", lab_prefix="xlb", log=print):
     """Measure every path row on every workload `runs` times, A B .. B A interleaved; write the report.
 
-    `only`: path keys to keep (e.g. "abg"). Returns the results dict (also in latest.json)."""
+    `only`: path keys to keep (e.g. "abg"); `lab_prefix`: the namespaces' name prefix. Returns the
+    results dict (also in latest.json)."""
     started = time.time()
     rows = [r for r in all_paths(service_counts) if not only or r.key in only]
     results = {"meta": {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
@@ -77,7 +86,8 @@ def run_matrix(service_counts, runs, seconds, warmup, tcp_seconds=2, workloads=W
         raise RuntimeError(f"benchmark cannot run: {reason}")
     samples = {r.row_id: {w.key: [] for w in workloads} for r in rows}
     errors = {}
-    with BenchLab(gen_cpu=0, path_cpu=1, rx_mode=rx_mode) as bench:
+    unsupported = {r.row_id: {w.key: r.unsupported(w) for w in workloads if r.unsupported(w)} for r in rows}
+    with BenchLab(prefix=lab_prefix, gen_cpu=0, path_cpu=1, rx_mode=rx_mode) as bench:
         unavailable = {r.row_id: r.unavailable(bench) for r in rows}
         for row in rows:
             if unavailable[row.row_id]:
@@ -90,16 +100,24 @@ def run_matrix(service_counts, runs, seconds, warmup, tcp_seconds=2, workloads=W
                 bench.set_ip_forward(row.kernel_forwards)
                 bench.flush_conntrack()
                 try:
+                    setup_started = time.monotonic()
                     row.setup(bench)
+                    log(f"  set up in {time.monotonic() - setup_started:.1f} s")
                     bench.pin_rx()
                     for workload in row_workloads(row, workloads, service_counts):
+                        if workload.key in unsupported[row.row_id]:
+                            if run == 0:
+                                log(f"  {workload.key}: not supported: {unsupported[row.row_id][workload.key]}")
+                            continue
                         dst_ip, dst_port = row.target(bench, workload.proto)
                         if warmup and workload.proto == "udp":
                             bench.generate(dst_ip, dst_port, workload, warmup)
                         if workload.new_flows:
                             bench.flush_conntrack()
+                        counters0 = row.path_counters(bench, newer_than=time.time())
                         m = bench.measure(dst_ip, dst_port, workload,
                                           tcp_seconds if workload.proto == "tcp" else seconds, row.worker_pid())
+                        m["path_counters"] = counter_delta(counters0, row.path_counters(bench, newer_than=time.time()))
                         samples[row.row_id][workload.key].append(m)
                         cpu = m["path_cpu"]
                         what = (f"{m['pps'] / 1e3:8.1f} kpps forwarded (offered {m['offered_pps'] / 1e3:.0f} k"
@@ -110,6 +128,8 @@ def run_matrix(service_counts, runs, seconds, warmup, tcp_seconds=2, workloads=W
                         what += "" if m.get("clean", True) else f", noise {m['noise_share'] * 100:.0f}%"
                         log(f"  {workload.key}: {what}, path core {cpu['utilisation'] * 100:.0f}% busy: "
                             f"user {cpu['user_share'] * 100:.0f}%, softirq {cpu['softirq_share'] * 100:.0f}%)")
+                        if m["path_counters"] is not None:
+                            log("    counters: " + " ".join(f"{k}={v}" for k, v in m["path_counters"].items()))
                 except Exception as e:  # a broken path is reported, the others still run
                     errors[row.row_id] = f"{type(e).__name__}: {e}"
                     log(f"  error: {errors[row.row_id]}")
@@ -120,6 +140,7 @@ def run_matrix(service_counts, runs, seconds, warmup, tcp_seconds=2, workloads=W
     for row in rows:
         results["rows"].append({
             **row.describe(), "unavailable": unavailable.get(row.row_id), "error": errors.get(row.row_id),
+            "unsupported": unsupported[row.row_id],
             "cells": {w.key: _summary(samples[row.row_id][w.key]) for w in workloads
                       if samples[row.row_id][w.key]}})
     results["meta"]["duration_seconds"] = time.time() - started
@@ -138,6 +159,7 @@ def main(argv=None):
     parser.add_argument("--rx-mode", choices=BenchLab.RX_MODES, default="rps",
                         help="rps: transport NAPI on the generator core, RPS to the path core (default); "
                              "napi: transport NAPI threaded on the path core")
+    parser.add_argument("--lab-prefix", default="xlb", help="name prefix of the lab's namespaces (default xlb)")
     parser.add_argument("--out", default=RESULTS_DIR)
     args = parser.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
@@ -147,7 +169,8 @@ def main(argv=None):
         cfg["seconds"] = args.seconds
     if args.services:
         cfg["service_counts"] = tuple(int(n) for n in args.services.split(","))
-    results = run_matrix(**cfg, only=args.paths, out_dir=args.out, quick=args.quick, rx_mode=args.rx_mode)
+    results = run_matrix(**cfg, only=args.paths, out_dir=args.out, quick=args.quick, rx_mode=args.rx_mode,
+                         lab_prefix=args.lab_prefix)
     print(report.markdown(results))
     return 0
 

@@ -1,0 +1,74 @@
+"""What path (f) hands the xskproxy agent: its config mapping and one manifest (`kind: List`) with the
+bench's N Services, their EndpointSlices and the bench Node. Pure data; never writes or starts anything.
+
+The Services mirror what (b) and (c) install: Service i answers on service_vip(i):SERVICE_PORT for UDP
+(and the measured, last one also for TCP) and is served by the bench Pod at BACKEND_PORT[proto]. The
+agent proxies a ClusterIP only for traffic from Pods (gateway side), as Antrea does, while the bench
+client is off-node; so service_vip(i) is each Service's externalIP (served from the transport with
+proxyAll) and its clusterIP is another address of the Service range the generator never aims at.
+"""
+import ipaddress
+
+NODE_NAME = "bench-node"
+NAMESPACE = "bench"
+CLUSTER_IP_OFFSET = 1 << 15   # clusterIP of Service i: this far above service_vip(i) in the Service range
+
+
+def service_name(index):
+    return f"svc-{index}"
+
+
+def cluster_ip(service_net, vip):
+    """The clusterIP the agent's Service i gets: `vip` moved CLUSTER_IP_OFFSET up in `service_net`."""
+    net = ipaddress.ip_network(service_net)
+    address = ipaddress.ip_address(vip) + CLUSTER_IP_OFFSET
+    if address not in net:
+        raise ValueError(f"clusterIP for {vip}: {address} is outside {net}")
+    return str(address)
+
+
+def service_objects(index, vip, clusterip, protocols, service_port, backend_ports, backend_ip):
+    """(Service, EndpointSlice) of bench Service `index`: one port per protocol in `protocols`
+    ("udp", "tcp"), each `vip`:service_port -> backend_ip:backend_ports[proto]."""
+    name = service_name(index)
+    ports = [{"name": proto, "protocol": proto.upper(), "port": service_port,
+              "targetPort": backend_ports[proto]} for proto in protocols]
+    service = {"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": name, "namespace": NAMESPACE},
+               "spec": {"type": "ClusterIP", "clusterIP": clusterip, "clusterIPs": [clusterip],
+                        "externalIPs": [vip], "ports": ports, "selector": {"app": name},
+                        "sessionAffinity": "None", "internalTrafficPolicy": "Cluster",
+                        "externalTrafficPolicy": "Cluster"}}
+    endpoint_slice = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+                      "metadata": {"name": f"{name}-bench", "namespace": NAMESPACE,
+                                   "labels": {"kubernetes.io/service-name": name}},
+                      "endpoints": [{"addresses": [backend_ip], "nodeName": NODE_NAME,
+                                     "conditions": {"ready": True, "serving": True, "terminating": False}}],
+                      "ports": [{"name": proto, "protocol": proto.upper(), "port": backend_ports[proto]}
+                                for proto in protocols]}
+    return service, endpoint_slice
+
+
+def node_object(node_ip, pod_cidr):
+    """The bench node: its transport address as InternalIP, the Pod's network as its podCIDR."""
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": NODE_NAME, "labels": {"kubernetes.io/hostname": NODE_NAME}},
+            "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
+            "status": {"addresses": [{"type": "InternalIP", "address": node_ip},
+                                     {"type": "Hostname", "address": NODE_NAME}]}}
+
+
+def manifest(services, node_ip, pod_cidr):
+    """One `kind: List` document. `services`: [(Service, EndpointSlice)] from service_objects()."""
+    items = [obj for pair in services for obj in pair] + [node_object(node_ip, pod_cidr)]
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+def agent_config(manifest_dir, state_dir, metrics_address, transport="tr0", gateway="gw0"):
+    """The agent's config mapping (control/config.py): manifest files, this node, both interfaces,
+    proxyAll, and handoverSeconds 0 so that the SIGTERM of teardown detaches at once (a handover
+    would keep the steering program on the interfaces and drop the next path's traffic)."""
+    return {"nodeName": NODE_NAME, "transportInterface": transport, "gatewayInterface": gateway,
+            "source": "files", "manifestPath": manifest_dir, "stateDir": state_dir,
+            "metricsAddress": metrics_address, "handoverSeconds": 0, "logLevel": "info",
+            "antreaProxy": {"proxyAll": True}}
