@@ -465,11 +465,15 @@ def _plan_service(service, slices, ctx):
         cluster, local = _categorize(endpoints, ctx.node_name, ctx.zone)
         backends = {}
         node_name = ctx.node_name
-        for key, ep in cluster + local:
+        chosen = {key for key, _ in cluster + local}
+        for key, ep in endpoints:
+            # Every listed endpoint stays a backend, so flows it has keep going (kube-proxy leaves
+            # their conntrack entries too); one that new flows must not pick (terminating, or
+            # not ready while others are) is flagged TERMINATING and is in no ring.
             flags = _BE_ALIVE
             if ep.node_name == node_name:
                 flags |= _BE_LOCAL
-            if ep.terminating:
+            if ep.terminating or key not in chosen:
                 flags |= _BE_TERMINATING
             # inet_pton accepted the text, so it is canonical dotted decimal (glibc refuses
             # leading zeros): the steering key can use it as it is.

@@ -61,7 +61,10 @@ Decisions:
   ESTABLISHED. Timeouts: XSKP_CT_TIMEOUT_* in the header (30 s SYN, 6 h established, 60 s
   FIN_WAIT, 10 s CLOSING, UDP 30 s / 120 s).
 - A conntrack hit whose backend id is no longer ALIVE or whose address/port/node changed
-  removes the flow (XSKP_CNT_CT_STALE) and the frame is balanced again as a new flow.
+  removes the flow (XSKP_CNT_CT_STALE) and the frame is balanced again as a new flow, as does
+  a SYN on the tuple of a closing flow (FIN_WAIT, CLOSING: XSKP_CNT_CT_REUSED). An
+  endpoint that is terminating or not ready stays ALIVE (flagged TERMINATING, in no ring while
+  ready ones exist): its flows drain; only an endpoint removed from its slices loses them.
 - ClientIP affinity: (client, service) -> backend, refreshed at each new flow, honoured while
   idle < affinity_timeout_s (1..86,400 s, no truncation) and the backend is still alive, local
   when the local ring is in use, and not terminating while the ring has ready backends.
@@ -125,6 +128,7 @@ CNT_CT_CREATED = L.XSKP_CNT_CT_CREATED
 CNT_CT_EXPIRED = L.XSKP_CNT_CT_EXPIRED
 CNT_CT_EVICTED = L.XSKP_CNT_CT_EVICTED
 CNT_CT_STALE = L.XSKP_CNT_CT_STALE
+CNT_CT_REUSED = L.XSKP_CNT_CT_REUSED
 CNT_DNAT = L.XSKP_CNT_DNAT
 CNT_SNAT = L.XSKP_CNT_SNAT
 CNT_HAIRPIN = L.XSKP_CNT_HAIRPIN
@@ -205,13 +209,14 @@ def resolve_next_hop(st, addr, counters):
 @njit(cache=True, nogil=True)
 def ct_resolve(st, ct, idx, counters):
     """Cache out interface and MACs for entry idx; 0 or the drop reason (then the entry keeps a
-    mismatching fib_generation so the next frame retries)."""
+    fib_generation older than the current one and any later one, so frames retry until it
+    resolves: generations only grow, also across restarts)."""
     e = ct[idx]
     node = st.node[0]
     target = np.int64(e.encap_dst) if (e.flags & CT_DSR_ENCAP) != 0 else np.int64(e.new_dst_addr)
     reason, iface, nb = resolve_next_hop(st, target, counters)
     if reason != 0:
-        e.fib_generation = node.fib_generation ^ np.uint32(1)
+        e.fib_generation = node.fib_generation - np.uint32(1)
         return reason
     e.out_iface = iface
     neighbour = st.neighbours[nb]
@@ -383,13 +388,7 @@ def track_tcp(ct, idx, tcp_flags):
     if (tcp_flags & TCP_RST) != 0:
         new_state = ST_CLOSING
     elif (tcp_flags & TCP_SYN) != 0:
-        if (tcp_flags & TCP_ACK) == 0:
-            if not is_reply and state >= ST_FIN_WAIT:
-                new_state = ST_SYN_SENT
-                e.flags &= ~np.uint8(CT_FIN_SEEN)
-                if has_peer and np.int64(e.peer) < ct.shape[0]:
-                    ct[e.peer].flags &= ~np.uint8(CT_FIN_SEEN)
-        elif is_reply and state == ST_SYN_SENT:
+        if (tcp_flags & TCP_ACK) != 0 and is_reply and state == ST_SYN_SENT:
             new_state = ST_SYN_RECV
     elif (tcp_flags & TCP_FIN) != 0:
         e.flags |= np.uint8(CT_FIN_SEEN)
@@ -424,6 +423,12 @@ def conntrack_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
     if not entry_backend_valid(e, st.backends):
         ct_delete_flow(ct, idx)
         counters[CNT_CT_STALE] += 1
+        return CONTINUE, 0
+    if (proto == IPPROTO_TCP and (tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN
+            and (e.flags & CT_REPLY) == 0 and np.int64(e.state) >= ST_FIN_WAIT):
+        # a new connection on the tuple of a closing one: balanced like any new flow
+        ct_delete_flow(ct, idx)
+        counters[CNT_CT_REUSED] += 1
         return CONTINUE, 0
     if proto == IPPROTO_TCP:
         track_tcp(ct, idx, tcp_flags)

@@ -3,9 +3,11 @@
   python -m lab.clients connect-loop ADDRESS PORT SECONDS   fresh HTTP GETs back to back
   python -m lab.clients echo-stream ADDRESS PORT SECONDS    one long-lived TCP echo connection
 
-connect-loop reports every attempt's (start, ok); echo-stream sends a numbered line every 20 ms
-on one connection and reports the replies' arrival times, the largest gap between two replies
-and whether the connection was reset or closed. Neither asserts anything: the tests do.
+connect-loop reports every attempt's (start, pod that answered or None), start counted from t0
+(CLOCK_MONOTONIC, the same in every namespace and process); echo-stream sends a
+numbered line every 20 ms on one connection and reports its local port, how many replies came,
+the largest gap between two replies and whether the connection was reset or closed. Neither
+asserts anything: the tests do.
 """
 import json
 import socket
@@ -18,35 +20,39 @@ def connect_loop(address, port, seconds, timeout=0.5):
     t0 = time.monotonic()
     while time.monotonic() - t0 < seconds:
         start = time.monotonic() - t0
-        ok = False
+        pod = None
         try:
             with socket.create_connection((address, port), timeout=timeout) as s:
                 s.sendall(b"GET / HTTP/1.0\r\n\r\n")
                 reply = b""
-                while b"pod=" not in reply and (data := s.recv(4096)):
+                while b"\n" not in reply.partition(b"pod=")[2] and (data := s.recv(4096)):
                     reply += data
-                ok = b"pod=" in reply
+                if b"pod=" in reply:
+                    pod = reply.partition(b"pod=")[2].split()[0].decode()
         except OSError:
             pass
-        attempts.append((round(start, 4), ok))
-        if not ok:
+        attempts.append((round(start, 4), pod))
+        if pod is None:
             time.sleep(0.02)
-    return {"attempts": attempts}
+    return {"attempts": attempts, "t0": t0}
 
 
 def echo_stream(address, port, seconds, interval=0.02):
     """One connection; every interval a numbered line; the echo server answers each line."""
     s = socket.create_connection((address, port), timeout=5)
-    s.settimeout(interval)
+    local_port = s.getsockname()[1]
     t0 = time.monotonic()
-    arrivals, pending, sent, error = [], b"", 0, None
-    while time.monotonic() - t0 < seconds:
-        try:
-            s.sendall(b"%d\n" % sent)
-            sent += 1
-        except OSError as e:
-            error = f"send: {type(e).__name__}: {e}"
-            break
+    arrivals, pending, sent, error, next_send = [], b"", 0, None, 0.0
+    while (now := time.monotonic() - t0) < seconds:
+        if now >= next_send:
+            try:
+                s.sendall(b"%d\n" % sent)
+                sent += 1
+            except OSError as e:
+                error = f"send: {type(e).__name__}: {e}"
+                break
+            next_send = now + interval
+        s.settimeout(max(0.001, next_send - now))
         try:
             data = s.recv(65536)
             if not data:
@@ -63,8 +69,8 @@ def echo_stream(address, port, seconds, interval=0.02):
             break
     s.close()
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-    return {"sent": sent, "received": len(arrivals), "max_gap": round(max(gaps, default=0.0), 4),
-            "error": error}
+    return {"local_port": local_port, "sent": sent, "received": len(arrivals),
+            "max_gap": round(max(gaps, default=0.0), 4), "error": error}
 
 
 def main(argv):

@@ -154,6 +154,20 @@ class ServiceLab:
         """Counter of (pod, client ip) over `count` fresh connections; None for failures."""
         return collections.Counter(self.http(ns, url) for _ in range(count))
 
+    def start_client(self, ns, kind, address, port, seconds):
+        """A lab.clients measuring client (connect-loop, echo-stream) running in `ns`."""
+        return self.lab.popen(ns, [sys.executable, "-m", "lab.clients", kind, address, str(port), str(seconds)],
+                              cwd=REPO)
+
+    @staticmethod
+    def client_result(proc, timeout):
+        """The JSON line a start_client() client printed when it finished."""
+        out, err = proc.communicate(timeout=timeout)
+        lines = out.strip().splitlines()
+        if not lines:
+            raise RuntimeError(f"client printed nothing (exit {proc.returncode}): {err.strip()}")
+        return json.loads(lines[-1])
+
     def udp(self, ns, address, port, payload="ping", timeout=2):
         script = ("import socket,sys;s=socket.socket(2,2);s.settimeout(%r);"
                   "s.sendto(sys.argv[3].encode(),(sys.argv[1],int(sys.argv[2])));"

@@ -207,6 +207,7 @@ enum xskp_counter {
 	XSKP_CNT_CT_EXPIRED,            /* flows found expired and removed on the way */
 	XSKP_CNT_CT_EVICTED,            /* flows evicted (oldest non-established in the probe window) */
 	XSKP_CNT_CT_STALE,              /* flows removed because their backend is gone or changed */
+	XSKP_CNT_CT_REUSED,             /* closing flows removed by a new SYN on their tuple (re-balanced) */
 	XSKP_CNT_DNAT,                  /* new flows DNATed to a backend */
 	XSKP_CNT_SNAT,                  /* new flows SNATed to the node address (external, remote backend) */
 	XSKP_CNT_HAIRPIN,               /* new flows SNATed because client and backend are the same Pod */
@@ -248,7 +249,7 @@ enum xskp_frontend_kind {
 /* Backend flags (struct xskp_backend.flags). */
 #define XSKP_BE_ALIVE 1                 /* present in the current generation (ids are stable) */
 #define XSKP_BE_LOCAL 2                 /* the endpoint runs on this node */
-#define XSKP_BE_TERMINATING 4           /* serving but terminating: used only when no ready one exists */
+#define XSKP_BE_TERMINATING 4           /* draining: keeps its flows; new ones only when no ready one exists */
 
 /* Route flags (struct xskp_route.flags). */
 #define XSKP_ROUTE_BYPASS 1             /* Service-less frames to this prefix are forwarded untracked (Pod CIDRs) */

@@ -3,13 +3,12 @@ SIGTERM, fail-open on kill -9, restart with live flows, proxyLoadBalancerIPs=fal
 leaves every agent running again."""
 import json
 import signal
-import sys
 import time
 
 import pytest
 
+from control.agent import read_conntrack
 from lab import scenarios
-from lab.scenarios import REPO
 
 
 def _node_ns_run(sl, node, *argv, check=True):
@@ -65,32 +64,22 @@ def test_cross_node_pod_traffic_bypasses_netfilter_until_the_agent_stops(service
             _restart(sl, node0)
 
 
-def _client(sl, ns, kind, address, port, seconds):
-    return sl.lab.popen(ns, [sys.executable, "-m", "lab.clients", kind, address, str(port), str(seconds)],
-                        cwd=REPO)
-
-
-def _result(proc, timeout):
-    out, _ = proc.communicate(timeout=timeout)
-    return json.loads(out.strip().splitlines()[-1])
-
-
 def test_kill_9_fails_open_to_the_kernel_path_within_a_second(service_lab):
     """New connections to a ClusterIP keep succeeding across kill -9 of the node's agent: the
     kernel's kube-proxy-style rules serve them, with no gap between successes of 1 s or more."""
     sl = service_lab
     node0 = sl.cluster.nodes[0]
     pod = node0.pods[0]
-    loop = _client(sl, pod.ns, "connect-loop", "10.96.0.10", 80, 5)
+    loop = sl.start_client(pod.ns, "connect-loop", "10.96.0.10", 80, 5)
     try:
         time.sleep(2.0)
         proc = sl.agents.pop(node0.name)
         proc.send_signal(signal.SIGKILL)
         proc.wait(5)
-        attempts = _result(loop, 30)["attempts"]
+        attempts = sl.client_result(loop, 30)["attempts"]
     finally:
         _restart(sl, node0)
-    successes = [t for t, ok in attempts if ok]
+    successes = [t for t, pod in attempts if pod]
     assert len(successes) > 10 and successes[-1] > 4.0, attempts
     gaps = [b - a for a, b in zip(successes, successes[1:])]
     assert max(gaps) < 1.0, f"largest gap between successful connections {max(gaps):.3f}s"
@@ -124,14 +113,18 @@ def test_restart_keeps_long_lived_connections(service_lab):
     agent adopts their flows. The largest gap of each is reported."""
     sl = service_lab
     node0 = sl.cluster.nodes[0]
-    stream = _client(sl, node0.pods[1].ns, "echo-stream", "10.96.0.20", 7000, 25)
+    stream = sl.start_client(node0.pods[1].ns, "echo-stream", "10.96.0.20", 7000, 25)
     cluster_ip = _iperf(sl, node0.pods[0].ns, "10.96.0.21", 5201, 20)
     node_port = _iperf(sl, sl.cluster.client, node0.ip, 30522, 20)
     try:
         time.sleep(3.0)
+        tracked = {f["dst"] for f in read_conntrack(f"{sl.workdir}/state-{node0.name}")
+                   if f["state"] == "ESTABLISHED"}
+        assert {"10.96.0.20:7000", "10.96.0.21:5201", f"{node0.ip}:30522"} <= tracked, \
+            f"the agent does not carry every stream before the restart: {tracked}"
         assert sl.stop_agent(node0, signal.SIGTERM, timeout=2.0) == 0
         _restart(sl, node0)
-        echo = _result(stream, 60)
+        echo = sl.client_result(stream, 60)
         results = {"iperf3 ClusterIP": _iperf_result(cluster_ip, 60),
                    "iperf3 NodePort": _iperf_result(node_port, 60)}
     finally:

@@ -2,6 +2,7 @@
 backends, SNAT port allocation, a full table, ClientIP affinity, partial checksums, FIB changes,
 headroom and descriptor checks, mixed batches."""
 import numpy as np
+import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
@@ -69,6 +70,24 @@ def test_closing_flow_expires_after_its_short_timeout():
     verdict, _, counters = send(st, ft, pod_syn(44001), fx.GATEWAY, now_ns=later)
     assert verdict == fx.TX_G
     assert counters.get("XSKP_CNT_CT_EXPIRED") == 1 and counters.get("XSKP_CNT_CT_CREATED") == 1
+
+
+def test_a_new_syn_on_a_closing_flows_tuple_is_a_new_flow():
+    """A client reusing the ports of a flow that is closing (within its timeout) opens a new
+    connection: the old flow is removed (XSKP_CNT_CT_REUSED) and the SYN balanced afresh; a
+    retransmitted SYN of a flow still opening keeps its entry."""
+    st, ft = fx.make_topology()
+    send(st, ft, pod_syn(44003), fx.GATEWAY)
+    _, _, counters = send(st, ft, pod_syn(44003), fx.GATEWAY)
+    assert counters.get("XSKP_CNT_CT_HIT") == 1 and "XSKP_CNT_CT_REUSED" not in counters
+    for pkt in (backend_reply(ft, 44003), pod_syn(44003, "A"), pod_syn(44003, "FA"),
+                backend_reply(ft, 44003, "FA")):
+        send(st, ft, pkt, fx.GATEWAY)
+    assert entry(ft, fx.POD_A2, "10.96.0.10", 44003, 80, 6)["state"] == L.XSKP_CT_CLOSING
+    verdict, _, counters = send(st, ft, pod_syn(44003), fx.GATEWAY, now_ns=T0 + S)
+    assert verdict == fx.TX_G
+    assert counters.get("XSKP_CNT_CT_REUSED") == 1 and counters.get("XSKP_CNT_CT_CREATED") == 1
+    assert entry(ft, fx.POD_A2, "10.96.0.10", 44003, 80, 6)["state"] == L.XSKP_CT_SYN_SENT
 
 
 def test_established_flow_survives_hours_but_not_its_timeout():
@@ -279,6 +298,29 @@ def test_fib_generation_change_refreshes_cached_macs():
     verdict, out, counters = send(st, ft, syn, fx.GATEWAY)
     assert verdict == fx.TX_T and counters.get("XSKP_CNT_FIB_REFRESH") == 1
     assert Ether(out).dst == "02:00:00:00:01:99"
+
+
+@pytest.mark.parametrize("generation", [8, 9])
+def test_a_reply_whose_next_hop_was_unresolved_resolves_on_the_next_fib(generation):
+    """The reply of a tracked flow whose next hop has no neighbour yet is dropped (the miss
+    reported); once a FIB generation with the neighbour is published, the next reply leaves with
+    both MACs set, whatever the parity of the generation numbers."""
+    st, ft = fx.make_topology()
+    st.node[0]["fib_generation"] = generation
+    st.neighbours[:] = 0
+    for addr, iface, mac in fx.NEIGHBOURS:
+        if addr != fx.POD_A2:
+            tables.insert_neighbour(st.neighbours, fx.ip4(addr), iface, fx.mac_bytes(mac))
+    syn = fx.from_pod(fx.MAC_POD_A2) / fx.tcp(fx.POD_A2, "10.96.0.11", 44011, 80, "S")
+    assert send(st, ft, syn, fx.GATEWAY)[0] == fx.TX_T
+    reply = fx.from_transport() / fx.tcp(fx.POD_B7, fx.POD_A2, 8080, 44011, "SA")
+    verdict, _, counters = send(st, ft, reply, fx.TRANSPORT)
+    assert verdict == fx.DROP and counters.get("XSKP_DROP_NO_NEIGHBOUR") == 1
+    tables.insert_neighbour(st.neighbours, fx.ip4(fx.POD_A2), fx.GATEWAY, fx.mac_bytes(fx.MAC_POD_A2))
+    st.node[0]["fib_generation"] = generation + 1
+    verdict, out, _ = send(st, ft, reply, fx.TRANSPORT)
+    assert verdict == fx.TX_G
+    assert (Ether(out).dst, Ether(out).src) == (fx.MAC_POD_A2, fx.MAC_GATEWAY)
 
 
 def test_dsr_encapsulation_without_headroom_drops():

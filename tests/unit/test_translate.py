@@ -174,9 +174,22 @@ def test_dsr_by_annotation_or_default_and_the_ipip_frontend():
 def test_terminating_endpoints_only_when_none_is_ready():
     """Serving+terminating endpoints are used only when no endpoint is ready; a terminating
     endpoint that is not serving, and a not-ready one, never are."""
-    _, services = translate("terminating.yaml")
+    result, services = translate("terminating.yaml")
     assert set(services["default/drain:http/TCP"]["backends"]) == {"10.1.0.80:80"}
     assert set(services["default/mixed:http/TCP"]["backends"]) == {"10.1.0.82:80"}
+
+
+def test_endpoints_new_flows_must_not_pick_stay_backends_for_the_flows_they_have():
+    """A terminating or not-ready endpoint is in no ring while a ready one exists, but stays an
+    ALIVE backend flagged TERMINATING, with its replies steered: its established flows drain
+    instead of being re-balanced (and reset) mid-stream."""
+    result, _ = translate("terminating.yaml")
+    rows = {int(b["addr"]): int(b["flags"]) for b in result.tables.backends if b["flags"]}
+    draining = abi.lib.XSKP_BE_ALIVE | abi.lib.XSKP_BE_TERMINATING
+    for address in ("10.2.0.82", "10.2.0.80", "10.2.0.81"):
+        assert rows[ip(address)] & draining == draining, address
+        assert result.steering.add_backends[(address, 80, TCP)] == TR
+    assert rows[ip("10.1.0.82")] & abi.lib.XSKP_BE_TERMINATING == 0
 
 
 def test_topology_hints_when_every_endpoint_has_them():
