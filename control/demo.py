@@ -1,5 +1,6 @@
 """`xskproxy demo` (what `make demo` runs): a two-node lab, one agent per node, every Service
-scenario with real clients, then cross-node throughput through xskproxy and through the kernel.
+scenario with real clients, the agents' lifetime scenarios (lab/lifecycle.py), then cross-node
+throughput through xskproxy and through the kernel.
 
 Everything it builds lives in network namespaces with a per-run prefix and is torn down at the
 end, on failure and on Ctrl-C too.
@@ -11,7 +12,7 @@ import sys
 import tempfile
 import time
 
-from lab import scenarios
+from lab import lifecycle, scenarios
 from lab.netns import Lab
 
 IPERF_SECONDS = 3
@@ -54,6 +55,10 @@ def main(keep_going=True):
             say(f"  agents up in {time.monotonic() - started:.1f}s")
             say("running the Service scenarios with curl and UDP clients:")
             results = scenarios.run_scenarios(sl, keep_going=keep_going, report=say)
+            if keep_going or all(r.ok for r in results):
+                say("the agents' lifetime: netfilter bypass, kill -9, restart (handover), endpoint churn "
+                    "under load, proxyLoadBalancerIPs=false (about a minute):")
+                results += scenarios.run_scenarios(sl, lifecycle.SCENARIOS, keep_going=keep_going, report=say)
             passed = sum(r.ok for r in results)
 
             say("cross-node Pod-to-Pod TCP (iperf3, one stream) through xskproxy, then through the kernel:")

@@ -15,7 +15,7 @@ import sys
 import time
 
 
-def connect_loop(address, port, seconds, timeout=0.5):
+def connect_loop(address, port, seconds, timeout=0.25):
     attempts = []
     t0 = time.monotonic()
     while time.monotonic() - t0 < seconds:
