@@ -361,7 +361,7 @@ class XskproxyAgent(_AfxdpWorker):
         manifest_dir = os.path.join(self.workdir, "manifests")
         os.makedirs(manifest_dir)
         with open(os.path.join(manifest_dir, "services.json"), "w") as f:
-            json.dump(self.manifest(bench), f)
+            json.dump(self.manifest(bench), f, separators=(",", ":"))
         config = agent_setup.agent_config(manifest_dir, os.path.join(self.workdir, "state"), self.METRICS_ADDRESS)
         path = os.path.join(self.workdir, "config.yaml")
         with open(path, "w") as f:
