@@ -475,7 +475,8 @@ def run(config):
     agent = Agent(config)
     try:
         agent.start()
-        start_metrics_server(agent)
+        if config.metrics_address:
+            start_metrics_server(agent)
     except (OSError, ValueError, TimeoutError, RuntimeError) as exc:
         message = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         print(f"xskproxy: error: {message}", file=sys.stderr, flush=True)

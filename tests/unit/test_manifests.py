@@ -98,6 +98,23 @@ def test_kubectl_list_output_loads_every_kind(tmp_path):
     assert state.nodes["node-a"].internal_ips() == ("192.168.77.1",)
 
 
+def test_kubectl_json_output_loads_the_same_and_bad_json_names_the_file(tmp_path):
+    """`kubectl get ... -o json` (a .json file) gives the same state as the YAML; a broken .json
+    file is one error naming the file."""
+    import json
+    import yaml
+    f = tmp_path / "cluster.json"
+    write(f, json.dumps(yaml.safe_load(KUBECTL_LIST)))
+    yaml_file = tmp_path / "other" / "cluster.yaml"
+    yaml_file.parent.mkdir()
+    write(yaml_file, KUBECTL_LIST)
+    assert load_state(f) == load_state(yaml_file)
+    write(f, '{"apiVersion": "v1", "items": [')
+    with pytest.raises(ManifestError) as err:
+        load_state(f)
+    assert str(f) in str(err.value) and "not valid JSON" in str(err.value)
+
+
 def test_directory_of_multi_document_files(tmp_path):
     """A directory's files are all read, multi-document files included; other kinds are skipped."""
     write(tmp_path / "a.yaml", KUBECTL_LIST)
