@@ -6,27 +6,27 @@ frame. A "diff" is an unfolded one's-complement sum of (~old + new) 16-bit words
 eqn. 3: HC' = ~(~HC + ~m + m')), so several field changes fold into one checksum update.
 """
 import numpy as np
-from numba import njit
+from dataplane._jit import packet_njit
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def load16(umem, off):
     return (np.int64(umem[off]) << 8) | np.int64(umem[off + 1])
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def load32(umem, off):
     return ((np.int64(umem[off]) << 24) | (np.int64(umem[off + 1]) << 16)
             | (np.int64(umem[off + 2]) << 8) | np.int64(umem[off + 3]))
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def store16(umem, off, value):
     umem[off] = (value >> 8) & 0xff
     umem[off + 1] = value & 0xff
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def store32(umem, off, value):
     umem[off] = (value >> 24) & 0xff
     umem[off + 1] = (value >> 16) & 0xff
@@ -34,7 +34,7 @@ def store32(umem, off, value):
     umem[off + 3] = value & 0xff
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def csum_fold(s):
     """Fold an unfolded one's-complement sum (int64 >= 0) to 16 bits (not complemented)."""
     s = (s & 0xffff) + (s >> 16)
@@ -43,12 +43,12 @@ def csum_fold(s):
     return s
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def csum_diff16(old, new):
     return (~np.int64(old) & 0xffff) + (np.int64(new) & 0xffff)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def csum_diff32(old, new):
     old = np.int64(old)
     new = np.int64(new)
@@ -56,20 +56,20 @@ def csum_diff32(old, new):
             + ((new >> 16) & 0xffff) + (new & 0xffff))
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def csum_apply(check, diff):
     """The checksum field value after changes summed in diff (RFC 1624 eqn. 3)."""
     return ~csum_fold((~np.int64(check) & 0xffff) + diff) & 0xffff
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def pseudo_diff_apply(partial_sum, diff):
     """A partial (offload) checksum field holds the folded pseudo-header sum, not complemented:
     it moves with the pseudo-header fields the other way round from a full checksum."""
     return csum_fold(np.int64(partial_sum) + diff)
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def csum_sum_bytes(umem, start, end, initial):
     """Unfolded one's-complement sum of the bytes [start, end) as big-endian words (an odd
     trailing byte is padded with zero), plus initial."""
@@ -83,7 +83,7 @@ def csum_sum_bytes(umem, start, end, initial):
     return s
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def ipv4_header_checksum(umem, l3, header_len):
     """The IPv4 header checksum value for the header at l3 (its own field counted as 0)."""
     s = csum_sum_bytes(umem, l3, l3 + header_len, 0) - load16(umem, l3 + 10)
@@ -91,14 +91,14 @@ def ipv4_header_checksum(umem, l3, header_len):
     return ~csum_fold(s) & 0xffff
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def pseudo_header_sum(src_addr, dst_addr, proto, l4_len):
     """Unfolded sum of the IPv4 pseudo-header (addresses, protocol, L4 length)."""
     return (((src_addr >> 16) & 0xffff) + (src_addr & 0xffff)
             + ((dst_addr >> 16) & 0xffff) + (dst_addr & 0xffff) + proto + l4_len)
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def l4_checksum_full(umem, l4, l4_len, src_addr, dst_addr, proto, csum_field):
     """The full TCP/UDP checksum of the segment [l4, l4 + l4_len) (field at csum_field counted
     as 0). UDP callers map a result of 0 to 0xffff."""

@@ -13,7 +13,7 @@ evicts the oldest flow in the window that is not ESTABLISHED; if every one is, t
 fails (XSKP_DROP_CT_FULL).
 """
 import numpy as np
-from numba import njit
+from dataplane._jit import packet_njit
 
 from dataplane import abi
 from dataplane.tables import hash_flow, hash_client
@@ -41,7 +41,7 @@ _UDP_ESTABLISHED_NS = abi.lib.XSKP_CT_TIMEOUT_UDP_ESTABLISHED_S * NS_PER_S
 IPPROTO_TCP = 6
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def ct_timeout_ns(proto, state):
     """Idle timeout of a flow in state (enum xskp_ct_state) for proto, in ns (uint64)."""
     if proto == IPPROTO_TCP:
@@ -57,7 +57,7 @@ def ct_timeout_ns(proto, state):
     return np.uint64(_UDP_NS)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def idle_ns(now_ns, last_seen_ns):
     """now - last_seen as uint64, 0 when last_seen lies in the future (adopted state)."""
     now_ns = np.uint64(now_ns)
@@ -67,12 +67,12 @@ def idle_ns(now_ns, last_seen_ns):
     return now_ns - last_seen_ns
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def ct_slot_of(ct, src_addr, dst_addr, src_port, dst_port, proto):
     return hash_flow(src_addr, dst_addr, src_port, dst_port, proto) & np.uint64(ct.shape[0] - 1)
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def ct_lookup(ct, src_addr, dst_addr, src_port, dst_port, proto):
     """Index of the in-use entry keyed by this 5-tuple, or -1 (expiry is the caller's business)."""
     mask = np.uint64(ct.shape[0] - 1)
@@ -88,7 +88,7 @@ def ct_lookup(ct, src_addr, dst_addr, src_port, dst_port, proto):
     return np.int64(-1)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def _ct_clear_slot(ct, idx):
     mask = ct.shape[0] - 1
     if ct[(idx + 1) & mask].flags == 0:
@@ -97,7 +97,7 @@ def _ct_clear_slot(ct, idx):
         ct[idx].flags = CT_TOMBSTONE
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def ct_delete_flow(ct, idx):
     """Remove the entry at idx and its peer (both become tombstones or empty slots)."""
     if idx < 0 or idx >= ct.shape[0]:
@@ -113,7 +113,7 @@ def ct_delete_flow(ct, idx):
             _ct_clear_slot(ct, peer)
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def ct_flow_expired(ct, idx, now_ns):
     """True when the flow of entry idx has been idle (both directions) past its state's timeout."""
     e = ct[idx]
@@ -128,7 +128,7 @@ def ct_flow_expired(ct, idx, now_ns):
     return True
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def ct_find_free_slot(ct, src_addr, dst_addr, src_port, dst_port, proto, now_ns, exclude,
                       counters, cnt_expired, cnt_evicted):
     """A slot for a new entry with this key: the first empty or tombstoned slot of the window,
@@ -162,7 +162,7 @@ def ct_find_free_slot(ct, src_addr, dst_addr, src_port, dst_port, proto, now_ns,
     return np.int64(-1)
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def ct_write_entry(ct, idx, flags, src_addr, dst_addr, src_port, dst_port, proto, state,
                    new_src_addr, new_dst_addr, new_src_port, new_dst_port, encap_dst,
                    backend_id, service_id, now_ns):
@@ -192,7 +192,7 @@ def ct_write_entry(ct, idx, flags, src_addr, dst_addr, src_port, dst_port, proto
     e.flags = flags | CT_IN_USE
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def ct_set_state(ct, idx, state):
     """Set the flow state on entry idx and its peer."""
     e = ct[idx]
@@ -204,7 +204,7 @@ def ct_set_state(ct, idx, state):
 
 # --- ClientIP affinity --------------------------------------------------------------------
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def affinity_lookup(affinity, client_addr, service_id, timeout_ns, now_ns):
     """Backend id remembered for (client, service) and not idle past timeout_ns, else 0."""
     mask = np.uint64(affinity.shape[0] - 1)
@@ -219,7 +219,7 @@ def affinity_lookup(affinity, client_addr, service_id, timeout_ns, now_ns):
     return np.int64(0)
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def affinity_remember(affinity, client_addr, service_id, backend_id, now_ns):
     """Record (client, service) -> backend at now: its own slot, else a free one in the window,
     else the least recently used one of the window."""

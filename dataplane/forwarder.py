@@ -29,11 +29,12 @@ from collections import namedtuple
 
 import llvmlite.binding as llvm
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from dataplane import abi
+from dataplane._jit import packet_njit
 from dataplane import xsk
 from dataplane.pipeline import process_batch as _pipeline_process_batch
 
@@ -129,7 +130,7 @@ def make_pipeline_counters():
     return np.zeros(abi.lib.XSKP_COUNTER_SLOTS, np.uint64)
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def process_batch_l2(umem, addrs, lens, n, ingress_iface, state, counters, verdicts_out, now):
     """Forward every IPv4 frame to the other interface: MACs from state[0][egress] (destination
     then source), TTL - 1 with an incremental header-checksum update (RFC 1624). Drops (and
@@ -196,7 +197,7 @@ def make_worker_buffers(umem, sockets):
         worker_counters=np.zeros((IFACE_MAX, abi.lib.XSKP_WC_MAX), np.uint64))
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def process_batch_pipeline(umem, addrs, lens, n, ingress_iface, state, counters, verdicts_out, now):
     """The full pipeline (dataplane/pipeline.py) in this loop's shape: state is
     (ServiceTables, FlowTables). Reads/writes as pipeline.process_batch."""
@@ -211,7 +212,7 @@ def process_batch(umem, addrs, lens, n, ingress_iface, state, counters, verdicts
     raise TypeError("process_batch is callable from njit code only")
 
 
-@overload(process_batch, jit_options={"nogil": True})
+@overload(process_batch, jit_options={"nogil": True, "_nrt": False})
 def _process_batch_for_state(umem, addrs, lens, n, ingress_iface, state, counters, verdicts_out, now):
     if isinstance(state, types.BaseTuple) and len(state) == 1 and isinstance(state[0], types.Array):
         def l2(umem, addrs, lens, n, ingress_iface, state, counters, verdicts_out, now):
@@ -225,13 +226,13 @@ def _process_batch_for_state(umem, addrs, lens, n, ingress_iface, state, counter
     raise TypeError(f"worker state {state}: expected (macs,) or (ServiceTables, FlowTables)")
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def _free_frame(free_frames, free_count, addr, frame_mask):
     free_frames[free_count[0]] = addr & frame_mask
     free_count[0] += 1
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
     """Move frames for slice_ns nanoseconds (0: one pass, which also fills the fill rings):
     complete, receive, process_batch, transmit on the egress interface, kick, refill, sleep in
@@ -346,7 +347,7 @@ def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
 
 
 # ---- measuring the numba -> pyxdp call cost (for bench/) ------------------------------------
-@njit(cache=True, nogil=True)
+@packet_njit
 def _time_batch_calls(sock, addrs, lens, iterations):
     addrs_ptr, lens_ptr = array_data_ptr(addrs), array_data_ptr(lens)
     got = 0

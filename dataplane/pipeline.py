@@ -79,7 +79,7 @@ Decisions:
   __pycache__ (tests/unit/test_pipeline.py runs from a fresh cache in CI).
 """
 import numpy as np
-from numba import njit
+from dataplane._jit import packet_njit
 
 from dataplane import abi
 from dataplane._checksum import (load16, load32, store16, store32, csum_fold, csum_diff16,
@@ -176,14 +176,14 @@ IPIP_OUTER_TTL = 64
 
 # --- forwarding helpers ---------------------------------------------------------------------
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def verdict_of_iface(iface):
     if iface == IFACE_TRANSPORT:
         return V_TX_TRANSPORT
     return V_TX_GATEWAY
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def resolve_next_hop(st, addr, counters):
     """(drop reason or 0, out iface, neighbour slot) for a frame to addr: route, then neighbour.
     A next hop without neighbour entry is left in counters[XSKP_SLOT_NEIGH_MISS] (iface << 32 |
@@ -206,7 +206,7 @@ def resolve_next_hop(st, addr, counters):
     return 0, iface, nb
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def ct_resolve(st, ct, idx, counters):
     """Cache out interface and MACs for entry idx; 0 or the drop reason (then the entry keeps a
     fib_generation older than the current one and any later one, so frames retry until it
@@ -227,7 +227,7 @@ def ct_resolve(st, ct, idx, counters):
     return 0
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def ct_refresh(st, ct, idx, counters):
     """Re-resolve entry idx's cached interface and MACs if the FIB changed since (counted as
     XSKP_CNT_FIB_REFRESH); 0 or the drop reason."""
@@ -239,7 +239,7 @@ def ct_refresh(st, ct, idx, counters):
     return reason
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def decrement_ttl(umem, l3):
     """Decrement the IPv4 TTL; returns the checksum diff, or -1 when TTL would reach 0."""
     ttl = np.int64(umem[l3 + 8])
@@ -250,14 +250,14 @@ def decrement_ttl(umem, l3):
     return csum_diff16(old_word, old_word - 0x100)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def write_macs_from_entry(umem, base, e):
     for k in range(6):
         umem[base + k] = e.dst_mac[k]
         umem[base + 6 + k] = e.src_mac[k]
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def encapsulate_ipip(umem, addrs, lens, i, base, l2_len, l3, ip_end, chunk, outer_src, outer_dst):
     """Prepend an outer IPv4 header (IPIP) between L2 and the packet, moving the frame start 20
     bytes into the headroom. Returns the new frame start, or -1 without headroom."""
@@ -284,7 +284,7 @@ def encapsulate_ipip(umem, addrs, lens, i, base, l2_len, l3, ip_end, chunk, oute
     return new_base
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def apply_entry(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
                 src, dst, sport, dport, chunk, st, ct, idx, counters):
     """Forward a frame by conntrack entry idx: refresh cached MACs if the FIB changed, decrement
@@ -342,7 +342,7 @@ def apply_entry(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
 
 # --- stages ---------------------------------------------------------------------------------
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def complete_partial_checksum(umem, l4, ip_end, proto, src, dst, csum_off, counters):
     """Complete a partial (offload) TCP/UDP checksum in software; see the module docstring."""
     l4_len = ip_end - l4
@@ -361,7 +361,7 @@ def complete_partial_checksum(umem, l4, ip_end, proto, src, dst, csum_off, count
     counters[CNT_CSUM_COMPLETED] += 1
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def entry_backend_valid(e, backends):
     """The backend a conntrack entry was made for is still ALIVE at the same address/port/node."""
     bid = np.int64(e.backend_id)
@@ -377,7 +377,7 @@ def entry_backend_valid(e, backends):
     return e.new_dst_addr == be.addr and e.new_dst_port == be.port
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def track_tcp(ct, idx, tcp_flags):
     """Advance the TCP state of the flow of entry idx for a segment with tcp_flags."""
     e = ct[idx]
@@ -406,7 +406,7 @@ def track_tcp(ct, idx, tcp_flags):
         ct_set_state(ct, idx, new_state)
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def conntrack_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, src, dst,
                     sport, dport, tcp_flags, chunk, st, ft, counters, now_ns):
     """Frames of tracked flows: translate by their entry. CONTINUE when untracked (or the entry
@@ -440,7 +440,7 @@ def conntrack_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
                        src, dst, sport, dport, chunk, st, ct, idx, counters)
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def source_allowed(source_ranges, offset, count, src):
     """loadBalancerSourceRanges: src lies in one of the service's ranges (no ranges: allowed)."""
     if count == 0:
@@ -455,7 +455,7 @@ def source_allowed(source_ranges, offset, count, src):
     return False
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def select_backend_maglev(maglev, backends, ring_offset, ring_size, flow_hash):
     """Backend id at the flow's position in the ring slice, or 0 (no usable backend)."""
     if ring_size == 0 or ring_offset + ring_size > maglev.shape[0]:
@@ -466,7 +466,7 @@ def select_backend_maglev(maglev, backends, ring_offset, ring_size, flow_hash):
     return bid
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def affinity_backend_usable(st, bid, ring_offset, ring_size, need_local):
     """A remembered ClientIP backend may still be used for a new flow (see module docstring)."""
     backends = st.backends
@@ -482,7 +482,7 @@ def affinity_backend_usable(st, bid, ring_offset, ring_size, need_local):
     return True
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def allocate_snat_port(ct, node, backend_addr, backend_port, proto, flow_hash, now_ns, counters):
     """A SNAT port whose reply key (backend, node_addr, backend_port, port) is free, or -1."""
     port_min = np.int64(node.snat_port_min)
@@ -504,7 +504,7 @@ def allocate_snat_port(ct, node, backend_addr, backend_port, proto, flow_hash, n
     return np.int64(-1)
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, src, dst, sport,
                   dport, tcp_flags, decapsulated, ingress_iface, chunk, st, ft, counters, now_ns):
     """New flows to a Service frontend: source ranges, backend (affinity, Maglev), DSR or DNAT
@@ -628,7 +628,7 @@ def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, s
                        src, dst, sport, dport, chunk, st, ct, o, counters)
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def bypass_stage(umem, base, l3, dst, st, counters):
     """Netfilter bypass: a frame to a XSKP_ROUTE_BYPASS prefix is routed (next hop MAC, own
     MAC, TTL - 1) without conntrack. CONTINUE when no bypass route covers dst."""
@@ -651,7 +651,7 @@ def bypass_stage(umem, base, l3, dst, st, counters):
     return verdict_of_iface(iface), 0
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def icmp_error_stage(umem, base, l3, ihl, ip_end, l4, src, dst, st, ft, counters):
     """An ICMP error quoting a TCP/UDP flow we translated: restore the quoted header, translate
     the outer addresses, forward along the entry. CONTINUE when it quotes no tracked flow."""
@@ -713,7 +713,7 @@ def icmp_error_stage(umem, base, l3, ihl, ip_end, l4, src, dst, st, ft, counters
 
 # --- per frame ------------------------------------------------------------------------------
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def process_frame(umem, addrs, lens, i, ingress_iface, st, ft, counters, now_ns):
     """One frame through every stage; returns (verdict, drop reason)."""
     base = np.int64(addrs[i])
@@ -829,7 +829,7 @@ def process_frame(umem, addrs, lens, i, ingress_iface, st, ft, counters, now_ns)
     return V_DROP, DROP_NOT_OURS
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def process_batch(umem, addrs, lens, n, ingress_iface, svc_tables, flow_tables, counters,
                   verdicts, now_ns):
     """Run frames 0..n-1 through the pipeline.

@@ -37,7 +37,7 @@ tuple order.
 from collections import namedtuple
 
 import numpy as np
-from numba import njit
+from dataplane._jit import packet_njit
 
 from dataplane import abi
 
@@ -119,7 +119,7 @@ def counters_by_name(counters):
 
 # --- hashing -------------------------------------------------------------------------------
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def mix64(x):
     """murmur3's 64-bit finalizer: a bijective mix of x (uint64)."""
     x = np.uint64(x)
@@ -131,20 +131,20 @@ def mix64(x):
     return x
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def hash_frontend(addr, port, proto):
     """Hash of a frontend key (host-order addr, port, proto) as uint64."""
     key = (np.uint64(addr) << np.uint64(32)) | (np.uint64(port) << np.uint64(8)) | np.uint64(proto)
     return mix64(key)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def hash_neighbour(addr, iface):
     """Hash of a neighbour key (host-order addr, enum xskp_iface) as uint64."""
     return mix64((np.uint64(addr) << np.uint64(8)) | np.uint64(iface) | np.uint64(0x5a00000000000000))
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def hash_flow(src_addr, dst_addr, src_port, dst_port, proto):
     """Hash of a 5-tuple as uint64 (conntrack slot and Maglev ring position)."""
     a = (np.uint64(src_addr) << np.uint64(32)) | np.uint64(dst_addr)
@@ -152,7 +152,7 @@ def hash_flow(src_addr, dst_addr, src_port, dst_port, proto):
     return mix64(a ^ mix64(b + np.uint64(0x9e3779b97f4a7c15)))
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def hash_client(client_addr, service_id):
     """Hash of an affinity key (client address, service id) as uint64."""
     return mix64((np.uint64(client_addr) << np.uint64(32)) ^ np.uint64(service_id)
@@ -161,7 +161,7 @@ def hash_client(client_addr, service_id):
 
 # --- frontends ----------------------------------------------------------------------------
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def insert_frontend(frontends, addr, port, proto, kind, service_id):
     """Add or replace the frontend (addr, port, proto) -> (kind, service_id).
 
@@ -185,7 +185,7 @@ def insert_frontend(frontends, addr, port, proto, kind, service_id):
     return np.int64(-1)
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def lookup_frontend(frontends, addr, port, proto):
     """Slot index of the frontend (addr, port, proto), or -1. Reads frontends only."""
     mask = np.uint64(frontends.shape[0] - 1)
@@ -202,7 +202,7 @@ def lookup_frontend(frontends, addr, port, proto):
 
 # --- neighbours ---------------------------------------------------------------------------
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def insert_neighbour(neighbours, addr, iface, mac):
     """Add or replace the resolved neighbour (addr, iface) -> mac (6 uint8).
 
@@ -223,7 +223,7 @@ def insert_neighbour(neighbours, addr, iface, mac):
     return np.int64(-1)
 
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def lookup_neighbour(neighbours, addr, iface):
     """Slot index of the neighbour (addr, iface), or -1. Reads neighbours only."""
     mask = np.uint64(neighbours.shape[0] - 1)
@@ -240,7 +240,7 @@ def lookup_neighbour(neighbours, addr, iface):
 
 # --- routes -------------------------------------------------------------------------------
 
-@njit(cache=True, nogil=True)
+@packet_njit
 def lookup_route(routes, route_count, addr):
     """Index of the first route (longest prefix first) containing addr, or -1."""
     n = min(route_count, routes.shape[0])
@@ -268,53 +268,53 @@ def set_routes(service_tables, routes):
 
 # --- predicates (read flags through these, not bit tests) ------------------------------
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def svc_is_dsr(svc):
     return (svc.flags & _SVC_DSR) != 0
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def svc_has_affinity(svc):
     return (svc.flags & _SVC_AFFINITY_CLIENTIP) != 0
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def svc_etp_local(svc):
     return (svc.flags & _SVC_ETP_LOCAL) != 0
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def svc_itp_local(svc):
     return (svc.flags & _SVC_ITP_LOCAL) != 0
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def svc_has_source_ranges(svc):
     return (svc.flags & _SVC_SOURCE_RANGES) != 0
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def fe_is_external(kind):
     """NodePort, LoadBalancer ingress IP or externalIP (externalTrafficPolicy applies)."""
     return kind != _FE_CLUSTER_IP and kind != _FE_EMPTY
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def fe_allows_dsr(kind):
     """DSR applies to LoadBalancer ingress IPs and externalIPs (every node knows them)."""
     return kind == _FE_LOAD_BALANCER or kind == _FE_EXTERNAL_IP
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def be_is_alive(be):
     return (be.flags & _BE_ALIVE) != 0
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def be_is_local(be):
     return (be.flags & _BE_LOCAL) != 0
 
 
-@njit(cache=True, nogil=True, inline="always")
+@packet_njit(inline="always")
 def route_allows_bypass(route):
     return (route.flags & _ROUTE_BYPASS) != 0
