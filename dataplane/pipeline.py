@@ -183,7 +183,7 @@ def verdict_of_iface(iface):
     return V_TX_GATEWAY
 
 
-@packet_njit
+@packet_njit(inline="always")
 def resolve_next_hop(st, addr, counters):
     """(drop reason or 0, out iface, neighbour slot) for a frame to addr: route, then neighbour.
     A next hop without neighbour entry is left in counters[XSKP_SLOT_NEIGH_MISS] (iface << 32 |
@@ -206,7 +206,7 @@ def resolve_next_hop(st, addr, counters):
     return 0, iface, nb
 
 
-@packet_njit
+@packet_njit(inline="always")
 def ct_resolve(st, ct, idx, counters):
     """Cache out interface and MACs for entry idx; 0 or the drop reason (then the entry keeps a
     fib_generation older than the current one and any later one, so frames retry until it
@@ -227,7 +227,7 @@ def ct_resolve(st, ct, idx, counters):
     return 0
 
 
-@packet_njit
+@packet_njit(inline="always")
 def ct_refresh(st, ct, idx, counters):
     """Re-resolve entry idx's cached interface and MACs if the FIB changed since (counted as
     XSKP_CNT_FIB_REFRESH); 0 or the drop reason."""
@@ -284,7 +284,7 @@ def encapsulate_ipip(umem, addrs, lens, i, base, l2_len, l3, ip_end, chunk, oute
     return new_base
 
 
-@packet_njit
+@packet_njit(inline="always")
 def apply_entry(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
                 src, dst, sport, dport, chunk, st, ct, idx, counters):
     """Forward a frame by conntrack entry idx: refresh cached MACs if the FIB changed, decrement
@@ -342,7 +342,7 @@ def apply_entry(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
 
 # --- stages ---------------------------------------------------------------------------------
 
-@packet_njit
+@packet_njit(inline="always")
 def complete_partial_checksum(umem, l4, ip_end, proto, src, dst, csum_off, counters):
     """Complete a partial (offload) TCP/UDP checksum in software; see the module docstring."""
     l4_len = ip_end - l4
@@ -361,7 +361,7 @@ def complete_partial_checksum(umem, l4, ip_end, proto, src, dst, csum_off, count
     counters[CNT_CSUM_COMPLETED] += 1
 
 
-@packet_njit
+@packet_njit(inline="always")
 def entry_backend_valid(e, backends):
     """The backend a conntrack entry was made for is still ALIVE at the same address/port/node."""
     bid = np.int64(e.backend_id)
@@ -406,7 +406,7 @@ def track_tcp(ct, idx, tcp_flags):
         ct_set_state(ct, idx, new_state)
 
 
-@packet_njit
+@packet_njit(inline="always")
 def conntrack_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, src, dst,
                     sport, dport, tcp_flags, chunk, st, ft, counters, now_ns):
     """Frames of tracked flows: translate by their entry. CONTINUE when untracked (or the entry
@@ -628,7 +628,7 @@ def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, s
                        src, dst, sport, dport, chunk, st, ct, o, counters)
 
 
-@packet_njit
+@packet_njit(inline="always")
 def bypass_stage(umem, base, l3, dst, st, counters):
     """Netfilter bypass: a frame to a XSKP_ROUTE_BYPASS prefix is routed (next hop MAC, own
     MAC, TTL - 1) without conntrack. CONTINUE when no bypass route covers dst."""
