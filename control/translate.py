@@ -503,6 +503,33 @@ def _fill_frontends(table, addrs, ports, protos, kinds, service_ids):
     return failed
 
 
+def _copy_rows(rows):
+    """A copy of a contiguous structured array, made as bytes: numpy copies structured dtypes
+    field by field, ~10x slower (4 MB of backends: 6.7 ms against 0.7 ms)."""
+    out = np.empty_like(rows)
+    out.view(np.uint8)[...] = rows.view(np.uint8)
+    return out
+
+
+def _identity_diff(new, old):
+    """[(key, new value or None, old value or None)] for the keys whose value is not the same
+    object in both dicts. Sources keep the key and value objects (and the order) of unchanged
+    entries, so the common case pairs the items in order without hashing a key."""
+    if len(new) == len(old):
+        out = []
+        for (key, value), (old_key, old_value) in zip(new.items(), old.items()):
+            if key is not old_key:
+                break
+            if value is not old_value:
+                out.append((key, value, old_value))
+        else:
+            return out
+    get = old.get
+    out = [(key, value, get(key)) for key, value in new.items() if get(key) is not value]
+    out += [(key, None, value) for key, value in old.items() if key not in new]
+    return out
+
+
 class Translator:
     """model + node network -> Translation, keeping what did not change between calls.
 
@@ -546,6 +573,7 @@ class Translator:
         self._network_inputs = None
         self._last_services = None               # the last state's dicts (copies), for identity
         self._last_slices = None
+        self._slice_index = {}                   # service key -> keys of its slices (in _last_slices)
         self._skipped = set()
         self._replan_all = False
         self._pending_changes = None
@@ -579,14 +607,8 @@ class Translator:
             for entry in self._entries.values():
                 entry.service = None              # re-plan every Service, keep equal rings
         everything = self._replan_all or self._last_services is None
-        candidates = self._changed_services(state, everything)
-
-        slices_by_service = {}
-        if candidates:
-            for s in state.endpoint_slices.values():
-                key = (s.namespace, s.service_name)
-                if key in candidates:
-                    slices_by_service.setdefault(key, []).append(s)
+        candidates, slice_changes = self._changed_services(state, everything)
+        slices_by_service, slice_index = self._slices_by_service(state, candidates, slice_changes)
 
         rebuilt = 0
         for key in sorted(candidates):
@@ -616,6 +638,14 @@ class Translator:
         # Remembered only now: a translate that raised part-way finds the same candidates again.
         self._last_services = dict(state.services)
         self._last_slices = dict(state.endpoint_slices)
+        if slice_changes is None:
+            self._slice_index = slice_index
+        else:
+            for service, keys in slice_index.items():
+                if keys:
+                    self._slice_index[service] = keys
+                else:
+                    self._slice_index.pop(service, None)
         self._replan_all = False
 
         for key in self._reserved_backends:
@@ -673,31 +703,43 @@ class Translator:
     # -- Services ----------------------------------------------------------------------------
 
     def _changed_services(self, state, everything):
-        """Keys of the Services that may have changed since the last call: by identity of the
-        model objects (sources keep the object of an unchanged Kubernetes object), so the
-        cost is a dict walk; the caller then compares by value before re-planning."""
-        last_services, last_slices = self._last_services, self._last_slices
+        """(keys of the Services that may have changed since the last call, the slices that did
+        as [(key, new or None, old or None)]): by identity of the model objects (sources keep
+        the object of an unchanged Kubernetes object); the caller then compares by value."""
         if everything:
-            return set(state.services) | set(self._entries) | self._skipped
-        candidates = set()
-        services = state.services
-        for key, svc in services.items():
-            if last_services.get(key) is not svc:
-                candidates.add(key)
-        for key in last_services:
-            if key not in services:
-                candidates.add(key)
+            return set(state.services) | set(self._entries) | self._skipped, None
+        candidates = {key for key, _, _ in _identity_diff(state.services, self._last_services)}
+        slice_changes = _identity_diff(state.endpoint_slices, self._last_slices)
+        for _, new, old in slice_changes:
+            for sl in (new, old):
+                if sl is not None:
+                    candidates.add((sl.namespace, sl.service_name))
+        return candidates, slice_changes
+
+    def _slices_by_service(self, state, candidates, slice_changes):
+        """{service key: [EndpointSlice]} for the candidates, and the slice index to keep once
+        the translate completes: from the index and the changes, or (everything) a full walk."""
         slices = state.endpoint_slices
-        for key, sl in slices.items():
-            old = last_slices.get(key)
-            if old is not sl:
-                candidates.add((sl.namespace, sl.service_name))
-                if old is not None:
-                    candidates.add((old.namespace, old.service_name))
-        for key, old in last_slices.items():
-            if key not in slices:
-                candidates.add((old.namespace, old.service_name))
-        return candidates
+        if slice_changes is None:
+            index = {}
+            for key, sl in slices.items():
+                index.setdefault((sl.namespace, sl.service_name), set()).add(key)
+        else:
+            index = {}
+            for key, new, old in slice_changes:
+                for sl in (old, new):
+                    if sl is not None:
+                        service = (sl.namespace, sl.service_name)
+                        keys = index.get(service)
+                        if keys is None:
+                            keys = index[service] = set(self._slice_index.get(service, ()))
+                        keys.discard(key) if sl is old else keys.add(key)
+        found = {}
+        for service in candidates:
+            keys = index.get(service, self._slice_index.get(service, ()))
+            if keys:
+                found[service] = [slices[k] for k in keys]
+        return found, index
 
     def _context(self, state, network):
         opts = self.options
@@ -978,14 +1020,14 @@ class Translator:
         changed = self._write_rows("_backend_rows", self._backend_info, self._dirty_backend_ids,
                                    ("addr", "port", "flags", "node_addr"), backend_count)
         if changed or prev is None or prev.backends.shape[0] != backend_count:
-            backends = self._backend_rows[:backend_count].copy()
+            backends = _copy_rows(self._backend_rows[:backend_count])
         else:
             backends = prev.backends
         service_count = max(self.service_ids.next_id, 1)
         self._write_rows("_service_rows", self._service_info, self._dirty_service_ids,
                          ("flags", "affinity_timeout_s", "ring_offset", "ring_size",
                           "local_ring_offset", "local_ring_size"), service_count)
-        services = self._service_rows[:service_count].copy()
+        services = _copy_rows(self._service_rows[:service_count])
         ranges = []
         for _, plan in sorted(self._ranged_plans.items()):
             row = services[plan.service_id]
