@@ -262,6 +262,25 @@ def test_an_unchanged_service_is_not_rebuilt_and_keeps_its_ring():
     assert third.stats["rebuilt_services"] == 0 and third.steering.empty()
 
 
+def test_incremental_translation_follows_slices_added_moved_and_removed():
+    """A slice added to a Service, one moved to another Service (its service label changed) and
+    one deleted, each in its own translate, with dicts in changed and in unchanged order: the
+    incremental translator ends with the Services a fresh translator builds from the last state."""
+    translator = Translator(ProxyOptions(node_name="n1"))
+    a1, b1 = _slice("a", ["10.1.0.1"]), _slice("b", ["10.1.0.10"])
+    a2 = _slice("a", ["10.1.0.2"], name="a-2")
+    moved = _slice("b", ["10.1.0.2"], name="a-2")                 # a-2 now labelled for b
+    steps = [[a1, b1], [a1, b1, a2], [a1, b1, moved], [moved, a1], [moved]]
+    for slices in steps:
+        result = translator.translate(_state(slices))
+    fresh = Translator(ProxyOptions(node_name="n1")).translate(_state(steps[-1]))
+    incremental = describe_tables(result.tables, result.service_names)
+    expected = describe_tables(fresh.tables, fresh.service_names)
+    assert {k: set(v["backends"]) for k, v in incremental.items()} == \
+        {k: set(v["backends"]) for k, v in expected.items()} == {"default/a:/TCP": set(),
+                                                                 "default/b:/TCP": {"10.1.0.2:8080"}}
+
+
 def test_the_first_generation_is_untouched_by_the_next():
     """Building generation 2 writes nothing a reader of generation 1 can see: its arrays, and
     the slices of the shared ring arena its services point at, stay as they were."""
