@@ -25,10 +25,10 @@ def build_parser():
     run = sub.add_parser("run", help="run the agent on this node",
                          description="Attach the steering program to the transport and gateway "
                          "interfaces, start one worker per queue and the control thread. SIGINT "
-                         "detaches and exits. SIGTERM hands over: the program stays attached and for "
-                         "handoverSeconds (default 10, 0: detach) drops translated traffic it has no "
-                         "socket for, until the next agent replaces it; then the kernel path takes "
-                         "over again. Per-flow state stays in the state directory for the next start "
+                         "detaches and exits. SIGTERM hands over: the program stays attached and drops the "
+                         "translated traffic it has no socket for, until the next agent replaces it or "
+                         "handoverSeconds (default 10; 0: detach at once) run out, when the kernel path "
+                         "takes over. Per-flow state stays in the state directory for the next start "
                          "to adopt.")
     run.add_argument("--config", required=True, help="YAML configuration file (see deploy/configmap.yaml)")
 
