@@ -18,14 +18,13 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit
 
 from control.model import AFFINITY_TIMEOUT_DEFAULT, AFFINITY_TIMEOUT_MAX
 from dataplane import abi
 from dataplane.maglev import backend_hash_keys_v4, build_maglev_ring, maglev_ring_size
 from dataplane.tables import (
     BACKEND_DTYPE, FRONTEND_DTYPE, NEIGHBOUR_DTYPE, NODE_DTYPE, ROUTE_DTYPE, SERVICE_DTYPE,
-    SOURCE_RANGE_DTYPE, ServiceTables, insert_frontend, insert_neighbour, next_pow2, set_routes,
+    SOURCE_RANGE_DTYPE, ServiceTables, fill_frontends, insert_neighbour, next_pow2, set_routes,
 )
 
 log = logging.getLogger("xskproxy.translate")
@@ -489,18 +488,6 @@ def _plan_service(service, slices, ctx):
             local_keys=tuple(k for k, _ in local) if needs_local else (),
             source_ranges=ranges)
     return plans
-
-
-# Not cached on purpose: numba's cache does not notice when insert_frontend (another file)
-# changes, and a table filled with a stale hash would make every lookup miss.
-@njit(nogil=True)
-def _fill_frontends(table, addrs, ports, protos, kinds, service_ids):
-    """Insert every frontend row into the empty hash table; returns how many did not fit."""
-    failed = 0
-    for i in range(addrs.shape[0]):
-        if insert_frontend(table, addrs[i], ports[i], protos[i], kinds[i], service_ids[i]) < 0:
-            failed += 1
-    return failed
 
 
 def _copy_rows(rows):
@@ -1013,7 +1000,7 @@ class Translator:
                 kind, sid, _ = owners[min(owners)]    # a clash (same IP:port twice): one wins
                 addrs[i], ports[i], protos[i], kinds[i], sids[i] = addr, port, proto, kind, sid
             frontends = np.zeros(next_pow2(2 * max(n, 4)), FRONTEND_DTYPE)
-            _fill_frontends(frontends, addrs, ports, protos, kinds, sids)
+            fill_frontends(frontends, addrs, ports, protos, kinds, sids)
         else:
             frontends = prev.frontends
         backend_count = max(self.backend_ids.next_id, 1)

@@ -186,6 +186,18 @@ def insert_frontend(frontends, addr, port, proto, kind, service_id):
 
 
 @packet_njit
+def fill_frontends(frontends, addrs, ports, protos, kinds, service_ids):
+    """Insert every frontend row into an empty table (the control side's bulk build; here, next
+    to insert_frontend, so that numba's cache of both is invalidated together). Returns how many
+    did not fit."""
+    failed = 0
+    for i in range(addrs.shape[0]):
+        if insert_frontend(frontends, addrs[i], ports[i], protos[i], kinds[i], service_ids[i]) < 0:
+            failed += 1
+    return failed
+
+
+@packet_njit
 def lookup_frontend(frontends, addr, port, proto):
     """Slot index of the frontend (addr, port, proto), or -1. Reads frontends only."""
     mask = np.uint64(frontends.shape[0] - 1)
