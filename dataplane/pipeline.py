@@ -713,7 +713,7 @@ def icmp_error_stage(umem, base, l3, ihl, ip_end, l4, src, dst, st, ft, counters
 
 # --- per frame ------------------------------------------------------------------------------
 
-@packet_njit
+@packet_njit(inline="always")
 def process_frame(umem, addrs, lens, i, ingress_iface, st, ft, counters, now_ns):
     """One frame through every stage; returns (verdict, drop reason)."""
     base = np.int64(addrs[i])
