@@ -700,33 +700,36 @@ class Translator:
         for _, new, old in slice_changes:
             for sl in (new, old):
                 if sl is not None:
-                    candidates.add((sl.namespace, sl.service_name))
+                    candidates.add(sl.service_key)
         return candidates, slice_changes
 
     def _slices_by_service(self, state, candidates, slice_changes):
         """{service key: [EndpointSlice]} for the candidates, and the slice index to keep once
         the translate completes: from the index and the changes, or (everything) a full walk."""
         slices = state.endpoint_slices
+        index = {}
         if slice_changes is None:
-            index = {}
             for key, sl in slices.items():
-                index.setdefault((sl.namespace, sl.service_name), set()).add(key)
+                index.setdefault(sl.service_key, set()).add(key)
         else:
-            index = {}
             for key, new, old in slice_changes:
-                for sl in (old, new):
-                    if sl is not None:
-                        service = (sl.namespace, sl.service_name)
-                        keys = index.get(service)
-                        if keys is None:
-                            keys = index[service] = set(self._slice_index.get(service, ()))
-                        keys.discard(key) if sl is old else keys.add(key)
+                if old is not None:
+                    self._slice_keys(index, old.service_key).discard(key)
+                if new is not None:
+                    self._slice_keys(index, new.service_key).add(key)
         found = {}
         for service in candidates:
             keys = index.get(service, self._slice_index.get(service, ()))
             if keys:
                 found[service] = [slices[k] for k in keys]
         return found, index
+
+    def _slice_keys(self, index, service):
+        """index's set of slice keys for `service`, started from the kept index's (a copy)."""
+        keys = index.get(service)
+        if keys is None:
+            keys = index[service] = set(self._slice_index.get(service, ()))
+        return keys
 
     def _context(self, state, network):
         opts = self.options
@@ -1098,13 +1101,13 @@ def describe_tables(tables, service_names):
                                     _PROTO_NAMES.get(int(fe["proto"]), int(fe["proto"])))
         by_service.setdefault(int(fe["service_id"]), []).append(text)
 
+    backend_addrs, backend_ports = tables.backends["addr"], tables.backends["port"]
+
     def ring_members(offset, size):
         ids, counts = np.unique(tables.maglev[offset:offset + size], return_counts=True)
-        members = {}
-        for bid, count in zip(ids.tolist(), counts.tolist()):
-            be = tables.backends[bid]
-            members[f"{_ip4_str(be['addr'])}:{int(be['port'])}"] = count
-        return members
+        # whole columns, not a record per backend: 10x faster at 250,000 backends
+        return {f"{_ip4_str(addr)}:{port}": count for addr, port, count in
+                zip(backend_addrs[ids].tolist(), backend_ports[ids].tolist(), counts.tolist())}
 
     for sid, name in sorted(service_names.items()):
         row = tables.services[sid]
