@@ -82,6 +82,7 @@ class Agent:
         self.started_at = None
         self.last_translation_stats = {}
         self.service_names = {}
+        self._saved_service_ids = None                  # what SERVICE_IDS holds on disk
         self._stats_thread = None
         self._stop = threading.Event()
         self._publish_lock = threading.Lock()
@@ -224,7 +225,10 @@ class Agent:
                 self._wait_for_pickup(generation.number)
                 apply_steering_changes(self.steering, translation.steering)
             self.write_services(translation.tables)
-            store.save_id_map(self.config.state_dir, SERVICE_IDS, self.translator.service_id_map())
+            ids = self.translator.service_id_map()
+            if ids != self._saved_service_ids:           # ids rarely change: no rewrite per publish
+                store.save_id_map(self.config.state_dir, SERVICE_IDS, ids)
+                self._saved_service_ids = ids
             self._keep_next_hops(snapshot, translation.tables)
             log.info("event=published generation=%d services=%d backends=%d rebuilt=%d seconds=%.4f",
                      generation.number, translation.stats["services"], translation.stats["backends"],
