@@ -332,9 +332,7 @@ class XskproxyAgent(_AfxdpWorker):
     per_service_count = True
     ready_timeout = 300.0        # the first start compiles the pipeline with numba (cached after)
     stop_timeout = 20.0          # stop flushes the flow tables
-    # A loopback port of the node namespace, the bench's own (nothing else listens there). Not "" (which
-    # control/config.py documents as disabled): `run` starts the metrics server regardless and exits 1.
-    METRICS_ADDRESS = "127.0.0.1:9847"
+    METRICS_ADDRESS = ""         # disabled: the bench reads stats.json
 
     def unavailable(self, bench):
         try:
@@ -354,8 +352,8 @@ class XskproxyAgent(_AfxdpWorker):
         return agent_setup.manifest(services, node_ip=t.transport.ip, pod_cidr=t.pod_if.network)
 
     def write_files(self, bench):
-        """config.yaml, manifests/services.json (JSON is YAML; 10,000 Services dump far faster) in a
-        new work directory; returns the config's path."""
+        """config.yaml, manifests/services.json (the agent parses .json manifests as JSON: 10,000
+        Services load far faster than as YAML) in a new work directory; returns the config's path."""
         parent = "/dev/shm" if os.path.isdir("/dev/shm") else None
         self.workdir = tempfile.mkdtemp(prefix="xskp-bench-agent-", dir=parent)
         manifest_dir = os.path.join(self.workdir, "manifests")
