@@ -212,6 +212,7 @@ def _populate_sparse(ring, occupied, offset, skip, credit, credit_per_round, fre
     inverse = np.empty(n, dtype=np.int64)
     for i in range(n):
         inverse[i] = _mod_inverse(skip[i], m)
+    scale = 1.0 / m
     remaining = free_count
     i = resume_at
     first_turn = True
@@ -219,12 +220,23 @@ def _populate_sparse(ring, occupied, offset, skip, credit, credit_per_round, fre
         if not first_turn:
             credit[i] += credit_per_round[i]
         first_turn = False
+        start, inv = offset[i], inverse[i]
+        inv_scaled = inv * scale
         while credit[i] >= 1.0 and remaining > 0:
             credit[i] -= 1.0
             best_index = 0
             best_rank = m
             for f in range(remaining):
-                rank = (free[f] - offset[i] + m) % m * inverse[i] % m
+                # rank = (free - start) * inv mod m without a division: the quotient estimated in
+                # floating point is off by at most one (products < 2^62, 53-bit mantissa), fixed below
+                d = free[f] - start
+                if d < 0:
+                    d += m
+                rank = d * inv - np.int64(d * inv_scaled) * m
+                if rank < 0:
+                    rank += m
+                elif rank >= m:
+                    rank -= m
                 if rank < best_rank:
                     best_rank = rank
                     best_index = f
@@ -275,3 +287,42 @@ def build_maglev_ring(keys, weights=None, ring_size=None):
     slots = _populate_ring(sorted_keys, np.ascontiguousarray(credit), int(ring_size),
                            _OFFSET_SEED, _SKIP_SEED, _sparse_threshold(int(ring_size)))
     return order.astype(np.int32)[slots]
+
+
+@njit(cache=True, nogil=True)
+def _build_rings(keys, key_starts, ring_sizes, values, out, out_starts, offset_seed, skip_seed):
+    """Many equal-weight rings in one call, without the GIL: ring j is built over
+    keys[key_starts[j]:key_starts[j + 1]] (unique) and its slots hold the matching `values`,
+    written to out[out_starts[j]:out_starts[j] + ring_sizes[j]]."""
+    for j in range(ring_sizes.shape[0]):
+        lo, hi = key_starts[j], key_starts[j + 1]
+        order = np.argsort(keys[lo:hi], kind="mergesort")
+        sorted_keys = keys[lo:hi][order]
+        for k in range(1, hi - lo):
+            if sorted_keys[k] == sorted_keys[k - 1]:
+                raise ValueError("keys: backends must be unique within a ring")
+        size = ring_sizes[j]
+        slots = _populate_ring(sorted_keys, np.ones(hi - lo, dtype=np.float64), size, offset_seed,
+                               skip_seed, max(1, np.int64(np.sqrt(np.float64(size)))))
+        ring_values = values[lo:hi][order]
+        base = out_starts[j]
+        for s in range(size):
+            out[base + s] = ring_values[slots[s]]
+
+
+def build_maglev_rings(keys, key_starts, ring_sizes, values):
+    """Equal-weight Maglev rings for many Services at once (the same rings build_maglev_ring
+    gives, one call instead of one per Service, and the GIL is released while they are built).
+
+    keys: uint64 backend_hash_key values, ring after ring; key_starts: len(ring_sizes) + 1 offsets
+    into keys; ring_sizes: each ring's size (a prime, e.g. maglev_ring_size); values: one uint32
+    per key, what the ring's slots hold (the pipeline's backend ids). Returns (slots, starts):
+    the rings back to back in one uint32 array and where each begins."""
+    ring_sizes = np.ascontiguousarray(ring_sizes, dtype=np.int64)
+    out_starts = np.zeros(ring_sizes.size, dtype=np.int64)
+    np.cumsum(ring_sizes[:-1], out=out_starts[1:])
+    out = np.empty(int(ring_sizes.sum()), dtype=np.uint32)
+    _build_rings(np.ascontiguousarray(keys, dtype=np.uint64), np.ascontiguousarray(key_starts, dtype=np.int64),
+                 ring_sizes, np.ascontiguousarray(values, dtype=np.uint32), out, out_starts,
+                 _OFFSET_SEED, _SKIP_SEED)
+    return out, out_starts
