@@ -37,9 +37,13 @@ class WatchError(Exception):
 
 def make_client_factory(kubeconfig=None, context=None):
     """A callable returning a fresh kubernetes ApiClient: from `kubeconfig` (re-read on every call,
-    so a rewritten kubeconfig is picked up on reconnect) or, when None, the in-cluster config."""
+    so a rewritten kubeconfig is picked up on reconnect) or, when None, the in-cluster config.
+    Loads the client here, not in the reflector threads once they list: its API classes are
+    imported on first use (CoreV1Api: ~1 s alone, ~4 s while the slices list holds the GIL)."""
+    from kubernetes import client, config
+    client.CoreV1Api, client.DiscoveryV1Api                  # noqa: B018 (loads them)
+
     def factory():
-        from kubernetes import client, config
         configuration = client.Configuration()
         if kubeconfig:
             config.load_kube_config(config_file=str(kubeconfig), context=context,

@@ -253,6 +253,12 @@ class RingArena:
         self.used += size
         return offset
 
+    def reserve(self, size):
+        """Grow now, once, if `size` slots would not fit in one free extent (before allocating
+        many rings: growing ring by ring copies the array again and again)."""
+        if size > max((extent for _, extent in self._free), default=0):
+            self._grow(size)
+
     def release(self, offset, size, generation):
         if size:
             self._pending.append((generation, offset, size))
@@ -320,6 +326,7 @@ class _RingBatch:
     def place(self, arena):
         """Wait for every chunk, copy each into the arena; returns the plans given rings."""
         self._flush(None)
+        arena.reserve(sum(sum(sizes) for _, _, sizes in self._chunks))
         plans = []
         for result, owners, sizes in self._chunks:
             slots, starts = result.result() if hasattr(result, "result") else result
@@ -338,6 +345,12 @@ class _RingBatch:
         result = submit(build_maglev_rings, *args) if submit else build_maglev_rings(*args)
         self._chunks.append((result, self._owners, self._sizes))
         self._keys, self._ids, self._starts, self._sizes, self._owners = [], [], [0], [], []
+
+    @staticmethod
+    def warm_up():
+        """Load the compiled ring builder now (~0.5 s on first use in a process), not in the
+        first sync."""
+        build_maglev_rings(np.array([1], np.uint64), np.array([0, 1]), np.array([3]), np.array([1], np.uint32))
 
     @classmethod
     def _helper_executor(cls):
@@ -597,6 +610,7 @@ class Translator:
         self.service_ids = StableIdAllocator(first_id=1)
         self.arena = RingArena()
         self._rings = _RingBatch()               # rings scheduled by the translate under way
+        _RingBatch.warm_up()
         self._entries = {}                       # service key -> _ServiceEntry
         self._ctx = None
         self._backend_refs = {}                  # backend key -> reference count

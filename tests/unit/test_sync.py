@@ -180,3 +180,23 @@ def test_gc_paused_nests_and_restores():
     seen = []
     SyncLoop(lambda: 1, lambda s: seen.append(gc.isenabled())).sync_once()
     assert seen == [False] and gc.isenabled()
+
+
+def test_gc_paused_freezes_the_survivors_of_a_bulk_load_only():
+    """A pause that created many objects freezes them (later collections skip them); a small
+    one leaves the collector as it was."""
+    import gc
+    from control.sync import GC_FREEZE_AFTER, gc_paused
+    gc.collect()
+    frozen = gc.get_freeze_count()
+    with gc_paused():
+        small = [[i] for i in range(1000)]
+    assert gc.get_freeze_count() == frozen
+    with gc_paused():
+        bulk = [[i] for i in range(GC_FREEZE_AFTER + 1000)]
+    try:
+        assert gc.get_freeze_count() >= frozen + len(bulk)
+        assert gc.get_count()[0] < 1000                 # nothing young left to traverse
+    finally:
+        gc.unfreeze()
+    del small, bulk
