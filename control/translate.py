@@ -526,32 +526,31 @@ def _plan_service(service, slices, ctx):
                 continue
             target = port.port
             for ep in s.endpoints:
-                if not ep.addresses:
+                addresses = ep.addresses
+                if not addresses:
                     continue
                 try:
-                    addr = from_bytes(inet_pton(AF_INET, ep.addresses[0]), "big")
+                    addr = from_bytes(inet_pton(AF_INET, addresses[0]), "big")
                 except OSError:
                     continue
-                key = (addr, target, proto)
-                if key not in seen:
-                    seen[key] = ep
+                seen.setdefault((addr, target, proto), ep)
         endpoints = sorted(seen.items())          # keys are unique: endpoints never compared
         cluster, local = _categorize(endpoints, ctx.node_name, ctx.zone)
         backends = {}
         node_name = ctx.node_name
-        chosen = {key for key, _ in cluster + local}
+        # Every listed endpoint stays a backend, so flows it has keep going (kube-proxy leaves
+        # their conntrack entries too); one that new flows must not pick (terminating, or not
+        # ready while others are) is flagged TERMINATING and is in no ring.
+        chosen = None if len(cluster) == len(endpoints) else {key for key, _ in cluster + local}
+        get_node_addr = node_addr_of.get
         for key, ep in endpoints:
-            # Every listed endpoint stays a backend, so flows it has keep going (kube-proxy leaves
-            # their conntrack entries too); one that new flows must not pick (terminating, or
-            # not ready while others are) is flagged TERMINATING and is in no ring.
-            flags = _BE_ALIVE
-            if ep.node_name == node_name:
-                flags |= _BE_LOCAL
-            if ep.terminating or key not in chosen:
+            ep_node = ep.node_name
+            flags = _BE_ALIVE | _BE_LOCAL if ep_node == node_name else _BE_ALIVE
+            if ep.terminating or (chosen is not None and key not in chosen):
                 flags |= _BE_TERMINATING
             # inet_pton accepted the text, so it is canonical dotted decimal (glibc refuses
             # leading zeros): the steering key can use it as it is.
-            backends[key] = (node_addr_of.get(ep.node_name, 0), flags, ep.addresses[0])
+            backends[key] = (get_node_addr(ep_node, 0), flags, ep.addresses[0])
         # DSR: the backend node picks among its own endpoints for decapsulated flows
         needs_local = bool(base_flags & (lib.XSKP_SVC_ETP_LOCAL | lib.XSKP_SVC_ITP_LOCAL
                                          | lib.XSKP_SVC_DSR))
