@@ -83,6 +83,8 @@ class Agent:
         self.last_translation_stats = {}
         self.service_names = {}
         self._saved_service_ids = None                  # what SERVICE_IDS holds on disk
+        self._to_describe = None                        # (generation, tables, service names)
+        self._described_generation = None               # what services.json shows
         self._stats_thread = None
         self._stop = threading.Event()
         self._publish_lock = threading.Lock()
@@ -149,6 +151,7 @@ class Agent:
         self.network.start(self.sync.notify)
         self.network.mark_dirty()
         self.sync.start(initial_sync=True)
+        self.write_services()                          # before the stats thread, its only other writer
         self._stats_thread = threading.Thread(target=self._stats_loop, name="stats", daemon=True)
         self._stats_thread.start()
         self.write_stats()
@@ -219,12 +222,12 @@ class Agent:
             generation = self.store.publish(translation.tables, translation.generation,
                                             {"stats": translation.stats})
             self.service_names = translation.service_names
+            self._to_describe = (generation.number, translation.tables, translation.service_names)
             self.last_translation_stats = dict(translation.stats,
                                                seconds=round(time.perf_counter() - started, 6))
             if self.steering_ready:
                 self._wait_for_pickup(generation.number)
                 apply_steering_changes(self.steering, translation.steering)
-            self.write_services(translation.tables)
             ids = self.translator.service_id_map()
             if ids != self._saved_service_ids:           # ids rarely change: no rewrite per publish
                 store.save_id_map(self.config.state_dir, SERVICE_IDS, ids)
@@ -334,16 +337,26 @@ class Agent:
     def write_stats(self):
         _write_json(os.path.join(self.config.state_dir, "stats.json"), self.snapshot())
 
-    def write_services(self, tables):
-        described = describe_tables(tables, self.service_names)
-        _write_json(os.path.join(self.config.state_dir, "services.json"), described)
+    def write_services(self):
+        """services.json for the last published generation, if not written yet. Called by the
+        stats thread, outside the publish lock: describing 250,000 backends takes ~1.5 s, which
+        would otherwise delay the next publish."""
+        latest = self._to_describe
+        if latest is None or latest[0] == self._described_generation:
+            return
+        number, tables, service_names = latest
+        _write_json(os.path.join(self.config.state_dir, "services.json"),
+                    describe_tables(tables, service_names))
+        self._described_generation = number
 
     def _stats_loop(self):
-        """Housekeeping: neighbour misses every MISS_POLL_INTERVAL, stats every STATS_INTERVAL."""
+        """Housekeeping: neighbour misses and services.json (after a new generation) every
+        MISS_POLL_INTERVAL, stats every STATS_INTERVAL."""
         next_stats = time.monotonic() + STATS_INTERVAL
         while not self._stop.wait(MISS_POLL_INTERVAL):
             try:
                 self._resolve_missed_next_hops()
+                self.write_services()
                 if time.monotonic() >= next_stats:
                     next_stats += STATS_INTERVAL
                     self.write_stats()
