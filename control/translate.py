@@ -6,7 +6,8 @@ Kubernetes semantics follow kube-proxy and Antrea (references in each function).
 Translator keeps caches between calls so that an unchanged Service is not rebuilt: its plans,
 backend ids and Maglev rings carry over. Its outputs depend only on its inputs and on the
 history of ids (backend and service ids are stable across generations, never reused while a
-live generation may still refer to them).
+live generation may still refer to them). New Maglev rings are built on a helper thread (numba,
+without the GIL) while planning goes on; that changes when they are built, never what they hold.
 
 Byte order: the pipeline's tables hold host-order numbers (10.0.0.1 is 0x0a000001); the
 steering contents hold the strings and ints that dataplane.xsk.SteeringProgram takes.
