@@ -5,8 +5,8 @@ import pytest
 
 from dataplane import maglev
 from dataplane.maglev import (
-    RING_SIZES, backend_hash_key, backend_hash_keys_v4, build_maglev_ring, is_prime,
-    maglev_ring_size,
+    RING_SIZES, backend_hash_key, backend_hash_keys_v4, build_maglev_ring, build_maglev_rings,
+    is_prime, maglev_ring_size,
 )
 
 
@@ -119,6 +119,25 @@ def test_no_backend_gives_an_empty_ring_and_duplicates_are_refused():
         build_maglev_ring(np.concatenate([keys, keys[:1]]))
     with pytest.raises(ValueError, match="ring_size"):
         build_maglev_ring(keys, ring_size=1000)
+
+
+def test_many_rings_at_once_equal_one_at_a_time():
+    """build_maglev_rings (one call, keys in any order, slots holding the given values) gives each
+    ring exactly as build_maglev_ring, back to back; a key twice within a ring is refused."""
+    rng = np.random.default_rng(7)
+    counts = [1, 50, 3, 120, 2, 50]
+    rings = [rng.permutation(ipv4_keys(n, first=0x0A000000 + 4096 * i)) for i, n in enumerate(counts)]
+    values = [rng.integers(1, 1 << 32, n, dtype=np.uint32) for n in counts]
+    sizes = [maglev_ring_size(n) for n in counts]
+    sizes[1] = maglev_ring_size(50, previous=maglev_ring_size(200))     # a kept, larger size
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    slots, ring_starts = build_maglev_rings(np.concatenate(rings), starts, sizes, np.concatenate(values))
+    assert slots.size == sum(sizes) and list(ring_starts) == list(np.concatenate([[0], np.cumsum(sizes)[:-1]]))
+    for keys, vals, size, start in zip(rings, values, sizes, ring_starts):
+        assert np.array_equal(slots[start:start + size], vals[build_maglev_ring(keys, ring_size=size)])
+    with pytest.raises(ValueError, match="unique"):
+        build_maglev_rings(np.concatenate([rings[1], rings[1][:1]]), [0, 51], [sizes[1]],
+                           np.ones(51, np.uint32))
 
 
 def test_backend_keys_name_address_and_port():

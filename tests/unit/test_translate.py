@@ -11,8 +11,8 @@ from control.convert import state_from_models
 from control.model import ClusterState, Endpoint, EndpointPort, EndpointSlice, Node, Service, ServicePort
 from control.netlink import Address, FibEntry, Link, NodeNetwork
 from control.translate import (
-    ProxyOptions, RingArena, SteeringContents, StableIdAllocator, Translator, describe_tables,
-    skip_reason, steering_changes_between,
+    ProxyOptions, RingArena, SteeringContents, StableIdAllocator, Translator, _RingBatch,
+    describe_tables, skip_reason, steering_changes_between,
 )
 from dataplane import abi
 from dataplane.tables import lookup_frontend, lookup_neighbour, lookup_route
@@ -225,6 +225,25 @@ def _state(slices, services=None):
     services = services or {("default", "a"): _svc("a", "10.96.1.1"), ("default", "b"): _svc("b", "10.96.1.2")}
     return ClusterState(services=services, endpoint_slices={s.key: s for s in slices},
                         nodes={"n1": Node("n1", (("InternalIP", "192.168.1.1"),), ("10.1.0.0/24",))})
+
+
+def test_rings_built_on_the_helper_thread_equal_rings_built_inline(monkeypatch):
+    """A translate large enough to hand chunks of rings to the helper thread gives every Service
+    the same ring contents as building them all inline, each ring over its own backends' ids."""
+    services = {("default", f"s{i}"): _svc(f"s{i}", f"10.96.2.{i}") for i in range(40)}
+    slices = [_slice(f"s{i}", [f"10.1.{i}.{j}" for j in range(1, 2 + i)]) for i in range(40)]
+    state = _state(slices, services)
+
+    def described(chunk_keys):
+        monkeypatch.setattr(_RingBatch, "CHUNK_KEYS", chunk_keys)
+        translation = Translator(ProxyOptions(node_name="n1")).translate(state)
+        return describe_tables(translation.tables, translation.service_names)
+
+    chunked, inline = described(64), described(1 << 30)       # 820 backends: ~13 chunks vs none
+    assert chunked == inline and len(chunked) == 40
+    for i in range(40):
+        members = chunked[f"default/s{i}:/TCP"]["backends"]
+        assert sorted(members) == sorted(f"10.1.{i}.{j}:8080" for j in range(1, 2 + i))
 
 
 def test_an_unchanged_service_is_not_rebuilt_and_keeps_its_ring():
