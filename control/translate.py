@@ -310,9 +310,6 @@ class _RingBatch:
         self._keys, self._ids, self._starts, self._sizes, self._owners = [], [], [0], [], []
         self._chunks = []                 # (future or (slots, starts), owners, sizes)
 
-    def __bool__(self):
-        return bool(self._sizes or self._chunks)
-
     def add(self, plan, attribute, keys, ids, size):
         """Schedule the ring over backend `keys` ((addr, port, proto), unique) holding `ids`, of
         `size` slots; place() sets plan.<attribute> to its (offset, size)."""
@@ -335,8 +332,13 @@ class _RingBatch:
             for (plan, attribute), start, size in zip(owners, starts.tolist(), sizes):
                 setattr(plan, attribute, (base + start, size))
                 plans.append(plan)
-        self._chunks.clear()
         return plans
+
+    def scheduled_plans(self):
+        """Every plan given a ring to build by this batch, placed or not."""
+        for _, owners, _ in self._chunks:
+            yield from (plan for plan, _ in owners)
+        yield from (plan for plan, _ in self._owners)
 
     def _flush(self, submit):
         if not self._sizes:
@@ -675,32 +677,13 @@ class Translator:
         candidates, slice_changes = self._changed_services(state, everything)
         slices_by_service, slice_index = self._slices_by_service(state, candidates, slice_changes)
 
-        rebuilt = 0
-        for key in sorted(candidates):
-            service = state.services.get(key)
-            if service is None or skip_reason(service, self.options):
-                if service is not None:
-                    self._skipped.add(key)
-                else:
-                    self._skipped.discard(key)
-                if key in self._entries:
-                    self._replace_service(key, None, generation)
-                continue
-            self._skipped.discard(key)
-            slices = tuple(sorted(slices_by_service.get(key, ()), key=_slice_name))
-            entry = self._entries.get(key)
-            if entry is not None and (entry.service is service or entry.service == service) \
-                    and entry.slices == slices:
-                continue
-            try:
-                plans = _plan_service(service, slices, ctx)
-            except Exception:                     # a model the converter let through; keep going
-                log.exception("event=translate_service_failed service=%s/%s", *key)
-                continue
-            self._replace_service(key, _ServiceEntry(service, slices, plans), generation)
-            rebuilt += 1
-        for plan in self._rings.place(self.arena):
-            self._write_service_info(plan)
+        try:
+            rebuilt = self._rebuild_services(state, candidates, slices_by_service, ctx, generation)
+            for plan in self._rings.place(self.arena):
+                self._write_service_info(plan)
+        except BaseException:
+            self._drop_unplaced_rings()
+            raise
         skipped = len(self._skipped)
         # Remembered only now: a translate that raised part-way finds the same candidates again.
         self._last_services = dict(state.services)
@@ -768,6 +751,48 @@ class Translator:
                                 dict(self._steer_prefixes), dict(self._steer_node_addrs))
 
     # -- Services ----------------------------------------------------------------------------
+
+    def _rebuild_services(self, state, candidates, slices_by_service, ctx, generation):
+        """Plan the candidate Services again where they changed; returns how many were rebuilt.
+        Their new rings are only scheduled (self._rings) until translate places them."""
+        rebuilt = 0
+        for key in sorted(candidates):
+            service = state.services.get(key)
+            if service is None or skip_reason(service, self.options):
+                if service is not None:
+                    self._skipped.add(key)
+                else:
+                    self._skipped.discard(key)
+                if key in self._entries:
+                    self._replace_service(key, None, generation)
+                continue
+            self._skipped.discard(key)
+            slices = tuple(sorted(slices_by_service.get(key, ()), key=_slice_name))
+            entry = self._entries.get(key)
+            if entry is not None and (entry.service is service or entry.service == service) \
+                    and entry.slices == slices:
+                continue
+            try:
+                plans = _plan_service(service, slices, ctx)
+            except Exception:                     # a model the converter let through; keep going
+                log.exception("event=translate_service_failed service=%s/%s", *key)
+                continue
+            self._replace_service(key, _ServiceEntry(service, slices, plans), generation)
+            rebuilt += 1
+        return rebuilt
+
+    def _drop_unplaced_rings(self):
+        """After a translate failed part-way: the Services given new rings are planned again by
+        the next translate. A ring placed meanwhile is valid and is reused then; one never
+        placed becomes an empty ring over no backends, so the next plan builds it anew."""
+        for plan in self._rings.scheduled_plans():
+            if plan.ring is None:
+                plan.ring, plan.cluster_keys = (0, 0), ()
+            if plan.local_ring is None:
+                plan.local_ring, plan.local_keys = (0, 0), ()
+            entry = self._entries.get(plan.key[:2])
+            if entry is not None:
+                entry.service = None
 
     def _changed_services(self, state, everything):
         """(keys of the Services that may have changed since the last call, the slices that did

@@ -246,6 +246,34 @@ def test_rings_built_on_the_helper_thread_equal_rings_built_inline(monkeypatch):
         assert sorted(members) == sorted(f"10.1.{i}.{j}:8080" for j in range(1, 2 + i))
 
 
+def test_a_translate_failing_while_building_rings_is_made_good_by_the_next(monkeypatch):
+    """Ring building fails on the third chunk (rings of earlier chunks already placed): translate
+    raises, and the next translate of the same state gives what a fresh Translator gives."""
+    import control.translate as translate_module
+    services = {("default", f"s{i}"): _svc(f"s{i}", f"10.96.2.{i}") for i in range(40)}
+    slices = [_slice(f"s{i}", [f"10.1.{i}.{j}" for j in range(1, 2 + i)]) for i in range(40)]
+    state = _state(slices, services)
+    monkeypatch.setattr(_RingBatch, "CHUNK_KEYS", 64)
+    real_build, calls = translate_module.build_maglev_rings, []
+
+    def failing_build(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise MemoryError("no room for the ring")
+        return real_build(*args)
+
+    translator = Translator(ProxyOptions(node_name="n1"))
+    first = translator.translate(_state(slices[:5], services))          # a generation before
+    monkeypatch.setattr(translate_module, "build_maglev_rings", failing_build)
+    with pytest.raises(MemoryError):
+        translator.translate(state)
+    monkeypatch.setattr(translate_module, "build_maglev_rings", real_build)
+    again = translator.translate(state)
+    fresh = Translator(ProxyOptions(node_name="n1")).translate(state)
+    assert first.generation == 1 and again.generation == 2
+    assert describe_tables(again.tables, again.service_names) == describe_tables(fresh.tables, fresh.service_names)
+
+
 def test_an_unchanged_service_is_not_rebuilt_and_keeps_its_ring():
     """Changing one endpoint of Service a rebuilds a only: b's ring stays where it was, backend
     ids of unchanged endpoints stay, the removed endpoint's slot is no longer alive, and the
