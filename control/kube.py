@@ -36,7 +36,7 @@ def make_client_factory(kubeconfig=None, context=None):
     Loads the client here, not in the reflector threads once they list: its API classes are
     imported on first use (CoreV1Api: ~1 s alone, ~4 s while the slices list holds the GIL)."""
     from kubernetes import client, config
-    client.CoreV1Api, client.DiscoveryV1Api                  # noqa: B018 (loads them)
+    _ = (client.CoreV1Api, client.DiscoveryV1Api)            # the attribute access loads them
 
     def factory():
         configuration = client.Configuration()

@@ -318,11 +318,19 @@ def build_maglev_rings(keys, key_starts, ring_sizes, values):
     into keys; ring_sizes: each ring's size (a prime, e.g. maglev_ring_size); values: one uint32
     per key, what the ring's slots hold (the pipeline's backend ids). Returns (slots, starts):
     the rings back to back in one uint32 array and where each begins."""
+    keys = np.ascontiguousarray(keys, dtype=np.uint64)
+    values = np.ascontiguousarray(values, dtype=np.uint32)
     ring_sizes = np.ascontiguousarray(ring_sizes, dtype=np.int64)
+    key_starts = np.ascontiguousarray(key_starts, dtype=np.int64)
+    if (key_starts.shape != (ring_sizes.size + 1,) or (np.diff(key_starts) < 1).any()
+            or key_starts[0] < 0 or key_starts[-1] > keys.size or values.size != keys.size):
+        raise ValueError("key_starts: need len(ring_sizes) + 1 increasing offsets into keys (one "
+                         "value per key), every ring one key or more")
+    odd = ring_sizes[~np.isin(ring_sizes, RING_SIZES)]
+    if any(size < 3 or not is_prime(int(size)) for size in odd):
+        raise ValueError(f"ring_sizes: {odd.tolist()[:5]} include a size that is not a prime >= 3")
     out_starts = np.zeros(ring_sizes.size, dtype=np.int64)
     np.cumsum(ring_sizes[:-1], out=out_starts[1:])
     out = np.empty(int(ring_sizes.sum()), dtype=np.uint32)
-    _build_rings(np.ascontiguousarray(keys, dtype=np.uint64), np.ascontiguousarray(key_starts, dtype=np.int64),
-                 ring_sizes, np.ascontiguousarray(values, dtype=np.uint32), out, out_starts,
-                 _OFFSET_SEED, _SKIP_SEED)
+    _build_rings(keys, key_starts, ring_sizes, values, out, out_starts, _OFFSET_SEED, _SKIP_SEED)
     return out, out_starts

@@ -138,6 +138,10 @@ def test_many_rings_at_once_equal_one_at_a_time():
     with pytest.raises(ValueError, match="unique"):
         build_maglev_rings(np.concatenate([rings[1], rings[1][:1]]), [0, 51], [sizes[1]],
                            np.ones(51, np.uint32))
+    with pytest.raises(ValueError, match="ring_sizes"):
+        build_maglev_rings(rings[1], [0, 50], [1000], values[1])
+    with pytest.raises(ValueError, match="key_starts"):                 # a ring without keys
+        build_maglev_rings(rings[1], [0, 0, 50], [1021, 5791], values[1])
 
 
 def test_backend_keys_name_address_and_port():
