@@ -25,7 +25,8 @@ import numpy as np
 
 from control import netlink
 from control.sync import SyncLoop, collector
-from control.translate import ProxyOptions, Translator, apply_steering_changes, describe_tables
+from control.translate import (ProxyOptions, Translator, apply_backend_steering, apply_steering_changes,
+                               describe_tables)
 from dataplane import abi, store
 from dataplane.tables import counters_by_name
 
@@ -213,12 +214,15 @@ class Agent:
 
     # -- publishing --------------------------------------------------------------------------
     def _publish(self, snapshot):
-        """SyncLoop's publish: translate, swap the generation in, then update the steering maps
-        (additions only once every worker uses the tables that know them)."""
+        """SyncLoop's publish: translate, steer new backends' replies, swap the generation in,
+        then the rest of the steering changes (frontends only once every worker uses the tables
+        that know them; removals once no worker uses tables that need them)."""
         with self._publish_lock:
             started = time.perf_counter()
             translation = self.translator.translate(snapshot.cluster, snapshot.network,
                                                     self.store.oldest_in_use())
+            if self.steering_ready:
+                apply_backend_steering(self.steering, translation.steering)
             generation = self.store.publish(translation.tables, translation.generation,
                                             {"stats": translation.stats})
             self.service_names = translation.service_names

@@ -116,9 +116,20 @@ class SteeringContents:
     node_addrs: dict
 
 
+def apply_backend_steering(program, changes):
+    """The backend additions of SteeringChanges, before the tables that use those backends are
+    published: a new flow's first reply (a SYN-ACK within microseconds) must find its backend
+    steered. Until then no flow of ours goes to such a backend, so the few kernel-path replies
+    this takes early would be taken a moment later anyway. apply_steering_changes then skips them."""
+    for key, roles in changes.add_backends.items():
+        program.add_backend(*key, roles)
+    changes.add_backends.clear()
+
+
 def apply_steering_changes(program, changes):
     """Apply SteeringChanges to a dataplane.xsk.SteeringProgram: removals first, then additions.
-    (The only function here that acts on something outside: the program passed in.)"""
+    (With apply_backend_steering, the only functions here that act on something outside: the
+    program passed in.)"""
     for key in changes.remove_frontends:
         program.remove_frontend(*key)
     for key in changes.remove_backends:

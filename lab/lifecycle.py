@@ -217,7 +217,9 @@ def endpoint_churn(sl):
         kept += 1
         check(echo["error"] is None and echo["received"] >= echo["sent"] - 1 and echo["max_gap"] < 1.0,
               f"echo connection to {backend.name}: {echo}")
-    check(not [a for a in attempts if a[1] is None], "connections of the loop failed")
+    failed = [round(t, 2) for t, pod in attempts if pod is None]
+    check(not failed, f"connections of the loop failed at {failed[:5]} s (changes at "
+                      f"{ {k: round(v, 2) for k, v in marks.items()} } s)")
     check(removed.name in {pod for t, pod in attempts if t < marks["removed"]}, f"{removed.name} never served before")
     check(removed.name not in _phase_pods(attempts, marks["removed"], marks["re-added"]),
           f"new connections went to the removed {removed.name}")

@@ -12,7 +12,8 @@ from control.model import ClusterState, Endpoint, EndpointPort, EndpointSlice, N
 from control.netlink import Address, FibEntry, Link, NodeNetwork
 from control.translate import (
     ProxyOptions, RingArena, SteeringContents, StableIdAllocator, Translator, _RingBatch,
-    describe_tables, skip_reason, steering_changes_between,
+    apply_backend_steering, apply_steering_changes, describe_tables, skip_reason,
+    steering_changes_between,
 )
 from dataplane import abi
 from dataplane.tables import lookup_frontend, lookup_neighbour, lookup_route
@@ -466,6 +467,25 @@ def test_steering_changes_between_contents():
     changes = steering_changes_between(old, new)
     assert changes.add_frontends == {("10.0.0.1", 80, TCP): BOTH, ("10.0.0.2", 80, TCP): GW}
     assert changes.remove_prefixes == ["10.2.0.0/24"] and not changes.remove_frontends
+
+
+def test_new_backends_are_steered_before_the_rest_and_only_once():
+    """The agent steers new backends' replies before publishing the tables that use them (a
+    SYN-ACK must not reach the kernel), then applies the rest: no backend is added twice."""
+    calls = []
+
+    class Program:
+        def __getattr__(self, name):
+            return lambda *args: calls.append((name,) + args)
+
+    state = _state([_slice("a", ["10.1.0.5", "10.1.0.6"])])
+    changes = Translator(ProxyOptions(node_name="n1")).translate(state).steering
+    apply_backend_steering(Program(), changes)
+    assert sorted(calls) == [("add_backend", "10.1.0.5", 8080, TCP, GW), ("add_backend", "10.1.0.6", 8080, TCP, GW)]
+    calls.clear()
+    apply_steering_changes(Program(), changes)
+    assert calls and not [c for c in calls if c[0] == "add_backend"]
+    assert ("add_frontend", "10.96.1.1", 80, TCP, GW) in calls
 
 
 # --- translate -> pipeline, end to end (no hand-made tables) --------------------------------
