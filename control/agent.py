@@ -82,7 +82,6 @@ class Agent:
         self.sync = None
         self.started_at = None
         self.last_translation_stats = {}
-        self.service_names = {}
         self._saved_service_ids = None                  # what SERVICE_IDS holds on disk
         self._to_describe = None                        # (generation, tables, service names)
         self._described_generation = None               # what services.json shows
@@ -225,7 +224,6 @@ class Agent:
                 apply_backend_steering(self.steering, translation.steering)
             generation = self.store.publish(translation.tables, translation.generation,
                                             {"stats": translation.stats})
-            self.service_names = translation.service_names
             self._to_describe = (generation.number, translation.tables, translation.service_names)
             self.last_translation_stats = dict(translation.stats,
                                                seconds=round(time.perf_counter() - started, 6))
