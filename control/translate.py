@@ -25,7 +25,7 @@ import numpy as np
 
 from control.model import AFFINITY_TIMEOUT_DEFAULT, AFFINITY_TIMEOUT_MAX
 from dataplane import abi
-from dataplane.maglev import build_maglev_rings, maglev_ring_size
+from dataplane.maglev import backend_hash_keys_v4, build_maglev_rings, maglev_ring_size
 from dataplane.tables import (
     BACKEND_DTYPE, FRONTEND_DTYPE, NEIGHBOUR_DTYPE, NODE_DTYPE, ROUTE_DTYPE, SERVICE_DTYPE,
     SOURCE_RANGE_DTYPE, ServiceTables, fill_frontends, insert_neighbour, next_pow2, set_routes,
@@ -318,18 +318,20 @@ class _RingBatch:
     _helper_lock = threading.Lock()
 
     def __init__(self):
-        self._keys, self._ids, self._starts, self._sizes, self._owners = [], [], [0], [], []
+        self._addrs, self._ports, self._ids, self._starts, self._sizes, self._owners = [], [], [], [0], [], []
         self._chunks = []                 # (future or (slots, starts), owners, sizes)
 
     def add(self, plan, attribute, keys, ids, size):
         """Schedule the ring over backend `keys` ((addr, port, proto), unique) holding `ids`, of
         `size` slots; place() sets plan.<attribute> to its (offset, size)."""
-        self._keys.extend([(addr << 16) | port for addr, port, _ in keys])   # backend_hash_key
+        for addr, port, _ in keys:
+            self._addrs.append(addr)
+            self._ports.append(port)
         self._ids.extend(ids)
-        self._starts.append(len(self._keys))
+        self._starts.append(len(self._addrs))
         self._sizes.append(size)
         self._owners.append((plan, attribute))
-        if len(self._keys) >= self.CHUNK_KEYS:
+        if len(self._addrs) >= self.CHUNK_KEYS:
             self._flush(self._helper_executor().submit)
 
     def place(self, arena):
@@ -354,11 +356,11 @@ class _RingBatch:
     def _flush(self, submit):
         if not self._sizes:
             return
-        args = (np.array(self._keys, dtype=np.uint64), np.array(self._starts, dtype=np.int64),
+        args = (backend_hash_keys_v4(self._addrs, self._ports), np.array(self._starts, dtype=np.int64),
                 np.array(self._sizes, dtype=np.int64), np.array(self._ids, dtype=np.uint32))
         result = submit(build_maglev_rings, *args) if submit else build_maglev_rings(*args)
         self._chunks.append((result, self._owners, self._sizes))
-        self._keys, self._ids, self._starts, self._sizes, self._owners = [], [], [0], [], []
+        self._addrs, self._ports, self._ids, self._starts, self._sizes, self._owners = [], [], [], [0], [], []
 
     @staticmethod
     def warm_up():
