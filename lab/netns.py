@@ -431,8 +431,9 @@ class Node:
 @dataclass
 class ClusterLab:
     """Nodes whose transports share one segment (a bridge in its own namespace), each with Pods
-    behind its gateway (a bridge in a per-node switch namespace), noEncap routes between them
-    and an external client on the segment."""
+    behind its gateway (a veth to a bridge in a per-node switch namespace, or the node's own
+    bridge device: see cluster_lab's `gateway`), noEncap routes between them and an external
+    client on the segment."""
     lab: Lab
     segment: str           # namespace holding bridge br0 (the shared L2 segment)
     client: str            # external client namespace
@@ -451,18 +452,45 @@ class ClusterLab:
         return self.lab.namespaces
 
 
+GATEWAY_KINDS = ("veth", "bridge")   # cluster_lab's gateway: a veth to a switch, or the switch's own bridge
+
+
+def _add_gateway_bridge(lab, ns, name, queues=1, mtu=None):
+    """A Linux bridge `name` in `ns` as a node's gateway: MAC pinned, bridged frames past iptables."""
+    q = ["numtxqueues", str(queues), "numrxqueues", str(queues)]
+    lab.ip(ns, ["link", "add", name, *q, "type", "bridge"])
+    mac = json.loads(lab.ip(ns, ["-j", "link", "show", "dev", name]))[0]["address"]
+    lab.ip(ns, ["link", "set", "dev", name, "address", mac])      # set, not random: it stays
+    if mtu:
+        lab.ip(ns, f"link set dev {name} mtu {mtu}")
+    for family in ("iptables", "ip6tables", "arptables"):
+        lab.sysctl(ns, f"net.bridge.bridge-nf-call-{family}", 0)
+    lab.ip(ns, f"link set dev {name} up")
+
+
 def cluster_lab(lab, nodes=2, pods_per_node=2, queues=1, ip_forward=True, mtu=None, tag="",
                 segment_net="172.18.0.0/24", pod_supernet="10.244.0.0/16",
-                pod_features=None, client_features=None):
+                pod_features=None, client_features=None, gateway="veth"):
     """Build a noEncap cluster on `lab`; returns a ClusterLab.
 
     Node i: namespace `node<i>`, transport tr0 = segment .(11+i), gateway gw0 = 10.244.i.1/24 to a
     switch namespace (bridge br0) holding the Pods' veths; Pod j of node i: 10.244.i.(2+j), eth0,
     default route via the gateway. Each node routes every other node's podCIDR via that node's
     IP (noEncap). The client (segment .100) reaches nodes directly and has no Pod routes.
-    `tag` prefixes the namespace roles, so that two topologies can share one Lab."""
+    `tag` prefixes the namespace roles, so that two topologies can share one Lab.
+
+    gateway="bridge": gw0 is instead a Linux bridge device in the node namespace, the node's L3
+    port to its Pods as antrea-gw0 is (an OVS internal port; neither has native XDP, so an agent
+    serving gw0 attaches in generic mode); Pod j's veth peer p<j> sits in the node namespace,
+    enslaved to gw0, and there is no switch namespace. gw0's MAC is pinned (a bridge otherwise
+    takes its ports' lowest MAC as they join) and bridged frames skip iptables
+    (bridge-nf-call-*=0 in the node namespace: OVS has no br_netfilter, and with it kube-proxy
+    rules would DNAT a Pod's Service traffic before any XDP program on gw0 sees it).
+    `mtu` applies to every link: segment, gateway, Pods (the bridges follow their ports)."""
     if not 1 <= nodes <= 8 or not 0 <= pods_per_node <= 50:
         raise ValueError(f"cluster_lab: nodes={nodes} must be 1..8 and pods_per_node={pods_per_node} 0..50")
+    if gateway not in GATEWAY_KINDS:
+        raise ValueError(f"cluster_lab: gateway={gateway!r} is not one of {', '.join(GATEWAY_KINDS)}")
     snet = ipaddress.ip_network(segment_net)
     pod_cidrs = list(ipaddress.ip_network(pod_supernet).subnets(new_prefix=24))
     segment = lab.add_namespace(tag + "seg")
@@ -483,11 +511,15 @@ def cluster_lab(lab, nodes=2, pods_per_node=2, queues=1, ip_forward=True, mtu=No
         attach_to_segment(ns, "tr0", name)
         lab.add_address(ns, "tr0", f"{snet[11 + i]}/{snet.prefixlen}")
         cidr = pod_cidrs[i]
-        switch = lab.add_namespace(f"{tag}{name}sw")
-        lab.ip(switch, "link add br0 type bridge")
-        lab.ip(switch, "link set br0 up")
-        lab.add_veth(ns, "gw0", switch, "gw", queues=queues, mtu=mtu)
-        lab.ip(switch, "link set dev gw master br0")
+        if gateway == "bridge":
+            switch, switch_bridge = ns, "gw0"
+            _add_gateway_bridge(lab, ns, "gw0", queues=queues, mtu=mtu)
+        else:
+            switch, switch_bridge = lab.add_namespace(f"{tag}{name}sw"), "br0"
+            lab.ip(switch, "link add br0 type bridge")
+            lab.ip(switch, "link set br0 up")
+            lab.add_veth(ns, "gw0", switch, "gw", queues=queues, mtu=mtu)
+            lab.ip(switch, "link set dev gw master br0")
         lab.add_address(ns, "gw0", f"{cidr[1]}/{cidr.prefixlen}")
         lab.sysctl(ns, "net.ipv4.ip_forward", 1 if ip_forward else 0)
         node = Node(name=name, ns=ns, transport=lab.iface(ns, "tr0"), gateway=lab.iface(ns, "gw0"),
@@ -495,7 +527,7 @@ def cluster_lab(lab, nodes=2, pods_per_node=2, queues=1, ip_forward=True, mtu=No
         for j in range(pods_per_node):
             pod_ns = lab.add_namespace(f"{tag}{name}pod{j}")
             lab.add_veth(pod_ns, "eth0", switch, f"p{j}", mtu=mtu)
-            lab.ip(switch, f"link set dev p{j} master br0")
+            lab.ip(switch, f"link set dev p{j} master {switch_bridge}")
             lab.add_address(pod_ns, "eth0", f"{cidr[2 + j]}/{cidr.prefixlen}")
             lab.add_route(pod_ns, "default", via=str(cidr[1]))
             if pod_features:
