@@ -27,9 +27,13 @@ ATTACH_MODE_NAMES = {abi.lib.XSKP_ATTACH_NATIVE: "native", abi.lib.XSKP_ATTACH_S
 ROLES = {"gateway": abi.lib.STEER_ROLE_GATEWAY, "transport": abi.lib.STEER_ROLE_TRANSPORT}
 PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": 132,
              "icmp": socket.IPPROTO_ICMP, "ipip": socket.IPPROTO_IPIP}
-STEER_COUNTER_NAMES = sorted((name for name in abi.enum_members("STEER_").keys()
-                              if name.startswith(("STEER_PASS_", "STEER_REDIRECT_", "STEER_DROP_"))),
+STEER_COUNTER_NAMES = sorted((name for name in {**abi.enum_members("STEER_"), **abi.enum_members("FAST_")}
+                              if name.startswith(("STEER_PASS_", "STEER_REDIRECT_", "STEER_DROP_",
+                                                  "FAST_"))),
                              key=lambda name: getattr(abi.lib, name))
+FLOW_V4_DTYPE = abi.dtype("struct xskp_flow_v4")
+FAST_CONFIG_DTYPE = abi.dtype("struct xskp_fast_config")
+FLOW_ENTRIES_DEFAULT = 1 << 16
 
 NATIVE_DEBUG_ENV = "XSKPROXY_NATIVE_DEBUG"  # "1": let libbpf/libxdp print their own messages
 LOCK_DIR_ENV = "XSKPROXY_LOCK_DIR"
@@ -275,16 +279,31 @@ class SteeringProgram:
     program of ours that another process left attached (killed, or handing over) is replaced
     in one step on attach; any other XDP program makes attach fail with EBUSY."""
 
-    def __init__(self, obj_path=None):
+    def __init__(self, obj_path=None, flow_entries=FLOW_ENTRIES_DEFAULT, adopt_from=None):
+        """flow_entries (a power of two): the fast path's flow table; adopt_from: an interface
+        whose attached xskproxy program's flow table is reused if it has that size (a handover:
+        offloaded flows keep running; self.adopted_flows says whether it happened)."""
         px = _pyxdp()
         self._px = px
         self.obj_path = obj_path or bpf_object_path()
         if not os.path.isfile(self.obj_path):
             raise NativeMissingError(f"XDP program object {self.obj_path} not found: build it with `make native`")
-        handle = px.ffi.new("uint64_t *")
-        _raise_if_error(px.lib.xskp_steer_open(handle, self.obj_path.encode()),
-                        f"loading the XDP steering program {self.obj_path}")
+        handle, adopted = px.ffi.new("uint64_t *"), px.ffi.new("uint32_t *")
+        adopt_ifindex = 0
+        if adopt_from:
+            try:
+                adopt_ifindex = ifindex_of(adopt_from)
+            except OSError:
+                adopt_ifindex = 0
+        _raise_if_error(px.lib.xskp_steer_open(handle, self.obj_path.encode(), int(flow_entries),
+                                               adopt_ifindex, adopted),
+                        f"loading the XDP steering program {self.obj_path} "
+                        f"(flow table of {flow_entries} entries)")
         self.handle = int(handle[0])
+        self.adopted_flows = bool(adopted[0])
+        self.flow_entries = int(flow_entries)
+        self._mmaps = []
+        self.tc_ifaces = {}  # ifname -> (ifindex, created the clsact qdisc)
         self.ifaces = {}  # ifname -> (ifindex, xsk_base, attach mode name)
         self._locks = {}  # ifname -> _InterfaceLock
         self._roles = {}  # ifname -> roles as given
@@ -367,8 +386,51 @@ class SteeringProgram:
         (after hold(); a process exiting this way hands its interfaces to the next agent)."""
         self._let_go(self._px.lib.xskp_steer_release)
 
+    # -- the tc fast path ----------------------------------------------------------------------
+    def _mmap_array(self, map_id, dtype, entries):
+        """An mmapable BPF array map as a writable numpy array (shared with the BPF programs)."""
+        import mmap
+        fd = self._px.lib.xskp_steer_map_fd(self.handle, map_id)
+        _raise_if_error(fd, "finding the fast path's map")
+        size = -(-entries * dtype.itemsize // mmap.PAGESIZE) * mmap.PAGESIZE
+        area = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._mmaps.append(area)
+        return np.frombuffer(area, dtype, count=entries)
+
+    def fast_tables(self):
+        """(flows, config): the fast path's flow table (struct xskp_flow_v4[flow_entries]) and its
+        switches (struct xskp_fast_config[1]), memory shared with the BPF programs."""
+        flows = self._mmap_array(abi.lib.STEER_MAP_FLOWS_V4, FLOW_V4_DTYPE, self.flow_entries)
+        config = self._mmap_array(abi.lib.STEER_MAP_FAST_CONFIG, FAST_CONFIG_DTYPE, 1)
+        return flows, config
+
+    def attach_fast_path(self, ifname):
+        """The tc fast path at ifname's ingress (a predecessor's is replaced in one step)."""
+        ifindex = ifindex_of(ifname)
+        created = self._px.ffi.new("uint32_t *")
+        _raise_if_error(self._px.lib.xskp_tc_attach(self.handle, ifindex, created),
+                        f"attaching the tc fast path to {ifname}")
+        self.tc_ifaces[ifname] = (ifindex, bool(created[0]))
+        return bool(created[0])
+
+    def detach_fast_path(self, ifname, destroy_qdisc=False):
+        ifindex, _ = self.tc_ifaces.pop(ifname)
+        _raise_if_error(self._px.lib.xskp_tc_detach(self.handle, ifindex, int(destroy_qdisc)),
+                        f"detaching the tc fast path from {ifname}")
+
+    def fast_test_run(self, frame, ifname):
+        """Run the tc fast path once on `frame` as if received on ifname: (tc action, frame out)."""
+        ffi = self._px.ffi
+        out = ffi.new("uint8_t[]", max(len(frame) + 256, 2048))
+        out_len, action = ffi.new("uint32_t *"), ffi.new("uint32_t *")
+        _raise_if_error(self._px.lib.xskp_fast_test_run(self.handle, frame, len(frame), ifindex_of(ifname),
+                                                        out, len(out), out_len, action),
+                        f"test-running the tc fast path on a {len(frame)} byte frame from {ifname}")
+        return int(action[0]), bytes(ffi.buffer(out, out_len[0]))
+
     def _let_go(self, free):
         if self.handle:
+            self.tc_ifaces.clear()
             free(self.handle)
             self.handle = 0
             self.ifaces.clear()

@@ -197,6 +197,7 @@ int main(int argc, char **argv)
 	char default_obj[4096], what[4400];
 	struct frame_pool pool;
 	uint64_t umem = 0, steer = 0;
+	uint32_t adopted;
 	int use_poll = 0, err = 0, rc = 1, have_mac[2] = {0, 0};
 	uint8_t *area;
 
@@ -267,7 +268,7 @@ int main(int argc, char **argv)
 	for (pool.count = 0; pool.count < XSKP_UMEM_FRAMES; pool.count++)
 		pool.addrs[pool.count] = (uint64_t)pool.count * XSKP_FRAME_SIZE;
 
-	err = xskp_steer_open(&steer, bpf_obj);
+	err = xskp_steer_open(&steer, bpf_obj, 1024, 0, &adopted);
 	if (err) {
 		snprintf(what, sizeof(what), "loading %s", bpf_obj);
 		fail(what, err);

@@ -24,6 +24,9 @@
 #include "xskp_io.h"
 
 #define STEER_PROG_NAME "xskp_steer"
+#define FAST_PROG_NAME "xskp_fast"
+#define FLOWS_MAP_NAME "xskp_flows_v4"
+#define ADOPT_MAX_MAPS 32
 
 struct xskp_umem {
 	struct xsk_umem *umem;
@@ -57,6 +60,10 @@ struct xskp_steer {
 	uint32_t attached_ifindex[STEER_MAX_IFACES];
 	uint32_t attached_flags[STEER_MAX_IFACES]; /* XDP_FLAGS_*_MODE it was attached with */
 	uint32_t attached_count;
+	int fast_prog_fd;           /* the tc fast path */
+	uint32_t tc_ifindex[STEER_MAX_IFACES];
+	uint32_t tc_created_qdisc[STEER_MAX_IFACES]; /* 1: this handle created the clsact qdisc */
+	uint32_t tc_count;
 };
 
 /* ELF names of the maps, indexed by enum steer_map (kernel map names are at most 15 chars). */
@@ -68,6 +75,8 @@ static const char *const steer_map_names[STEER_MAP_MAX] = {
 	[STEER_MAP_V4_NODE_ADDRS] = "xskp_v4_nodes",
 	[STEER_MAP_XSKS] = "xskp_xsks",
 	[STEER_MAP_COUNTERS] = "xskp_counters",
+	[STEER_MAP_FLOWS_V4] = FLOWS_MAP_NAME,
+	[STEER_MAP_FAST_CONFIG] = "xskp_fast_cfg",
 };
 
 /* ---- library logging ----------------------------------------------------------------- */
@@ -433,12 +442,64 @@ uint32_t xskp_batch_probe(uint64_t *addrs, uint32_t n)
 
 /* ---- steering program ---------------------------------------------------------------- */
 
-int xskp_steer_open(uint64_t *steer_out, const char *obj_path)
+static int prog_name_of(uint32_t prog_id, char *name, uint32_t name_size);
+
+/* The flow table of the xskproxy program attached to ifindex (a predecessor that stopped for a
+ * handover, or was killed), if it has the shape asked for: reused by the new object, so that
+ * offloaded flows keep their entries across the restart. 1 adopted, 0 nothing to adopt, -errno. */
+static int adopt_flow_table(struct bpf_map *flows, uint32_t ifindex)
+{
+	uint32_t map_ids[ADOPT_MAX_MAPS], prog_id, mode, len, i, n;
+	struct bpf_prog_info info;
+	struct bpf_map_info map;
+	char name[16];
+	int fd, err;
+
+	if (xskp_xdp_query(ifindex, &prog_id, &mode, name, sizeof(name)) || !prog_id ||
+	    strcmp(name, STEER_PROG_NAME))
+		return 0;
+	fd = bpf_prog_get_fd_by_id(prog_id);
+	if (fd < 0)
+		return 0;
+	memset(&info, 0, sizeof(info));
+	info.nr_map_ids = ADOPT_MAX_MAPS;
+	info.map_ids = (uint64_t)(uintptr_t)map_ids;
+	len = sizeof(info);
+	err = bpf_obj_get_info_by_fd(fd, &info, &len) ? -errno : 0;
+	close(fd);
+	if (err)
+		return err;
+	n = info.nr_map_ids < ADOPT_MAX_MAPS ? info.nr_map_ids : ADOPT_MAX_MAPS;
+	for (i = 0; i < n; i++) {
+		fd = bpf_map_get_fd_by_id(map_ids[i]);
+		if (fd < 0)
+			continue;
+		memset(&map, 0, sizeof(map));
+		len = sizeof(map);
+		if (!bpf_obj_get_info_by_fd(fd, &map, &len) && !strcmp(map.name, FLOWS_MAP_NAME) &&
+		    map.value_size == sizeof(struct xskp_flow_v4) &&
+		    map.max_entries == bpf_map__max_entries(flows) &&
+		    map.map_flags == bpf_map__map_flags(flows)) {
+			err = bpf_map__reuse_fd(flows, fd);
+			close(fd);
+			return err ? err : 1;
+		}
+		close(fd);
+	}
+	return 0;
+}
+
+int xskp_steer_open(uint64_t *steer_out, const char *obj_path, uint32_t flow_entries,
+		    uint32_t adopt_ifindex, uint32_t *adopted_out)
 {
 	struct bpf_program *prog;
+	struct bpf_map *flows;
 	struct xskp_steer *st;
 	int err, i;
 
+	*adopted_out = 0;
+	if (flow_entries == 0 || (flow_entries & (flow_entries - 1)))
+		return -EINVAL;
 	st = calloc(1, sizeof(*st));
 	if (!st)
 		return -ENOMEM;
@@ -457,6 +518,20 @@ int xskp_steer_open(uint64_t *steer_out, const char *obj_path)
 		err = -errno;
 		goto err_free_values;
 	}
+	flows = bpf_object__find_map_by_name(st->obj, FLOWS_MAP_NAME);
+	if (!flows) {
+		err = -ENOENT;
+		goto err_close;
+	}
+	err = bpf_map__set_max_entries(flows, flow_entries);
+	if (err)
+		goto err_close;
+	if (adopt_ifindex) {
+		err = adopt_flow_table(flows, adopt_ifindex);
+		if (err < 0)
+			goto err_close;
+		*adopted_out = err;
+	}
 	err = bpf_object__load(st->obj);
 	if (err)
 		goto err_close;
@@ -466,6 +541,12 @@ int xskp_steer_open(uint64_t *steer_out, const char *obj_path)
 		goto err_close;
 	}
 	st->prog_fd = bpf_program__fd(prog);
+	prog = bpf_object__find_program_by_name(st->obj, FAST_PROG_NAME);
+	if (!prog) {
+		err = -ENOENT;
+		goto err_close;
+	}
+	st->fast_prog_fd = bpf_program__fd(prog);
 	for (i = 0; i < STEER_MAP_MAX; i++) {
 		st->map_fds[i] = bpf_object__find_map_fd_by_name(st->obj, steer_map_names[i]);
 		if (st->map_fds[i] < 0) {
@@ -483,6 +564,129 @@ err_free_values:
 err_free:
 	free(st);
 	return err;
+}
+
+int xskp_steer_map_fd(uint64_t steer, uint32_t map)
+{
+	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;
+
+	if (map >= STEER_MAP_MAX)
+		return -EINVAL;
+	return st->map_fds[map];
+}
+
+/* ---- the tc fast path ------------------------------------------------------------------ */
+
+static int tc_index_of(const struct xskp_steer *st, uint32_t ifindex)
+{
+	uint32_t i;
+
+	for (i = 0; i < st->tc_count; i++)
+		if (st->tc_ifindex[i] == ifindex)
+			return (int)i;
+	return -1;
+}
+
+int xskp_tc_attach(uint64_t steer, uint32_t ifindex, uint32_t *created_qdisc_out)
+{
+	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;
+	LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
+	LIBBPF_OPTS(bpf_tc_opts, query, .handle = XSKP_TC_HANDLE, .priority = XSKP_TC_PRIORITY);
+	LIBBPF_OPTS(bpf_tc_opts, opts, .handle = XSKP_TC_HANDLE, .priority = XSKP_TC_PRIORITY,
+		    .prog_fd = st->fast_prog_fd, .flags = BPF_TC_F_REPLACE);
+	char name[16];
+	int err, created;
+
+	*created_qdisc_out = 0;
+	if (tc_index_of(st, ifindex) >= 0)
+		return -EALREADY;
+	if (st->tc_count == STEER_MAX_IFACES)
+		return -ENOSPC;
+	err = bpf_tc_hook_create(&hook);
+	if (err && err != -EEXIST)
+		return err;
+	created = err == 0;
+	err = bpf_tc_query(&hook, &query);
+	if (!err) {
+		/* something sits at our handle and priority: replace it only if it is ours */
+		err = prog_name_of(query.prog_id, name, sizeof(name));
+		if (err)
+			return err;
+		if (strcmp(name, FAST_PROG_NAME))
+			return -EBUSY;
+	} else if (err != -ENOENT) {
+		return err;
+	}
+	err = bpf_tc_attach(&hook, &opts);
+	if (err) {
+		if (created)
+			bpf_tc_hook_destroy(&hook);
+		return err;
+	}
+	st->tc_ifindex[st->tc_count] = ifindex;
+	st->tc_created_qdisc[st->tc_count] = created;
+	st->tc_count++;
+	*created_qdisc_out = created;
+	return 0;
+}
+
+int xskp_tc_detach(uint64_t steer, uint32_t ifindex, uint32_t destroy_qdisc)
+{
+	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;
+	LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
+	LIBBPF_OPTS(bpf_tc_opts, opts, .handle = XSKP_TC_HANDLE, .priority = XSKP_TC_PRIORITY);
+	int i = tc_index_of(st, ifindex), err;
+
+	err = bpf_tc_detach(&hook, &opts);
+	if (i >= 0) {
+		destroy_qdisc |= st->tc_created_qdisc[i];
+		st->tc_count--;
+		st->tc_ifindex[i] = st->tc_ifindex[st->tc_count];
+		st->tc_created_qdisc[i] = st->tc_created_qdisc[st->tc_count];
+	}
+	if (destroy_qdisc) {
+		hook.attach_point = BPF_TC_INGRESS | BPF_TC_EGRESS;    /* the clsact qdisc itself */
+		if (bpf_tc_hook_destroy(&hook) && !err)
+			err = -errno;
+	}
+	return err == -ENOENT ? 0 : err;
+}
+
+int xskp_tc_query(uint32_t ifindex, uint32_t *prog_id, char *name, uint32_t name_size)
+{
+	LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
+	LIBBPF_OPTS(bpf_tc_opts, query, .handle = XSKP_TC_HANDLE, .priority = XSKP_TC_PRIORITY);
+	int err;
+
+	*prog_id = 0;
+	if (name_size)
+		name[0] = '\0';
+	err = bpf_tc_query(&hook, &query);
+	if (err == -ENOENT || err == -EINVAL)
+		return 0;       /* no filter there, or no clsact qdisc at all */
+	if (err)
+		return err;
+	*prog_id = query.prog_id;
+	return prog_name_of(query.prog_id, name, name_size);
+}
+
+int xskp_fast_test_run(uint64_t steer, const void *frame, uint32_t len, uint32_t ifindex,
+		       void *out, uint32_t out_size, uint32_t *out_len, uint32_t *retval_out)
+{
+	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;
+	struct __sk_buff ctx;
+	LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = frame, .data_size_in = len,
+		    .data_out = out, .data_size_out = out_size, .ctx_in = &ctx,
+		    .ctx_size_in = sizeof(ctx), .repeat = 1);
+
+	memset(&ctx, 0, sizeof(ctx));
+	ctx.ifindex = ifindex;
+	ctx.ingress_ifindex = ifindex;
+	if (bpf_prog_test_run_opts(st->fast_prog_fd, &opts))
+		return -errno;
+	*out_len = opts.data_size_out;
+	*retval_out = opts.retval;
+	return 0;
 }
 
 static uint32_t mode_flags(uint32_t mode)
@@ -712,6 +916,8 @@ void xskp_steer_close(uint64_t steer)
 
 	if (!st)
 		return;
+	while (st->tc_count)
+		xskp_tc_detach(steer, st->tc_ifindex[0], 0);
 	while (st->attached_count)
 		xskp_steer_detach(steer, st->attached_ifindex[0]);
 	steer_free(st);

@@ -60,7 +60,26 @@ uint32_t xskp_batch_probe(uint64_t *addrs, uint32_t n);  /* does nothing: times 
  * (map: enum steer_map). Attaching replaces an xskproxy program another process left attached
  * (killed, or released for a handover) atomically when it sits in the mode asked for (or AUTO);
  * any other program on the interface is refused with -EBUSY. */
-int xskp_steer_open(uint64_t *steer_out, const char *obj_path);
+int xskp_steer_open(uint64_t *steer_out, const char *obj_path, uint32_t flow_entries,
+		    uint32_t adopt_ifindex, uint32_t *adopted_out);
+/* flow_entries (a power of two) sizes the fast path's flow table; with adopt_ifindex != 0 the
+ * flow table of an xskproxy program attached there (a handover's predecessor) is reused when it
+ * has that shape (*adopted_out 1), so offloaded flows keep running across a restart. */
+/* The fd of a map (enum steer_map), owned by the handle: for mmap of the mmapable arrays. */
+int xskp_steer_map_fd(uint64_t steer, uint32_t map);
+/* The tc fast path (program xskp_fast) at clsact ingress of ifindex, at handle XSKP_TC_HANDLE and
+ * priority XSKP_TC_PRIORITY. A clsact qdisc is created when missing (*created_qdisc_out 1); a
+ * predecessor's xskp_fast there is replaced in one step; any other filter there: -EBUSY. */
+int xskp_tc_attach(uint64_t steer, uint32_t ifindex, uint32_t *created_qdisc_out);
+/* Removes our filter (absent: 0); the clsact qdisc too when destroy_qdisc, or when this handle
+ * created it. */
+int xskp_tc_detach(uint64_t steer, uint32_t ifindex, uint32_t destroy_qdisc);
+/* What sits at our tc handle/priority on ifindex: prog id (0: nothing) and name. 0 or -errno. */
+int xskp_tc_query(uint32_t ifindex, uint32_t *prog_id, char *name, uint32_t name_size);
+/* Runs xskp_fast once on a frame (BPF_PROG_RUN) as if received on ifindex; the frame as it
+ * would leave (out, *out_len) and the tc action (*retval_out; a redirect is TC_ACT_REDIRECT). */
+int xskp_fast_test_run(uint64_t steer, const void *frame, uint32_t len, uint32_t ifindex,
+		       void *out, uint32_t out_size, uint32_t *out_len, uint32_t *retval_out);
 int xskp_steer_attach(uint64_t steer, uint32_t ifindex, uint32_t mode, uint32_t *mode_out);
 int xskp_steer_detach(uint64_t steer, uint32_t ifindex);
 int xskp_steer_map_update(uint64_t steer, uint32_t map, const void *key, const void *value);
@@ -73,7 +92,7 @@ int xskp_steer_counters(uint64_t steer, uint64_t *out, uint32_t n);  /* summed o
  * must exist in the caller's namespace; *action_out: the XDP action. Counters count it. */
 int xskp_steer_test_run(uint64_t steer, const void *frame, uint32_t len, uint32_t ifindex,
 			uint32_t rx_queue, uint32_t *action_out);
-void xskp_steer_close(uint64_t steer);        /* detaches from every interface it attached */
+void xskp_steer_close(uint64_t steer);        /* detaches XDP and tc from every interface */
 /* Frees the handle and leaves the program attached where it is, with its maps (a handover:
  * the next agent's attach replaces it). */
 void xskp_steer_release(uint64_t steer);

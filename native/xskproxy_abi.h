@@ -95,6 +95,8 @@ enum steer_map {
 	STEER_MAP_V4_NODE_ADDRS,    /* hash: __u32 address -> struct steer_v4_snat_range */
 	STEER_MAP_XSKS,             /* XSKMAP: steer_iface.xsk_base + rx queue -> AF_XDP socket */
 	STEER_MAP_COUNTERS,         /* per-CPU array: enum steer_counter -> __u64 packets */
+	STEER_MAP_FLOWS_V4,         /* mmapable array: struct xskp_flow_v4, the fast path's flows */
+	STEER_MAP_FAST_CONFIG,      /* mmapable array[1]: struct xskp_fast_config */
 	STEER_MAP_MAX,
 };
 
@@ -148,7 +150,73 @@ enum steer_counter {
 	STEER_REDIRECT_PREFIX,      /* destination in a steered prefix (Pod CIDR) */
 	STEER_REDIRECT_FAILED,      /* redirect fell back to XDP_PASS (no socket bound) */
 	STEER_DROP_HELD,            /* redirect found no socket during a handover hold: dropped */
+	STEER_PASS_FAST_FLOW,       /* an offloaded flow: passed on to the tc fast path */
+	STEER_PASS_FAST_BYPASS,     /* Pod-CIDR traffic passed on to the tc fast path (bypass) */
+	STEER_PASS_TOO_BIG,         /* owned, but larger than a UMEM chunk holds: never to a socket */
+	/* the tc fast path (xskp_fast), per packet it sees */
+	FAST_FLOW,                  /* rewritten by an offloaded flow's entry and redirected */
+	FAST_BYPASS,                /* routed untracked to a Pod CIDR (kernel FIB) and redirected */
+	FAST_PASS_NOT_LIVE,         /* no live agent and no handover hold: the kernel's */
+	FAST_PASS_NO_MATCH,         /* no offloaded flow, no bypass prefix: the kernel's */
+	FAST_PASS_NO_NEIGHBOUR,     /* bypass next hop unresolved (or other FIB miss): the kernel's */
+	FAST_PASS_TTL,              /* TTL would expire: the kernel answers ICMP time exceeded */
+	FAST_DROP_REWRITE,          /* a rewrite helper failed (counted, dropped) */
 	STEER_COUNTER_MAX,
+};
+
+/* ---------------------------------------------------------------------------------------
+ * The kernel fast path (tc program xskp_fast in native/xskproxy_steer.bpf.c; the userspace
+ * side: dataplane/fastpath.py). The userspace engine decides every flow; for established
+ * ones it writes the decision into xskp_flows_v4, an mmapable BPF array it shares with the
+ * BPF programs, and the tc program executes it on skbs (GSO super-frames and jumbo frames
+ * included). Unlike the steering maps, addresses and ports here are HOST order numbers, as in
+ * the conntrack table the entries mirror; the BPF code converts.
+ * ------------------------------------------------------------------------------------- */
+#define XSKP_FLOW_MAX_PROBE 8           /* flow table probe window (slots from the key's hash) */
+#define XSKP_FAST_LIVENESS_NS 500000000 /* a worker's heartbeat keeps the fast path on this long */
+#define XSKP_TC_PRIORITY 1              /* tc filter priority and handle of xskp_fast */
+#define XSKP_TC_HANDLE 22611            /* 0x5853, "XS" */
+
+/* Flow entry flags. */
+#define XSKP_FLOW_IN_USE 1
+#define XSKP_FLOW_TOMBSTONE 2           /* deleted slot, keeps probe chains intact */
+
+/* One direction of an offloaded flow: key as the packet arrives, the rewrite, the egress.
+ * Open addressing (linear probing within XSKP_FLOW_MAX_PROBE slots from hash_flow & mask).
+ * Written by one userspace worker (owner); the BPF program writes only last_seen_ns,
+ * tcp_flags_seen, packets and bytes. xskp_flow_v6 will have the same shape with 16-byte
+ * addresses. */
+struct xskp_flow_v4 {
+	__u32 src_addr;                 /* key */
+	__u32 dst_addr;
+	__u16 src_port;
+	__u16 dst_port;
+	__u8 proto;
+	__u8 flags;                     /* XSKP_FLOW_*; 0: empty slot (written last on insert) */
+	__u8 tcp_flags_seen;            /* OR of the TCP flags the fast path forwarded */
+	__u8 owner;                     /* the worker (queue) whose conntrack holds the flow */
+	__u32 new_src_addr;             /* rewrite */
+	__u32 new_dst_addr;
+	__u16 new_src_port;
+	__u16 new_dst_port;
+	__u32 out_ifindex;              /* redirect target (egress) */
+	__u8 dst_mac[6];
+	__u8 src_mac[6];
+	__u32 ct_index;                 /* the owner's conntrack entry this executes */
+	__u32 fib_generation;           /* MACs/out_ifindex resolved in this FIB generation */
+	__u32 pad;
+	__u64 last_seen_ns;             /* CLOCK_MONOTONIC of the last packet the fast path took */
+	__u64 packets;                  /* packets / bytes the fast path forwarded (approximate: */
+	__u64 bytes;                    /* concurrent CPUs may lose an increment) */
+};
+
+/* The fast path's switches (element 0 of the mmapable array xskp_fast_cfg). */
+struct xskp_fast_config {
+	__u64 alive_until_ns;           /* CLOCK_MONOTONIC; the workers push it forward by
+					 * XSKP_FAST_LIVENESS_NS: a dead agent's fast path stops
+					 * (unless an interface's handover hold is running) */
+	__u32 flow_mask;                /* flow table capacity - 1 (a power of two) */
+	__u32 bypass;                   /* 1: Pod-CIDR traffic is routed by the fast path */
 };
 
 /* ---------------------------------------------------------------------------------------
@@ -218,6 +286,9 @@ enum xskp_counter {
 	XSKP_CNT_CSUM_COMPLETED,        /* partial (offload) L4 checksums completed in software */
 	XSKP_CNT_AFFINITY_HIT,          /* new flows that reused a ClientIP affinity backend */
 	XSKP_CNT_FIB_REFRESH,           /* conntrack entries whose cached MACs were re-resolved */
+	XSKP_CNT_FLOW_OFFLOADED,        /* flows handed to the kernel fast path (both directions) */
+	XSKP_CNT_FLOW_OFFLOAD_FULL,     /* flows kept in userspace: fast-path probe window full */
+	XSKP_CNT_FLOW_RECALLED,         /* flows taken back from the fast path (closing, FIB change) */
 	XSKP_COUNTER_MAX,
 };
 
@@ -360,6 +431,7 @@ enum xskp_ct_state {
 #define XSKP_CT_DSR_LOCAL 16            /* flow arrived IPIP-encapsulated (DSR backend node) */
 #define XSKP_CT_TOMBSTONE 32            /* deleted slot, keeps probe chains intact */
 #define XSKP_CT_FIN_SEEN 64             /* this direction has sent a TCP FIN */
+#define XSKP_CT_OFFLOADED 128           /* this direction is in the fast path's flow table */
 
 /* One direction of a tracked flow in an open-addressing table (linear probing within
  * XSKP_CT_MAX_PROBE slots, power-of-two capacity), keyed by the 5-tuple as the frame arrives.

@@ -1,5 +1,6 @@
-/* xskproxy_steer.bpf.c — the XDP steering classifier (seam 1 of DESIGN.md); never rewrites a
- * packet, and drops one only while an agent hands over to its successor.
+/* xskproxy_steer.bpf.c — the XDP steering classifier (seam 1 of DESIGN.md) and the tc fast path
+ * that executes the userspace engine's decisions for established flows (xskp_fast, below).
+ * The classifier never rewrites a packet, and drops one only while an agent hands over.
  *
  * It redirects to the interface's AF_XDP socket for the receiving queue only IPv4 packets that
  * xskproxy owns, judged on the interface's roles (steer_ifaces):
@@ -17,11 +18,20 @@
  * re-balance or reset those flows mid-stream, while a dropped segment is retransmitted to the
  * next agent. Prefix traffic (plain routing) still falls back to the kernel. Each decision is
  * counted in a per-CPU array indexed by enum steer_counter.
+ *
+ * Two-tier dataplane: before those decisions, a packet of a flow the userspace engine has
+ * offloaded (found in xskp_flows_v4) is passed to the kernel, where xskp_fast at tc ingress
+ * rewrites and redirects it; so is Pod-CIDR traffic when the fast path routes the bypass. A pure
+ * TCP SYN always goes to userspace (a new connection on an old tuple is userspace's to decide).
+ * Both only while the fast path is live (a worker's heartbeat, or a handover hold). A packet
+ * larger than a UMEM chunk is never redirected to a socket (it could only be dropped there).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -79,7 +89,88 @@ struct {
 	__type(value, __u64);
 } xskp_counters SEC(".maps");
 
+/* The fast path's flows: max_entries is set by the loader (config flowTableEntries). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct xskp_flow_v4);
+} xskp_flows_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct xskp_fast_config);
+} xskp_fast_cfg SEC(".maps");
+
 #define IP_FRAGMENT_BITS 0x3fff /* MF flag and fragment offset, host order */
+#define AF_INET 2
+#define TCP_FLAGS_OFFSET 13     /* byte of the TCP header holding FIN/SYN/RST/PSH/ACK/URG */
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
+#define SOCKET_FRAME_MAX (XSKP_FRAME_SIZE - XSKP_FRAME_HEADROOM)
+
+/* dataplane/tables.py hash_flow, bit for bit: murmur3's finalizer over the host-order 5-tuple. */
+static __always_inline __u64 mix64(__u64 x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ULL;
+	x ^= x >> 33;
+	return x;
+}
+
+static __always_inline __u64 hash_flow(__u32 src, __u32 dst, __u16 sport, __u16 dport, __u8 proto)
+{
+	__u64 a = ((__u64)src << 32) | dst;
+	__u64 b = ((__u64)sport << 24) | ((__u64)dport << 8) | proto;
+
+	return mix64(a ^ mix64(b + 0x9e3779b97f4a7c15ULL));
+}
+
+/* The offloaded flow keyed by this (network-order) 5-tuple, or NULL. */
+static __always_inline struct xskp_flow_v4 *
+flow_lookup_v4(const struct xskp_fast_config *cfg, __u32 saddr, __u32 daddr, __u16 sport,
+	       __u16 dport, __u8 proto)
+{
+	__u32 src = bpf_ntohl(saddr), dst = bpf_ntohl(daddr);
+	__u16 sp = bpf_ntohs(sport), dp = bpf_ntohs(dport);
+	__u32 mask = cfg->flow_mask;
+	__u32 slot = (__u32)hash_flow(src, dst, sp, dp, proto);
+	struct xskp_flow_v4 *f;
+	__u32 i, key;
+
+	for (i = 0; i < XSKP_FLOW_MAX_PROBE; i++) {
+		key = (slot + i) & mask;
+		f = bpf_map_lookup_elem(&xskp_flows_v4, &key);
+		if (!f || !f->flags)
+			return NULL;
+		if ((f->flags & XSKP_FLOW_IN_USE) && f->src_addr == src && f->dst_addr == dst &&
+		    f->src_port == sp && f->dst_port == dp && f->proto == proto)
+			return f;
+	}
+	return NULL;
+}
+
+/* The fast path runs while a worker's heartbeat is fresh or the interface's handover hold lasts. */
+static __always_inline int fast_live(const struct xskp_fast_config *cfg,
+				     const struct steer_iface *iface, __u64 now)
+{
+	return cfg->flow_mask && (cfg->alive_until_ns > now || iface->hold_until_ns > now);
+}
+
+static __always_inline const struct xskp_fast_config *fast_config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&xskp_fast_cfg, &zero);
+}
 
 static __always_inline void count(__u32 decision)
 {
@@ -101,6 +192,8 @@ static __always_inline int redirect(struct xdp_md *ctx, const struct steer_iface
 	__u32 queue = ctx->rx_queue_index;
 	long action;
 
+	if (ctx->data_end - ctx->data > SOCKET_FRAME_MAX)
+		return pass(STEER_PASS_TOO_BIG);
 	count(decision);
 	if (queue >= STEER_MAX_QUEUES)
 		return pass(STEER_REDIRECT_FAILED);
@@ -129,10 +222,13 @@ int xskp_steer(struct xdp_md *ctx)
 	const struct steer_iface *iface;
 	const struct steer_v4_snat_range *node;
 	struct steer_v4_lpm_key prefix_key;
+	const struct xskp_fast_config *cfg = fast_config();
 	struct steer_v4_l4_key l4_key;
 	struct ethhdr *eth = data;
 	struct iphdr *ip;
 	__u16 sport = 0, dport = 0;
+	__u8 tcp_flags = 0;
+	int live = 0;
 	__u32 *roles;
 
 	iface = bpf_map_lookup_elem(&xskp_ifaces, &ifindex);
@@ -157,7 +253,20 @@ int xskp_steer(struct xdp_md *ctx)
 			return pass(STEER_PASS_MALFORMED);
 		sport = ports[0];
 		dport = ports[1];
+		if (ip->protocol == IPPROTO_TCP) {
+			__u8 *flags = (void *)ports + TCP_FLAGS_OFFSET;
+
+			if ((void *)(flags + 1) > data_end)
+				return pass(STEER_PASS_MALFORMED);
+			tcp_flags = *flags;
+		}
 	}
+
+	live = cfg && fast_live(cfg, iface, bpf_ktime_get_ns());
+	if (live && (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) &&
+	    (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN &&
+	    flow_lookup_v4(cfg, ip->saddr, ip->daddr, sport, dport, ip->protocol))
+		return pass(STEER_PASS_FAST_FLOW);
 
 	l4_key.addr = ip->daddr;
 	l4_key.port = dport;
@@ -184,10 +293,211 @@ int xskp_steer(struct xdp_md *ctx)
 	prefix_key.prefixlen = 32;
 	prefix_key.addr = ip->daddr;
 	roles = bpf_map_lookup_elem(&xskp_v4_pfxs, &prefix_key);
-	if (steered_on(roles, iface))
+	if (steered_on(roles, iface)) {
+		if (live && cfg->bypass)
+			return pass(STEER_PASS_FAST_BYPASS);
 		return redirect(ctx, iface, STEER_REDIRECT_PREFIX);
+	}
 
 	return pass(STEER_PASS_NO_MATCH);
+}
+
+/* ---- the tc fast path ---------------------------------------------------------------------
+ * xskp_fast runs at tc ingress (clsact, direct action) of the transport and gateway interfaces,
+ * on skbs: GSO super-frames and jumbo frames pass intact and are segmented (or sent with TSO)
+ * on egress. It executes, never decides: a packet whose 5-tuple is in xskp_flows_v4 gets the
+ * entry's rewrite (addresses, ports; checksums through the kernel's helpers, which handle
+ * CHECKSUM_PARTIAL), TTL - 1, the entry's MACs, and is redirected to the entry's interface; a
+ * packet to a steered Pod-CIDR prefix is routed untracked by the kernel FIB (the netfilter
+ * bypass) when the neighbour is resolved. Everything else, and everything while no agent is
+ * live, goes on to the kernel (TC_ACT_OK). Only last_seen_ns, tcp_flags_seen and the packet and
+ * byte counts of an entry are written here; userspace reads them to age and close flows. */
+#define L3_OFFSET ETH_HLEN
+#define IP_CHECK_OFFSET (L3_OFFSET + offsetof(struct iphdr, check))
+#define IP_TTL_OFFSET (L3_OFFSET + offsetof(struct iphdr, ttl))
+#define IP_SADDR_OFFSET (L3_OFFSET + offsetof(struct iphdr, saddr))
+#define IP_DADDR_OFFSET (L3_OFFSET + offsetof(struct iphdr, daddr))
+#define HEADERS_MAX (ETH_HLEN + 60 + 20)  /* Ethernet, IPv4 with options, TCP without options */
+
+static __always_inline int fast_pass(__u32 reason)
+{
+	count(reason);
+	return TC_ACT_OK;
+}
+
+/* TTL - 1 with the header checksum updated; 0, or -1 when the TTL would expire. */
+static __always_inline int fast_decrement_ttl(struct __sk_buff *skb, __u8 ttl, __u8 protocol)
+{
+	__u16 old_word = bpf_htons(((__u16)ttl << 8) | protocol);
+	__u16 new_word = bpf_htons(((__u16)(ttl - 1) << 8) | protocol);
+	__u8 new_ttl = ttl - 1;
+
+	if (ttl <= 1)
+		return -1;
+	if (bpf_l3_csum_replace(skb, IP_CHECK_OFFSET, old_word, new_word, 2) ||
+	    bpf_skb_store_bytes(skb, IP_TTL_OFFSET, &new_ttl, 1, 0))
+		return -2;
+	return 0;
+}
+
+static __always_inline int fast_write_macs(struct __sk_buff *skb, const __u8 *dst, const __u8 *src)
+{
+	return bpf_skb_store_bytes(skb, 0, dst, ETH_ALEN, 0) ||
+	       bpf_skb_store_bytes(skb, ETH_ALEN, src, ETH_ALEN, 0);
+}
+
+static __always_inline int fast_execute_flow(struct __sk_buff *skb, struct xskp_flow_v4 *f,
+					     struct iphdr *ip, __u32 l4_off, __u16 sport,
+					     __u16 dport, __u8 tcp_flags, __u64 now)
+{
+	__u8 proto = ip->protocol, ttl = ip->ttl;
+	__u32 old_src = ip->saddr, old_dst = ip->daddr;
+	__u32 new_src = bpf_htonl(f->new_src_addr), new_dst = bpf_htonl(f->new_dst_addr);
+	__u16 new_sport = bpf_htons(f->new_src_port), new_dport = bpf_htons(f->new_dst_port);
+	__u32 csum_off = l4_off + (proto == IPPROTO_TCP ? 16 : 6);
+	__u64 mangled = proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	int err;
+
+	err = fast_decrement_ttl(skb, ttl, proto);
+	if (err == -1)
+		return fast_pass(FAST_PASS_TTL);
+	if (err)
+		goto rewrite_failed;
+	if (new_src != old_src &&
+	    (bpf_l4_csum_replace(skb, csum_off, old_src, new_src, BPF_F_PSEUDO_HDR | mangled | 4) ||
+	     bpf_l3_csum_replace(skb, IP_CHECK_OFFSET, old_src, new_src, 4) ||
+	     bpf_skb_store_bytes(skb, IP_SADDR_OFFSET, &new_src, 4, 0)))
+		goto rewrite_failed;
+	if (new_dst != old_dst &&
+	    (bpf_l4_csum_replace(skb, csum_off, old_dst, new_dst, BPF_F_PSEUDO_HDR | mangled | 4) ||
+	     bpf_l3_csum_replace(skb, IP_CHECK_OFFSET, old_dst, new_dst, 4) ||
+	     bpf_skb_store_bytes(skb, IP_DADDR_OFFSET, &new_dst, 4, 0)))
+		goto rewrite_failed;
+	if (new_sport != sport &&
+	    (bpf_l4_csum_replace(skb, csum_off, sport, new_sport, mangled | 2) ||
+	     bpf_skb_store_bytes(skb, l4_off, &new_sport, 2, 0)))
+		goto rewrite_failed;
+	if (new_dport != dport &&
+	    (bpf_l4_csum_replace(skb, csum_off, dport, new_dport, mangled | 2) ||
+	     bpf_skb_store_bytes(skb, l4_off + 2, &new_dport, 2, 0)))
+		goto rewrite_failed;
+	if (fast_write_macs(skb, f->dst_mac, f->src_mac))
+		goto rewrite_failed;
+	f->last_seen_ns = now;
+	if ((f->tcp_flags_seen | tcp_flags) != f->tcp_flags_seen)
+		f->tcp_flags_seen |= tcp_flags;
+	f->packets += 1;
+	f->bytes += skb->len;
+	count(FAST_FLOW);
+	return bpf_redirect(f->out_ifindex, 0);
+
+rewrite_failed:
+	count(FAST_DROP_REWRITE);
+	return TC_ACT_SHOT;
+}
+
+/* Pod-CIDR traffic: the kernel FIB's route and resolved neighbour, without netfilter. */
+static __always_inline int fast_route_bypass(struct __sk_buff *skb, struct iphdr *ip)
+{
+	struct bpf_fib_lookup fib = {};
+	const struct steer_iface *out;
+	__u8 ttl = ip->ttl, proto = ip->protocol;
+	long rc;
+	int err;
+
+	fib.family = AF_INET;
+	fib.tos = ip->tos;
+	fib.l4_protocol = proto;
+	fib.tot_len = 0;            /* 0: the kernel checks the skb (GSO-aware) against the MTU */
+	fib.ipv4_src = ip->saddr;
+	fib.ipv4_dst = ip->daddr;
+	fib.ifindex = skb->ingress_ifindex;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return fast_pass(FAST_PASS_NO_NEIGHBOUR);
+	out = bpf_map_lookup_elem(&xskp_ifaces, &fib.ifindex);
+	if (!out || !out->roles)
+		return fast_pass(FAST_PASS_NO_MATCH);
+	err = fast_decrement_ttl(skb, ttl, proto);
+	if (err == -1)
+		return fast_pass(FAST_PASS_TTL);
+	if (err || fast_write_macs(skb, fib.dmac, fib.smac)) {
+		count(FAST_DROP_REWRITE);
+		return TC_ACT_SHOT;
+	}
+	count(FAST_BYPASS);
+	return bpf_redirect(fib.ifindex, 0);
+}
+
+SEC("tc")
+int xskp_fast(struct __sk_buff *skb)
+{
+	const struct xskp_fast_config *cfg = fast_config();
+	__u32 ifindex = skb->ingress_ifindex;
+	const struct steer_iface *iface;
+	struct steer_v4_lpm_key prefix_key;
+	void *data, *data_end;
+	struct xskp_flow_v4 *f;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	__u16 sport, dport, *ports;
+	__u8 tcp_flags = 0;
+	__u32 l4_off, *roles;
+	__u64 now;
+
+	if (!cfg || !cfg->flow_mask)
+		return TC_ACT_OK;
+	iface = bpf_map_lookup_elem(&xskp_ifaces, &ifindex);
+	if (!iface || !iface->roles)
+		return TC_ACT_OK;
+	if (skb->protocol != bpf_htons(ETH_P_IP) || skb->vlan_present)
+		return fast_pass(FAST_PASS_NO_MATCH);
+	now = bpf_ktime_get_ns();
+	if (!fast_live(cfg, iface, now))
+		return fast_pass(FAST_PASS_NOT_LIVE);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (data + HEADERS_MAX > data_end) {
+		/* headers in the linear part; short frames stay short (bounds checked below) */
+		bpf_skb_pull_data(skb, HEADERS_MAX);
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+	eth = data;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl < 5 ||
+	    ip->version != 4)
+		return fast_pass(FAST_PASS_NO_MATCH);
+	if (ip->frag_off & bpf_htons(IP_FRAGMENT_BITS))
+		return fast_pass(FAST_PASS_NO_MATCH);
+	l4_off = ETH_HLEN + ip->ihl * 4;
+	if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) {
+		ports = (void *)ip + ip->ihl * 4;
+		if ((void *)(ports + 2) > data_end)
+			return fast_pass(FAST_PASS_NO_MATCH);
+		sport = ports[0];
+		dport = ports[1];
+		if (ip->protocol == IPPROTO_TCP) {
+			__u8 *flags = (void *)ports + TCP_FLAGS_OFFSET;
+
+			if ((void *)(flags + 1) > data_end)
+				return fast_pass(FAST_PASS_NO_MATCH);
+			tcp_flags = *flags;
+		}
+		if ((tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN) {
+			f = flow_lookup_v4(cfg, ip->saddr, ip->daddr, sport, dport, ip->protocol);
+			if (f)
+				return fast_execute_flow(skb, f, ip, l4_off, sport, dport, tcp_flags, now);
+		}
+	}
+	if (cfg->bypass) {
+		prefix_key.prefixlen = 32;
+		prefix_key.addr = ip->daddr;
+		roles = bpf_map_lookup_elem(&xskp_v4_pfxs, &prefix_key);
+		if (steered_on(roles, iface))
+			return fast_route_bypass(skb, ip);
+	}
+	return fast_pass(FAST_PASS_NO_MATCH);
 }
 
 char _license[] SEC("license") = "GPL";
