@@ -11,16 +11,22 @@ entries; each entry has its own last_seen and a flow expires when both are older
 state's timeout. Inserting into a full window first reuses tombstones and expired flows, then
 evicts the oldest flow in the window that is not ESTABLISHED; if every one is, the insert
 fails (XSKP_DROP_CT_FULL).
+
+Offloaded flows (XSKP_CT_OFFLOADED, see dataplane/_fastpath.py): removing a flow also removes
+its entries from the fast path's flow table (`flows`), so that no fast-path entry outlives the
+flow it executes.
 """
 import numpy as np
 from dataplane._jit import packet_njit
 
 from dataplane import abi
 from dataplane.tables import hash_flow, hash_client
+from dataplane._flowtable import flow_remove
 
 CT_IN_USE = abi.lib.XSKP_CT_IN_USE
 CT_REPLY = abi.lib.XSKP_CT_REPLY
 CT_TOMBSTONE = abi.lib.XSKP_CT_TOMBSTONE
+CT_OFFLOADED = abi.lib.XSKP_CT_OFFLOADED
 CT_MAX_PROBE = abi.lib.XSKP_CT_MAX_PROBE
 NO_PEER = abi.lib.XSKP_NO_PEER
 
@@ -89,7 +95,10 @@ def ct_lookup(ct, src_addr, dst_addr, src_port, dst_port, proto):
 
 
 @packet_njit(inline="always")
-def _ct_clear_slot(ct, idx):
+def _ct_clear_slot(ct, flows, idx):
+    e = ct[idx]
+    if (e.flags & CT_OFFLOADED) != 0:
+        flow_remove(flows, e.src_addr, e.dst_addr, e.src_port, e.dst_port, e.proto)
     mask = ct.shape[0] - 1
     if ct[(idx + 1) & mask].flags == 0:
         ct[idx].flags = 0
@@ -98,19 +107,20 @@ def _ct_clear_slot(ct, idx):
 
 
 @packet_njit
-def ct_delete_flow(ct, idx):
-    """Remove the entry at idx and its peer (both become tombstones or empty slots)."""
+def ct_delete_flow(ct, flows, idx):
+    """Remove the entry at idx and its peer (both become tombstones or empty slots), and their
+    fast-path entries if the flow was offloaded."""
     if idx < 0 or idx >= ct.shape[0]:
         return
     e = ct[idx]
     if (e.flags & CT_IN_USE) == 0:
         return
     peer = np.int64(e.peer)
-    _ct_clear_slot(ct, idx)
+    _ct_clear_slot(ct, flows, idx)
     if peer != NO_PEER and peer < ct.shape[0] and peer != idx:
         p = ct[peer]
         if (p.flags & CT_IN_USE) != 0 and np.int64(p.peer) == idx:
-            _ct_clear_slot(ct, peer)
+            _ct_clear_slot(ct, flows, peer)
 
 
 @packet_njit
@@ -129,7 +139,7 @@ def ct_flow_expired(ct, idx, now_ns):
 
 
 @packet_njit
-def ct_find_free_slot(ct, src_addr, dst_addr, src_port, dst_port, proto, now_ns, exclude,
+def ct_find_free_slot(ct, flows, src_addr, dst_addr, src_port, dst_port, proto, now_ns, exclude,
                       counters, cnt_expired, cnt_evicted):
     """A slot for a new entry with this key: the first empty or tombstoned slot of the window,
     else one freed by removing an expired flow (counted under cnt_expired), else one freed by
@@ -148,7 +158,7 @@ def ct_find_free_slot(ct, src_addr, dst_addr, src_port, dst_port, proto, now_ns,
                 return idx
         elif idx != exclude and np.int64(e.peer) != exclude:
             if ct_flow_expired(ct, idx, now_ns):
-                ct_delete_flow(ct, idx)
+                ct_delete_flow(ct, flows, idx)
                 counters[cnt_expired] += 1
                 return idx
             if e.state != ST_ESTABLISHED and e.last_seen_ns < victim_seen:
@@ -156,7 +166,7 @@ def ct_find_free_slot(ct, src_addr, dst_addr, src_port, dst_port, proto, now_ns,
                 victim_seen = e.last_seen_ns
         slot = (slot + np.uint64(1)) & mask
     if victim >= 0:
-        ct_delete_flow(ct, victim)
+        ct_delete_flow(ct, flows, victim)
         counters[cnt_evicted] += 1
         return victim
     return np.int64(-1)

@@ -37,6 +37,7 @@ from dataplane import abi
 from dataplane._jit import packet_njit
 from dataplane import xsk
 from dataplane.pipeline import process_batch as _pipeline_process_batch
+from dataplane._fastpath import fast_path_step as _fast_path_step
 
 # ---- pyxdp's hot-path functions, as numba sees them ----------------------------------------
 # Declared by symbol name (resolved to pyxdp's addresses by bind_native()), so that numba can
@@ -226,6 +227,25 @@ def _process_batch_for_state(umem, addrs, lens, n, ingress_iface, state, counter
     raise TypeError(f"worker state {state}: expected (macs,) or (ServiceTables, FlowTables)")
 
 
+def housekeeping(state, counters, now):
+    """Per-pass work besides frames, chosen like process_batch: for the full pipeline, the kernel
+    fast path's heartbeat and sweep (dataplane/_fastpath.py); nothing for the L2 forwarder."""
+    raise TypeError("housekeeping is callable from njit code only")
+
+
+@overload(housekeeping, jit_options={"nogil": True, "_nrt": False})
+def _housekeeping_for_state(state, counters, now):
+    if isinstance(state, types.BaseTuple) and len(state) == 2 and all(
+            isinstance(part, types.BaseTuple) for part in state):
+        def pipeline(state, counters, now):
+            _fast_path_step(state[0], state[1], now, counters)
+        return pipeline
+
+    def nothing(state, counters, now):
+        pass
+    return nothing
+
+
 @packet_njit
 def _free_frame(free_frames, free_count, addr, frame_mask):
     free_frames[free_count[0]] = addr & frame_mask
@@ -251,6 +271,7 @@ def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
     while True:  # at least one pass, then until the deadline
         now = xskp_now_ns()
         active = False
+        housekeeping(state, counters, now)
         # 1. frames the kernel has sent are free again
         for i in range(IFACE_MAX):
             if socks[i] == 0 or outstanding[i] == 0:

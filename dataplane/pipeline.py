@@ -77,6 +77,13 @@ Decisions:
 - Numba caches compiled code keyed on this package's source files: the header's constants are
   compiled in, so after changing native/xskproxy_abi.h touch dataplane/*.py or clear
   __pycache__ (tests/unit/test_pipeline.py runs from a fresh cache in CI).
+- Two tiers (FlowTables.flows not empty): a conntrack hit that leaves a TCP flow in SYN_RECV
+  or ESTABLISHED, or any UDP flow's second frame, hands both directions to the kernel fast
+  path (offload_flow: XSKP_CT_OFFLOADED, XSKP_CNT_FLOW_OFFLOADED) before the frame is sent, so
+  the peer's next frame already meets the fast path. Not offloaded: DSR flows (the IPIP
+  encapsulation and decapsulation stay here), ICMP, flows whose next hops are unresolved, and
+  flows whose probe window in the flow table is full (XSKP_CNT_FLOW_OFFLOAD_FULL). From then
+  on dataplane/_fastpath.py keeps the flow's state from what the fast path reports.
 """
 import numpy as np
 from dataplane._jit import packet_njit
@@ -88,6 +95,7 @@ from dataplane._checksum import (load16, load32, store16, store32, csum_fold, cs
 from dataplane._conntrack import (ct_lookup, ct_delete_flow, ct_flow_expired, ct_find_free_slot,
                                   ct_write_entry, ct_set_state, affinity_lookup,
                                   affinity_remember, NO_PEER, NS_PER_S)
+from dataplane._flowtable import flow_insert_from_ct, flow_clear_slot
 from dataplane.tables import (lookup_frontend, lookup_neighbour, lookup_route, hash_flow,
                               svc_is_dsr, svc_has_affinity, svc_etp_local, svc_itp_local,
                               svc_has_source_ranges, fe_is_external, fe_allows_dsr, be_is_alive,
@@ -139,6 +147,8 @@ CNT_ICMP_ERROR_TRANSLATED = L.XSKP_CNT_ICMP_ERROR_TRANSLATED
 CNT_CSUM_COMPLETED = L.XSKP_CNT_CSUM_COMPLETED
 CNT_AFFINITY_HIT = L.XSKP_CNT_AFFINITY_HIT
 CNT_FIB_REFRESH = L.XSKP_CNT_FIB_REFRESH
+CNT_FLOW_OFFLOADED = L.XSKP_CNT_FLOW_OFFLOADED
+CNT_FLOW_OFFLOAD_FULL = L.XSKP_CNT_FLOW_OFFLOAD_FULL
 COUNTER_MAX = L.XSKP_COUNTER_MAX
 COUNTER_SLOTS = L.XSKP_COUNTER_SLOTS
 SLOT_NEIGH_MISS = L.XSKP_SLOT_NEIGH_MISS
@@ -150,6 +160,8 @@ CT_SNAT = L.XSKP_CT_SNAT
 CT_DSR_ENCAP = L.XSKP_CT_DSR_ENCAP
 CT_DSR_LOCAL = L.XSKP_CT_DSR_LOCAL
 CT_FIN_SEEN = L.XSKP_CT_FIN_SEEN
+CT_IN_USE = L.XSKP_CT_IN_USE
+CT_OFFLOADED = L.XSKP_CT_OFFLOADED
 ST_NEW = L.XSKP_CT_NEW
 ST_SYN_SENT = L.XSKP_CT_SYN_SENT
 ST_SYN_RECV = L.XSKP_CT_SYN_RECV
@@ -406,6 +418,48 @@ def track_tcp(ct, idx, tcp_flags):
         ct_set_state(ct, idx, new_state)
 
 
+@packet_njit
+def offload_flow(st, ft, idx, counters):
+    """Hand the flow of conntrack entry idx (both directions) to the kernel fast path, if it
+    qualifies (see the module docstring). Writes ft.flows and the entries' XSKP_CT_OFFLOADED."""
+    flows = ft.flows
+    ct = ft.ct
+    e = ct[idx]
+    if (e.flags & (CT_OFFLOADED | CT_DSR_ENCAP | CT_DSR_LOCAL)) != 0:
+        return
+    if e.proto == IPPROTO_TCP:
+        if e.state != ST_SYN_RECV and e.state != ST_ESTABLISHED:
+            return
+    elif e.proto != IPPROTO_UDP:
+        return
+    peer = np.int64(e.peer)
+    if peer == NO_PEER or peer >= ct.shape[0]:
+        return
+    p = ct[peer]
+    if (p.flags & CT_IN_USE) == 0 or np.int64(p.peer) != idx:
+        return
+    node = st.node[0]
+    if e.fib_generation != node.fib_generation or ct_refresh(st, ct, peer, counters) != 0:
+        return
+    fast = ft.fast_state[0]
+    out_e = fast.ifindex[e.out_iface]
+    out_p = fast.ifindex[p.out_iface]
+    if out_e == 0 or out_p == 0:
+        return
+    a = flow_insert_from_ct(flows, e, idx, out_e, fast.owner)
+    if a < 0:
+        counters[CNT_FLOW_OFFLOAD_FULL] += 1
+        return
+    b = flow_insert_from_ct(flows, p, peer, out_p, fast.owner)
+    if b < 0:
+        flow_clear_slot(flows, a)
+        counters[CNT_FLOW_OFFLOAD_FULL] += 1
+        return
+    e.flags |= np.uint8(CT_OFFLOADED)
+    p.flags |= np.uint8(CT_OFFLOADED)
+    counters[CNT_FLOW_OFFLOADED] += 1
+
+
 @packet_njit(inline="always")
 def conntrack_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, src, dst,
                     sport, dport, tcp_flags, chunk, st, ft, counters, now_ns):
@@ -416,18 +470,18 @@ def conntrack_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
     if idx < 0:
         return CONTINUE, 0
     if ct_flow_expired(ct, idx, now_ns):
-        ct_delete_flow(ct, idx)
+        ct_delete_flow(ct, ft.flows, idx)
         counters[CNT_CT_EXPIRED] += 1
         return CONTINUE, 0
     e = ct[idx]
     if not entry_backend_valid(e, st.backends):
-        ct_delete_flow(ct, idx)
+        ct_delete_flow(ct, ft.flows, idx)
         counters[CNT_CT_STALE] += 1
         return CONTINUE, 0
     if (proto == IPPROTO_TCP and (tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN
             and (e.flags & CT_REPLY) == 0 and np.int64(e.state) >= ST_FIN_WAIT):
         # a new connection on the tuple of a closing one: balanced like any new flow
-        ct_delete_flow(ct, idx)
+        ct_delete_flow(ct, ft.flows, idx)
         counters[CNT_CT_REUSED] += 1
         return CONTINUE, 0
     if proto == IPPROTO_TCP:
@@ -436,8 +490,11 @@ def conntrack_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
         ct_set_state(ct, idx, ST_ESTABLISHED)
     e.last_seen_ns = now_ns
     counters[CNT_CT_HIT] += 1
-    return apply_entry(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
-                       src, dst, sport, dport, chunk, st, ct, idx, counters)
+    verdict, reason = apply_entry(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
+                                  src, dst, sport, dport, chunk, st, ct, idx, counters)
+    if verdict != V_DROP and ft.flows.shape[0] != 0 and (e.flags & CT_OFFLOADED) == 0:
+        offload_flow(st, ft, idx, counters)
+    return verdict, reason
 
 
 @packet_njit
@@ -483,7 +540,7 @@ def affinity_backend_usable(st, bid, ring_offset, ring_size, need_local):
 
 
 @packet_njit
-def allocate_snat_port(ct, node, backend_addr, backend_port, proto, flow_hash, now_ns, counters):
+def allocate_snat_port(ct, flows, node, backend_addr, backend_port, proto, flow_hash, now_ns, counters):
     """A SNAT port whose reply key (backend, node_addr, backend_port, port) is free, or -1."""
     port_min = np.int64(node.snat_port_min)
     port_max = np.int64(node.snat_port_max)
@@ -498,7 +555,7 @@ def allocate_snat_port(ct, node, backend_addr, backend_port, proto, flow_hash, n
         if idx < 0:
             return port
         if ct_flow_expired(ct, idx, now_ns):
-            ct_delete_flow(ct, idx)
+            ct_delete_flow(ct, flows, idx)
             counters[CNT_CT_EXPIRED] += 1
             return port
     return np.int64(-1)
@@ -560,7 +617,7 @@ def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, s
     ct = ft.ct
     node = st.node[0]
     if svc_is_dsr(svc) and fe_allows_dsr(kind) and not decapsulated and not be_is_local(be):
-        o = ct_find_free_slot(ct, src, dst, sport, dport, proto, now_ns, -1,
+        o = ct_find_free_slot(ct, ft.flows, src, dst, sport, dport, proto, now_ns, -1,
                               counters, CNT_CT_EXPIRED, CNT_CT_EVICTED)
         if o < 0:
             return V_DROP, DROP_CT_FULL
@@ -568,7 +625,7 @@ def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, s
                        src, dst, sport, dport, np.int64(be.node_addr), bid, sid, now_ns)
         reason = ct_resolve(st, ct, o, counters)
         if reason != 0:
-            ct_delete_flow(ct, o)
+            ct_delete_flow(ct, ft.flows, o)
             return V_DROP, reason
         counters[CNT_CT_CREATED] += 1
         return apply_entry(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
@@ -583,7 +640,7 @@ def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, s
     hairpin = ingress_iface == IFACE_GATEWAY and be_is_local(be) and not decapsulated
     if hairpin or (external and not svc_etp_local(svc) and not be_is_local(be)
                    and not decapsulated):
-        port = allocate_snat_port(ct, node, backend_addr, backend_port, proto, flow_hash, now_ns,
+        port = allocate_snat_port(ct, ft.flows, node, backend_addr, backend_port, proto, flow_hash, now_ns,
                                   counters)
         if port < 0:
             return V_DROP, DROP_SNAT_EXHAUSTED
@@ -594,19 +651,19 @@ def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, s
         # the client reused its port towards the same backend: the old flow is over
         old = ct_lookup(ct, backend_addr, src, backend_port, sport, proto)
         if old >= 0:
-            ct_delete_flow(ct, old)
+            ct_delete_flow(ct, ft.flows, old)
     if decapsulated:
         flags |= CT_DSR_LOCAL
-    o = ct_find_free_slot(ct, src, dst, sport, dport, proto, now_ns, -1,
+    o = ct_find_free_slot(ct, ft.flows, src, dst, sport, dport, proto, now_ns, -1,
                           counters, CNT_CT_EXPIRED, CNT_CT_EVICTED)
     if o < 0:
         return V_DROP, DROP_CT_FULL
     ct_write_entry(ct, o, flags, src, dst, sport, dport, proto, state,
                    new_src, backend_addr, new_sport, backend_port, 0, bid, sid, now_ns)
-    r = ct_find_free_slot(ct, backend_addr, new_src, backend_port, new_sport, proto, now_ns, o,
+    r = ct_find_free_slot(ct, ft.flows, backend_addr, new_src, backend_port, new_sport, proto, now_ns, o,
                           counters, CNT_CT_EXPIRED, CNT_CT_EVICTED)
     if r < 0:
-        ct_delete_flow(ct, o)
+        ct_delete_flow(ct, ft.flows, o)
         return V_DROP, DROP_CT_FULL
     ct_write_entry(ct, r, flags | CT_REPLY, backend_addr, new_src, backend_port, new_sport, proto,
                    state, dst, src, dport, sport, 0, bid, sid, now_ns)
@@ -614,7 +671,7 @@ def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, s
     ct[r].peer = o
     reason = ct_resolve(st, ct, o, counters)
     if reason != 0:
-        ct_delete_flow(ct, o)
+        ct_delete_flow(ct, ft.flows, o)
         return V_DROP, reason
     ct_resolve(st, ct, r, counters)
     counters[CNT_CT_CREATED] += 1

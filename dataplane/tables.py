@@ -30,6 +30,13 @@ FlowTables (per worker, mutable, one writer; dataplane/store.py may back them by
                                                   XSKP_CT_MAX_PROBE.
   affinity      struct xskp_affinity_entry[pow2]  ClientIP affinity (client, service) ->
                                                   backend, probe window XSKP_CT_MAX_PROBE.
+  flows         struct xskp_flow_v4[pow2 or 0]    the kernel fast path's flow table (shared by
+                                                  every worker and the BPF programs when the
+                                                  agent maps it; length 0: offload off). See
+                                                  dataplane/_fastpath.py.
+  fast_config   struct xskp_fast_config[1]        the fast path's switches (heartbeat).
+  fast_state    FAST_STATE_DTYPE[1]               this worker's fast-path bookkeeping: owner
+                                                  id, interface indexes, sweep position.
 
 Numba accepts both tuples as arguments (namedtuples of arrays); the field order above is the
 tuple order.
@@ -50,11 +57,26 @@ NEIGHBOUR_DTYPE = abi.dtype("struct xskp_neighbour")
 NODE_DTYPE = abi.dtype("struct xskp_node")
 CT_ENTRY_DTYPE = abi.dtype("struct xskp_ct_entry")
 AFFINITY_ENTRY_DTYPE = abi.dtype("struct xskp_affinity_entry")
+FLOW_V4_DTYPE = abi.dtype("struct xskp_flow_v4")
+FAST_CONFIG_DTYPE = abi.dtype("struct xskp_fast_config")
+# Userspace-only bookkeeping of one worker's share of the fast path (never read by BPF).
+FAST_STATE_DTYPE = np.dtype([
+    ("ifindex", np.uint32, (abi.lib.XSKP_IFACE_MAX,)),  # kernel ifindex per enum xskp_iface
+    ("owner", np.uint32),                               # this worker's id in xskp_flow_v4.owner
+    ("sweep_cursor", np.uint64),                        # next flow slot the sweep looks at
+    ("sweep_last_ns", np.uint64),                       # when the sweep last ran
+])
 
 ServiceTables = namedtuple(
     "ServiceTables",
     "frontends services backends maglev source_ranges routes neighbours node")
-FlowTables = namedtuple("FlowTables", "ct affinity")
+def _no_flows():
+    """The fast-path fields of FlowTables when offload is off: an empty flow table."""
+    return (np.zeros(0, FLOW_V4_DTYPE), np.zeros(1, FAST_CONFIG_DTYPE), np.zeros(1, FAST_STATE_DTYPE))
+
+
+FlowTables = namedtuple("FlowTables", "ct affinity flows fast_config fast_state",
+                        defaults=_no_flows())
 
 _FE_EMPTY = abi.lib.XSKP_FE_EMPTY
 _SVC_DSR = abi.lib.XSKP_SVC_DSR
@@ -91,13 +113,31 @@ def make_service_tables(max_frontends, max_services, max_backends, max_ring, max
     )
 
 
-def make_flow_tables(ct_capacity, affinity_capacity):
-    """Empty FlowTables; capacities are rounded up to powers of two (ct >= XSKP_CT_MAX_PROBE)."""
-    return FlowTables(
+def make_flow_tables(ct_capacity, affinity_capacity, flow_capacity=0, ifindex=(0, 0), owner=0):
+    """Empty FlowTables; capacities are rounded up to powers of two (ct >= XSKP_CT_MAX_PROBE).
+    flow_capacity > 0 gives a private fast-path flow table (unit tests; the agent uses the BPF
+    map's memory instead, see with_fast_path)."""
+    ft = FlowTables(
         ct=np.zeros(next_pow2(max(ct_capacity, abi.lib.XSKP_CT_MAX_PROBE)), CT_ENTRY_DTYPE),
         affinity=np.zeros(next_pow2(max(affinity_capacity, abi.lib.XSKP_CT_MAX_PROBE)),
                           AFFINITY_ENTRY_DTYPE),
     )
+    if flow_capacity:
+        flows = np.zeros(next_pow2(max(flow_capacity, abi.lib.XSKP_FLOW_MAX_PROBE)), FLOW_V4_DTYPE)
+        ft = with_fast_path(ft, flows, np.zeros(1, FAST_CONFIG_DTYPE), ifindex, owner)
+    return ft
+
+
+def with_fast_path(ft, flows, fast_config, ifindex, owner):
+    """ft with the fast path's flow table and switches (e.g. the BPF maps' shared memory), the
+    kernel ifindex of each enum xskp_iface interface and this worker's owner id."""
+    if flows.shape[0] & (flows.shape[0] - 1):
+        raise ValueError(f"flow table: {flows.shape[0]} entries is not a power of two")
+    fast_config[0]["flow_mask"] = flows.shape[0] - 1
+    fast_state = np.zeros(1, FAST_STATE_DTYPE)
+    fast_state[0]["ifindex"][:] = ifindex
+    fast_state[0]["owner"] = owner
+    return ft._replace(flows=flows, fast_config=fast_config, fast_state=fast_state)
 
 
 def make_counters():

@@ -1,0 +1,157 @@
+"""The userspace half of the two-tier dataplane: what a worker does for the flows it handed to
+the kernel fast path (dataplane/pipeline.py offload_flow). Pure njit: no I/O, `now` comes in,
+never raises; writes only the FlowTables it is given and the counters.
+
+fast_path_step, called by the worker loop on every pass:
+- pushes the fast path's heartbeat (fast_config.alive_until_ns) forward: the BPF programs
+  execute flows only while it is fresh (XSKP_FAST_LIVENESS_NS) or a handover hold lasts, so a
+  killed agent's flows return to the kernel path within that time;
+- sweeps the flow table, a whole pass per SWEEP_PERIOD_NS whatever the packet rate, and for each
+  entry this worker owns brings what the fast path saw back into the conntrack entry it
+  executes: last_seen (so idle expiry works as for any flow), and TCP flags seen (ACK
+  completes the handshake, FIN half-closes, FIN both ways or RST closes). Then it
+  - removes the flow (conntrack and fast path) when its backend is gone or changed
+    (XSKP_CNT_CT_STALE) or it has expired (XSKP_CNT_CT_EXPIRED), as the pipeline does at a hit;
+  - recalls it to userspace (XSKP_CNT_FLOW_RECALLED) when it is closing, so that the last
+    segments, TIME_WAIT reuse and close timeouts are userspace's as before, or when the FIB
+    generation changed (its next frame in userspace re-resolves the MACs and offloads again);
+  - drops an entry whose conntrack entry no longer matches (removed meanwhile).
+So a fast-path entry never outlives its flow by more than one sweep period.
+"""
+import numpy as np
+from dataplane._jit import packet_njit
+
+from dataplane import abi
+from dataplane._conntrack import ct_delete_flow, ct_flow_expired, ct_set_state, CT_IN_USE, NO_PEER
+from dataplane._flowtable import flow_clear_slot, flow_remove, FLOW_IN_USE
+from dataplane.pipeline import entry_backend_valid
+
+L = abi.lib
+LIVENESS_NS = L.XSKP_FAST_LIVENESS_NS
+SWEEP_PERIOD_NS = 250_000_000          # a whole pass over the flow table this often
+SWEEP_MIN_SLOTS = 256                  # never bother with fewer slots at a time
+CT_REPLY = L.XSKP_CT_REPLY
+CT_FIN_SEEN = L.XSKP_CT_FIN_SEEN
+CT_OFFLOADED = L.XSKP_CT_OFFLOADED
+ST_NEW = L.XSKP_CT_NEW
+ST_SYN_RECV = L.XSKP_CT_SYN_RECV
+ST_ESTABLISHED = L.XSKP_CT_ESTABLISHED
+ST_FIN_WAIT = L.XSKP_CT_FIN_WAIT
+ST_CLOSING = L.XSKP_CT_CLOSING
+CNT_CT_EXPIRED = L.XSKP_CNT_CT_EXPIRED
+CNT_CT_STALE = L.XSKP_CNT_CT_STALE
+CNT_FLOW_RECALLED = L.XSKP_CNT_FLOW_RECALLED
+IPPROTO_TCP = 6
+TCP_FIN = 0x01
+TCP_RST = 0x04
+TCP_ACK = 0x10
+
+
+@packet_njit
+def recall_flow(ct, flows, idx):
+    """Take the flow of conntrack entry idx back from the fast path (both directions)."""
+    e = ct[idx]
+    if (e.flags & CT_OFFLOADED) != 0:
+        flow_remove(flows, e.src_addr, e.dst_addr, e.src_port, e.dst_port, e.proto)
+        e.flags &= np.uint8(~CT_OFFLOADED & 0xff)
+    peer = np.int64(e.peer)
+    if peer != NO_PEER and peer < ct.shape[0]:
+        p = ct[peer]
+        if (p.flags & CT_OFFLOADED) != 0 and np.int64(p.peer) == idx:
+            flow_remove(flows, p.src_addr, p.dst_addr, p.src_port, p.dst_port, p.proto)
+            p.flags &= np.uint8(~CT_OFFLOADED & 0xff)
+
+
+@packet_njit
+def apply_seen_tcp_flags(ct, idx, tcp_flags):
+    """Advance the TCP state of entry idx's flow by the OR of the flags the fast path forwarded
+    in entry idx's direction (idempotent: the flags accumulate)."""
+    e = ct[idx]
+    state = np.int64(e.state)
+    if (tcp_flags & TCP_ACK) != 0 and (e.flags & CT_REPLY) == 0 and state == ST_SYN_RECV:
+        state = ST_ESTABLISHED
+    if (tcp_flags & TCP_FIN) != 0:
+        e.flags |= np.uint8(CT_FIN_SEEN)
+        peer = np.int64(e.peer)
+        peer_fin = (peer != NO_PEER and peer < ct.shape[0]
+                    and (ct[peer].flags & CT_FIN_SEEN) != 0)
+        if peer_fin:
+            state = ST_CLOSING
+        elif state < ST_FIN_WAIT:
+            state = ST_FIN_WAIT
+    if (tcp_flags & TCP_RST) != 0:
+        state = ST_CLOSING
+    if state != np.int64(e.state):
+        ct_set_state(ct, idx, state)
+
+
+@packet_njit
+def sweep_flow(st, ft, slot, now_ns, counters):
+    """Bring one owned flow-table entry's observations into conntrack and decide its fate."""
+    flows, ct = ft.flows, ft.ct
+    f = flows[slot]
+    ci = np.int64(f.ct_index)
+    if ci >= ct.shape[0]:
+        flow_clear_slot(flows, slot)
+        return
+    e = ct[ci]
+    if ((e.flags & CT_IN_USE) == 0 or (e.flags & CT_OFFLOADED) == 0 or e.src_addr != f.src_addr
+            or e.dst_addr != f.dst_addr or e.src_port != f.src_port or e.dst_port != f.dst_port
+            or e.proto != f.proto):
+        flow_clear_slot(flows, slot)    # its flow went while the entry was being written
+        return
+    if f.last_seen_ns > e.last_seen_ns:
+        e.last_seen_ns = f.last_seen_ns
+    if e.proto == IPPROTO_TCP:
+        if f.tcp_flags_seen != 0:
+            apply_seen_tcp_flags(ct, ci, np.int64(f.tcp_flags_seen))
+    elif e.state == ST_NEW and (e.flags & CT_REPLY) != 0 and f.packets != 0:
+        ct_set_state(ct, ci, ST_ESTABLISHED)
+    if not entry_backend_valid(e, st.backends):
+        ct_delete_flow(ct, flows, ci)
+        counters[CNT_CT_STALE] += 1
+        return
+    if ct_flow_expired(ct, ci, now_ns):
+        ct_delete_flow(ct, flows, ci)
+        counters[CNT_CT_EXPIRED] += 1
+        return
+    node = st.node[0]
+    if ((e.proto == IPPROTO_TCP and e.state == ST_CLOSING)
+            or f.fib_generation != node.fib_generation):
+        recall_flow(ct, flows, ci)
+        counters[CNT_FLOW_RECALLED] += 1
+
+
+@packet_njit
+def fast_path_step(st, ft, now_ns, counters):
+    """Heartbeat and the due part of the sweep (see the module docstring). Returns the number of
+    flow-table slots looked at."""
+    flows = ft.flows
+    capacity = flows.shape[0]
+    if capacity == 0:
+        return 0
+    now = np.uint64(now_ns)
+    config = ft.fast_config[0]
+    if config.alive_until_ns < now + np.uint64(LIVENESS_NS // 2):
+        config.alive_until_ns = now + np.uint64(LIVENESS_NS)
+    fast = ft.fast_state[0]
+    if fast.sweep_last_ns == 0 or fast.sweep_last_ns > now:
+        fast.sweep_last_ns = now
+        return 0
+    elapsed = now - fast.sweep_last_ns
+    due = np.uint64(capacity) * elapsed // np.uint64(SWEEP_PERIOD_NS)
+    if due < np.uint64(SWEEP_MIN_SLOTS) and due < np.uint64(capacity):
+        return 0
+    if due > np.uint64(capacity):
+        due = np.uint64(capacity)
+    fast.sweep_last_ns = now
+    owner = fast.owner
+    mask = np.uint64(capacity - 1)
+    slot = fast.sweep_cursor & mask
+    for _ in range(due):
+        f = flows[slot]
+        if (f.flags & FLOW_IN_USE) != 0 and f.owner == owner:
+            sweep_flow(st, ft, slot, now, counters)
+        slot = (slot + np.uint64(1)) & mask
+    fast.sweep_cursor = slot
+    return np.int64(due)

@@ -1,0 +1,110 @@
+"""The kernel fast path's flow table (struct xskp_flow_v4): njit lookup, insert and removal as
+the userspace engine does them. Mutates only the flows array it is given; never raises.
+
+Layout: open addressing, power-of-two capacity, linear probing inside XSKP_FLOW_MAX_PROBE slots
+from hash_flow(key) & mask, exactly as flow_lookup_v4 in native/xskproxy_steer.bpf.c reads it
+(tests/native/test_fastpath.py checks the two agree). A lookup stops at an empty slot (flags 0);
+removed slots become tombstones (or empty when the next slot is empty). The BPF programs read
+these entries concurrently: an insert writes the key and the rewrite first and `flags` last, a
+removal clears `flags` first, so a reader sees a whole entry or none (x86 keeps stores in order).
+"""
+import numpy as np
+from dataplane._jit import packet_njit
+
+from dataplane import abi
+from dataplane.tables import hash_flow
+
+FLOW_IN_USE = abi.lib.XSKP_FLOW_IN_USE
+FLOW_TOMBSTONE = abi.lib.XSKP_FLOW_TOMBSTONE
+FLOW_MAX_PROBE = abi.lib.XSKP_FLOW_MAX_PROBE
+
+
+@packet_njit(inline="always")
+def _flow_key_is(f, src_addr, dst_addr, src_port, dst_port, proto):
+    return ((f.flags & FLOW_IN_USE) != 0 and f.src_addr == src_addr and f.dst_addr == dst_addr
+            and f.src_port == src_port and f.dst_port == dst_port and f.proto == proto)
+
+
+@packet_njit
+def flow_lookup(flows, src_addr, dst_addr, src_port, dst_port, proto):
+    """Slot of the in-use entry keyed by this (host-order) 5-tuple, or -1."""
+    if flows.shape[0] == 0:
+        return np.int64(-1)
+    mask = np.uint64(flows.shape[0] - 1)
+    slot = hash_flow(src_addr, dst_addr, src_port, dst_port, proto) & mask
+    for _ in range(FLOW_MAX_PROBE):
+        f = flows[slot]
+        if f.flags == 0:
+            return np.int64(-1)
+        if _flow_key_is(f, src_addr, dst_addr, src_port, dst_port, proto):
+            return np.int64(slot)
+        slot = (slot + np.uint64(1)) & mask
+    return np.int64(-1)
+
+
+@packet_njit
+def flow_clear_slot(flows, slot):
+    """Remove the entry at slot (a tombstone, or empty when the next slot is empty)."""
+    mask = flows.shape[0] - 1
+    if flows[(slot + 1) & mask].flags == 0:
+        flows[slot].flags = 0
+    else:
+        flows[slot].flags = FLOW_TOMBSTONE
+
+
+@packet_njit
+def flow_remove(flows, src_addr, dst_addr, src_port, dst_port, proto):
+    """Remove the entry keyed by this 5-tuple, if any. True when one was removed."""
+    slot = flow_lookup(flows, src_addr, dst_addr, src_port, dst_port, proto)
+    if slot < 0:
+        return False
+    flow_clear_slot(flows, slot)
+    return True
+
+
+@packet_njit
+def flow_insert_from_ct(flows, e, ct_index, out_ifindex, owner):
+    """Write conntrack entry e (key, rewrite, cached MACs) into the flow table as an entry the
+    fast path executes, replacing one with the same key. Returns the slot, or -1 when the probe
+    window holds no free slot (the flow then stays with userspace)."""
+    if flows.shape[0] == 0:
+        return np.int64(-1)
+    mask = np.uint64(flows.shape[0] - 1)
+    slot = hash_flow(e.src_addr, e.dst_addr, e.src_port, e.dst_port, e.proto) & mask
+    target = np.int64(-1)
+    for _ in range(FLOW_MAX_PROBE):
+        f = flows[slot]
+        if _flow_key_is(f, e.src_addr, e.dst_addr, e.src_port, e.dst_port, e.proto):
+            target = np.int64(slot)
+            f.flags = FLOW_TOMBSTONE        # readers skip it while it is rewritten
+            break
+        if (f.flags & FLOW_IN_USE) == 0 and target < 0:
+            target = np.int64(slot)
+        if f.flags == 0:
+            break
+        slot = (slot + np.uint64(1)) & mask
+    if target < 0:
+        return np.int64(-1)
+    f = flows[target]
+    f.src_addr = e.src_addr
+    f.dst_addr = e.dst_addr
+    f.src_port = e.src_port
+    f.dst_port = e.dst_port
+    f.proto = e.proto
+    f.tcp_flags_seen = 0
+    f.owner = owner
+    f.new_src_addr = e.new_src_addr
+    f.new_dst_addr = e.new_dst_addr
+    f.new_src_port = e.new_src_port
+    f.new_dst_port = e.new_dst_port
+    f.out_ifindex = out_ifindex
+    for k in range(6):
+        f.dst_mac[k] = e.dst_mac[k]
+        f.src_mac[k] = e.src_mac[k]
+    f.ct_index = ct_index
+    f.fib_generation = e.fib_generation
+    f.last_seen_ns = e.last_seen_ns
+    f.packets = 0
+    f.bytes = 0
+    f.flags = FLOW_IN_USE
+    return target

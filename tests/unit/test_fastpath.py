@@ -1,0 +1,254 @@
+"""The userspace half of the two-tier dataplane, without root: which flows the pipeline hands to
+the kernel fast path and with what entries (dataplane/pipeline.py offload_flow), and how the
+sweep (dataplane/_fastpath.py) keeps conntrack true to what the fast path reports: handshake,
+close, idle expiry, removed backends, FIB changes, a full flow table, the heartbeat."""
+import numpy as np
+
+import fixtures_pipeline as fx
+from dataplane import abi, tables
+from dataplane._conntrack import ct_lookup
+from dataplane._fastpath import fast_path_step, SWEEP_PERIOD_NS, LIVENESS_NS
+from dataplane._flowtable import flow_lookup
+
+L = abi.lib
+S = 10**9
+T0 = 1000 * S
+IFINDEX = (11, 12)          # kernel ifindex of the transport and gateway interfaces
+VIP = "10.96.0.10"          # local-web: ClusterIP, one local backend POD_A1:8080
+
+
+def topology(flow_capacity=64):
+    st, ft = fx.make_topology()
+    ft = tables.with_fast_path(ft, np.zeros(flow_capacity, tables.FLOW_V4_DTYPE),
+                               np.zeros(1, tables.FAST_CONFIG_DTYPE), IFINDEX, owner=0)
+    return st, ft
+
+
+def send(st, ft, pkt, ingress, now_ns=T0, counters=None):
+    verdicts, outs, counters = fx.run([bytes(pkt)], ingress, st, ft, now_ns=now_ns, counters=counters)
+    return int(verdicts[0]), counters
+
+
+def ct_entry(ft, src, dst, sport, dport, proto=6):
+    idx = ct_lookup(ft.ct, fx.ip4(src), fx.ip4(dst), sport, dport, proto)
+    return None if idx < 0 else ft.ct[idx]
+
+
+def flow_entry(ft, src, dst, sport, dport, proto=6):
+    slot = flow_lookup(ft.flows, fx.ip4(src), fx.ip4(dst), sport, dport, proto)
+    return None if slot < 0 else ft.flows[slot]
+
+
+def in_use_flows(ft):
+    return int(np.count_nonzero(ft.flows["flags"] & L.XSKP_FLOW_IN_USE))
+
+
+def pod_segment(sport, flags):
+    return fx.from_pod(fx.MAC_POD_A2) / fx.tcp(fx.POD_A2, VIP, sport, 80, flags)
+
+
+def snat_port(ft, sport):
+    return int(ct_entry(ft, fx.POD_A2, VIP, sport, 80)["new_src_port"])
+
+
+def backend_segment(ft, sport, flags):
+    return fx.from_pod(fx.MAC_POD_A1) / fx.tcp(fx.POD_A1, fx.NODE_A, 8080, snat_port(ft, sport), flags)
+
+
+def handshake(st, ft, sport=44000, now_ns=T0):
+    counters = tables.make_counters()
+    assert send(st, ft, pod_segment(sport, "S"), fx.GATEWAY, now_ns, counters)[0] == fx.TX_G
+    assert send(st, ft, backend_segment(ft, sport, "SA"), fx.GATEWAY, now_ns, counters)[0] == fx.TX_G
+    return tables.counters_by_name(counters)
+
+
+def sweep_all(st, ft, now_ns):
+    """Two steps one sweep period apart: the second looks at every slot."""
+    counters = tables.make_counters()
+    fast_path_step(st, ft, np.uint64(now_ns - SWEEP_PERIOD_NS), counters)
+    fast_path_step(st, ft, np.uint64(now_ns), counters)
+    return tables.counters_by_name(counters)
+
+
+def test_a_tcp_flow_is_offloaded_at_the_reply_syn_ack_with_the_pipelines_rewrite():
+    """A Pod's flow to a ClusterIP with a local backend is handed over, both directions, when
+    the backend's SYN+ACK goes through: each entry carries the rewrite, MACs and egress
+    interface of its conntrack entry; the first SYN alone hands nothing over."""
+    st, ft = topology()
+    send(st, ft, pod_segment(44000, "S"), fx.GATEWAY)
+    assert in_use_flows(ft) == 0
+    _, c = send(st, ft, backend_segment(ft, 44000, "SA"), fx.GATEWAY)
+    assert tables.counters_by_name(c).get("XSKP_CNT_FLOW_OFFLOADED") == 1
+    port = snat_port(ft, 44000)
+    orig_ct = ct_entry(ft, fx.POD_A2, VIP, 44000, 80)
+    reply_ct = ct_entry(ft, fx.POD_A1, fx.NODE_A, 8080, port)
+    orig = flow_entry(ft, fx.POD_A2, VIP, 44000, 80)
+    reply = flow_entry(ft, fx.POD_A1, fx.NODE_A, 8080, port)
+    assert orig is not None and reply is not None and in_use_flows(ft) == 2
+    assert (orig["new_src_addr"], orig["new_src_port"]) == (fx.ip4(fx.NODE_A), port)
+    assert (orig["new_dst_addr"], orig["new_dst_port"]) == (fx.ip4(fx.POD_A1), 8080)
+    assert (reply["new_src_addr"], reply["new_src_port"]) == (fx.ip4(VIP), 80)
+    assert (reply["new_dst_addr"], reply["new_dst_port"]) == (fx.ip4(fx.POD_A2), 44000)
+    assert orig["out_ifindex"] == IFINDEX[fx.GATEWAY] and reply["out_ifindex"] == IFINDEX[fx.GATEWAY]
+    assert list(orig["dst_mac"]) == list(fx.mac_bytes(fx.MAC_POD_A1))
+    assert list(reply["dst_mac"]) == list(fx.mac_bytes(fx.MAC_POD_A2))
+    assert list(orig["src_mac"]) == list(fx.mac_bytes(fx.MAC_GATEWAY))
+    for f, e in ((orig, orig_ct), (reply, reply_ct)):
+        assert e["flags"] & L.XSKP_CT_OFFLOADED
+        assert ft.ct[f["ct_index"]]["src_addr"] == e["src_addr"]
+        assert f["fib_generation"] == fx.FIB_GENERATION
+
+
+def test_a_udp_flow_is_offloaded_at_its_second_frame():
+    """UDP: the first datagram creates the flow in userspace, the second (either direction)
+    hands it over."""
+    st, ft = topology()
+    dns = fx.from_pod(fx.MAC_POD_A2) / fx.udp(fx.POD_A2, "10.96.0.53", 5000, 53)
+    send(st, ft, dns, fx.GATEWAY)
+    assert in_use_flows(ft) == 0
+    send(st, ft, dns, fx.GATEWAY)
+    assert in_use_flows(ft) == 2
+
+
+def test_the_sweep_brings_the_handshake_and_the_close_back_and_recalls_a_closing_flow():
+    """What the fast path saw becomes conntrack state: the client's ACK makes the flow
+    ESTABLISHED with its last_seen, a FIN each way makes it CLOSING, and a closing flow is taken
+    back (its entries removed, XSKP_CT_OFFLOADED cleared) for userspace to finish."""
+    st, ft = topology()
+    handshake(st, ft)
+    orig = flow_entry(ft, fx.POD_A2, VIP, 44000, 80)
+    orig["tcp_flags_seen"] = 0x10
+    orig["last_seen_ns"] = T0 + 5 * S
+    sweep_all(st, ft, T0 + 6 * S)
+    e = ct_entry(ft, fx.POD_A2, VIP, 44000, 80)
+    assert e["state"] == L.XSKP_CT_ESTABLISHED and e["last_seen_ns"] == T0 + 5 * S
+    assert in_use_flows(ft) == 2
+    orig["tcp_flags_seen"] |= 0x01
+    sweep_all(st, ft, T0 + 7 * S)
+    assert ct_entry(ft, fx.POD_A2, VIP, 44000, 80)["state"] == L.XSKP_CT_FIN_WAIT
+    assert in_use_flows(ft) == 2, "a half-closed flow stays in the fast path"
+    flow_entry(ft, fx.POD_A1, fx.NODE_A, 8080, snat_port(ft, 44000))["tcp_flags_seen"] = 0x11
+    counters = sweep_all(st, ft, T0 + 8 * S)
+    e = ct_entry(ft, fx.POD_A2, VIP, 44000, 80)
+    assert e["state"] == L.XSKP_CT_CLOSING
+    assert counters.get("XSKP_CNT_FLOW_RECALLED") == 1
+    assert in_use_flows(ft) == 0 and not e["flags"] & L.XSKP_CT_OFFLOADED
+    # the last ACK now goes through userspace, which still translates it
+    assert send(st, ft, pod_segment(44000, "A"), fx.GATEWAY, T0 + 8 * S)[0] == fx.TX_G
+
+
+def test_an_rst_seen_by_the_fast_path_closes_the_flow():
+    st, ft = topology()
+    handshake(st, ft)
+    flow_entry(ft, fx.POD_A2, VIP, 44000, 80)["tcp_flags_seen"] = 0x14
+    sweep_all(st, ft, T0 + S)
+    assert ct_entry(ft, fx.POD_A2, VIP, 44000, 80)["state"] == L.XSKP_CT_CLOSING
+    assert in_use_flows(ft) == 0
+
+
+def test_an_offloaded_flow_the_fast_path_keeps_busy_does_not_expire():
+    """A flow userspace has not seen for longer than its timeout lives on while the fast path
+    carries it (its last_seen comes from the fast path)."""
+    st, ft = topology()
+    dns = fx.from_pod(fx.MAC_POD_A2) / fx.udp(fx.POD_A2, "10.96.0.53", 5000, 53)
+    send(st, ft, dns, fx.GATEWAY)
+    send(st, ft, dns, fx.GATEWAY)
+    f = flow_entry(ft, fx.POD_A2, "10.96.0.53", 5000, 53, 17)
+    f["last_seen_ns"] = T0 + 100 * S
+    f["packets"] = 10
+    counters = sweep_all(st, ft, T0 + 110 * S)
+    assert "XSKP_CNT_CT_EXPIRED" not in counters
+    assert in_use_flows(ft) == 2
+    assert ct_entry(ft, fx.POD_A2, "10.96.0.53", 5000, 53, 17)["last_seen_ns"] == T0 + 100 * S
+
+
+def test_an_idle_offloaded_flow_expires_from_both_tiers():
+    st, ft = topology()
+    dns = fx.from_pod(fx.MAC_POD_A2) / fx.udp(fx.POD_A2, "10.96.0.53", 5000, 53)
+    send(st, ft, dns, fx.GATEWAY)
+    send(st, ft, dns, fx.GATEWAY)
+    counters = sweep_all(st, ft, T0 + 200 * S)
+    assert counters.get("XSKP_CNT_CT_EXPIRED") == 1
+    assert in_use_flows(ft) == 0
+    assert ct_entry(ft, fx.POD_A2, "10.96.0.53", 5000, 53, 17) is None
+
+
+def test_a_removed_backends_offloaded_flows_leave_both_tiers_at_the_next_sweep():
+    st, ft = topology()
+    handshake(st, ft)
+    st.backends[1]["flags"] &= 0xffff ^ L.XSKP_BE_ALIVE
+    counters = sweep_all(st, ft, T0 + S)
+    assert counters.get("XSKP_CNT_CT_STALE") == 1
+    assert in_use_flows(ft) == 0
+    assert ct_entry(ft, fx.POD_A2, VIP, 44000, 80) is None
+
+
+def test_a_terminating_backends_offloaded_flows_keep_running():
+    st, ft = topology()
+    handshake(st, ft)
+    st.backends[1]["flags"] |= L.XSKP_BE_TERMINATING
+    sweep_all(st, ft, T0 + S)
+    assert in_use_flows(ft) == 2
+
+
+def test_a_fib_change_recalls_the_flow_and_its_next_frame_offloads_it_again():
+    st, ft = topology()
+    handshake(st, ft)
+    st.node[0]["fib_generation"] = fx.FIB_GENERATION + 1
+    counters = sweep_all(st, ft, T0 + S)
+    assert counters.get("XSKP_CNT_FLOW_RECALLED") == 1 and in_use_flows(ft) == 0
+    _, c = send(st, ft, pod_segment(44000, "A"), fx.GATEWAY, T0 + 2 * S)
+    assert tables.counters_by_name(c).get("XSKP_CNT_FLOW_OFFLOADED") == 1
+    assert flow_entry(ft, fx.POD_A2, VIP, 44000, 80)["fib_generation"] == fx.FIB_GENERATION + 1
+
+
+def test_a_full_flow_table_keeps_the_flow_in_userspace_never_drops_it():
+    """Every slot of the probe window taken: the flow is not handed over (counted), and its
+    frames are still forwarded by userspace."""
+    st, ft = topology(flow_capacity=L.XSKP_FLOW_MAX_PROBE)
+    ft.flows["flags"] = L.XSKP_FLOW_IN_USE
+    ft.flows["src_addr"] = 1            # keys that match no frame
+    counters = handshake(st, ft)
+    assert counters.get("XSKP_CNT_FLOW_OFFLOAD_FULL", 0) >= 1
+    assert "XSKP_CNT_FLOW_OFFLOADED" not in counters
+    assert send(st, ft, pod_segment(44000, "A"), fx.GATEWAY)[0] == fx.TX_G
+    assert not ct_entry(ft, fx.POD_A2, VIP, 44000, 80)["flags"] & L.XSKP_CT_OFFLOADED
+
+
+def test_a_syn_reusing_a_closing_offloaded_tuple_removes_the_old_entries_at_once():
+    """A flow userspace deletes (here: a new SYN on the tuple of a half-closed flow) loses its
+    fast-path entries in the same step, before the new flow is created."""
+    st, ft = topology()
+    handshake(st, ft)
+    ct_entry(ft, fx.POD_A2, VIP, 44000, 80)["state"] = L.XSKP_CT_FIN_WAIT
+    old_reply_key = (fx.POD_A1, fx.NODE_A, 8080, snat_port(ft, 44000))
+    _, c = send(st, ft, pod_segment(44000, "S"), fx.GATEWAY, T0 + S)
+    assert tables.counters_by_name(c).get("XSKP_CNT_CT_REUSED") == 1
+    assert flow_entry(ft, fx.POD_A2, VIP, 44000, 80) is None
+    assert flow_entry(ft, *old_reply_key) is None
+
+
+def test_dsr_flows_stay_with_userspace():
+    st, ft = topology()
+    syn = fx.from_transport() / fx.tcp(fx.CLIENT, "198.51.100.12", 45000, 80, "S")
+    ack = fx.from_transport() / fx.tcp(fx.CLIENT, "198.51.100.12", 45000, 80, "A")
+    send(st, ft, syn, fx.TRANSPORT)
+    send(st, ft, ack, fx.TRANSPORT)
+    assert in_use_flows(ft) == 0
+
+
+def test_the_step_keeps_the_heartbeat_fresh():
+    st, ft = topology()
+    counters = tables.make_counters()
+    fast_path_step(st, ft, np.uint64(T0), counters)
+    assert ft.fast_config[0]["alive_until_ns"] == T0 + LIVENESS_NS
+    fast_path_step(st, ft, np.uint64(T0 + LIVENESS_NS // 4), counters)
+    assert ft.fast_config[0]["alive_until_ns"] == T0 + LIVENESS_NS, "not rewritten on every pass"
+    fast_path_step(st, ft, np.uint64(T0 + LIVENESS_NS), counters)
+    assert ft.fast_config[0]["alive_until_ns"] == T0 + 2 * LIVENESS_NS
+
+
+def test_without_a_flow_table_nothing_is_offloaded():
+    st, ft = fx.make_topology()
+    handshake(st, ft)
+    assert not ct_entry(ft, fx.POD_A2, VIP, 44000, 80)["flags"] & L.XSKP_CT_OFFLOADED
