@@ -64,11 +64,18 @@ def manifest(services, node_ip, pod_cidr):
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
 
-def agent_config(manifest_dir, state_dir, metrics_address, transport="tr0", gateway="gw0"):
+def agent_config(manifest_dir, state_dir, metrics_address, transport="tr0", gateway="gw0", flow_offload=None):
     """The agent's config mapping (control/config.py): manifest files, this node, both interfaces,
     proxyAll, and handoverSeconds 0 so that the SIGTERM of teardown detaches at once (a handover
-    would keep the steering program on the interfaces and drop the next path's traffic)."""
-    return {"nodeName": NODE_NAME, "transportInterface": transport, "gatewayInterface": gateway,
-            "source": "files", "manifestPath": manifest_dir, "stateDir": state_dir,
-            "metricsAddress": metrics_address, "handoverSeconds": 0, "logLevel": "info",
-            "antreaProxy": {"proxyAll": True}}
+    would keep the steering program on the interfaces and drop the next path's traffic).
+
+    flow_offload True/False sets `flowOffload` (the kernel fast path for established flows); None
+    leaves it out, so the agent runs with its default (and a config parser without the key still
+    accepts the file: unknown keys are errors)."""
+    config = {"nodeName": NODE_NAME, "transportInterface": transport, "gatewayInterface": gateway,
+              "source": "files", "manifestPath": manifest_dir, "stateDir": state_dir,
+              "metricsAddress": metrics_address, "handoverSeconds": 0, "logLevel": "info",
+              "antreaProxy": {"proxyAll": True}}
+    if flow_offload is not None:
+        config["flowOffload"] = bool(flow_offload)
+    return config

@@ -1,9 +1,13 @@
 """One benchmark lab and one measurement: generator on the generator core, path on the path core,
-forwarded packets counted at the sink, CPU time per packet from /proc/stat deltas.
+forwarded packets counted at the sink (or round trips, requests and connections that completed through
+the path), CPU time per packet (or per transaction) from /proc/stat deltas.
 
 Never asserts a speed; it reports what it saw, including what the generator offered.
 """
 import os
+import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -18,18 +22,28 @@ TCP_SERVER_PORT = 5201
 
 @dataclass
 class Workload:
-    """What the client sends: 64-byte UDP frames from the generator, or TCP from iperf3."""
+    """What the client sends: 64-byte UDP frames from the generator, TCP bulk from iperf3, or TCP
+    request/response through the Service (sockperf ping-pong, HTTP from wrk or ab to nginx)."""
     key: str
     name: str
-    proto: str = "udp"         # "udp": xskp-trafficgen; "tcp": iperf3
-    new_flows: bool = False    # udp: every frame a new 5-tuple
+    proto: str = "udp"         # "udp": xskp-trafficgen; "tcp": `tool`
+    tool: str = "trafficgen"   # trafficgen, iperf3, or one of REQUEST_RESPONSE_UNITS
+    new_flows: bool = False    # udp: every frame a new 5-tuple; ab: every request a new connection
     flows: int = 256           # udp established: 5-tuples cycled over
-    streams: int = 1           # tcp: parallel streams
+    streams: int = 1           # iperf3: parallel streams
+    connections: int = 16      # wrk, ab: concurrent connections
     offloads: bool = True      # tcp: checksum/segmentation offloads of client and Pod as veth defaults them
+    every_service_count: bool = True   # False: run at the smallest N only (established connections skip the rules)
 
     @property
     def unit(self):
-        return "pps" if self.proto == "udp" else "Gbit/s"
+        if self.proto == "udp":
+            return "pps"
+        return REQUEST_RESPONSE_UNITS.get(self.tool, "Gbit/s")
+
+    @property
+    def request_response(self):
+        return self.tool in REQUEST_RESPONSE_UNITS
 
     def generator_args(self):
         if self.new_flows:
@@ -38,17 +52,45 @@ class Workload:
         return ["--flows", str(self.flows), "--src-ports", str(self.flows), "--src-ips", "1"]
 
 
+# request/response tools and the unit of their headline figure (the sample's "rate")
+REQUEST_RESPONSE_UNITS = {"sockperf": "us", "wrk": "req/s", "ab": "conn/s"}
+
 UDP_ESTABLISHED = Workload("udp64_established", "64 B UDP, 256 established flows")
 UDP_NEW_FLOWS = Workload("udp64_new_flows", "64 B UDP, every packet a new flow", new_flows=True)
 TCP_WORKLOADS = [
-    Workload("tcp1_offloads_on", "TCP 1 stream, offloads on", proto="tcp", streams=1, offloads=True),
-    Workload("tcp4_offloads_on", "TCP 4 streams, offloads on", proto="tcp", streams=4, offloads=True),
-    Workload("tcp1_offloads_off", "TCP 1 stream, offloads off", proto="tcp", streams=1, offloads=False),
-    Workload("tcp4_offloads_off", "TCP 4 streams, offloads off", proto="tcp", streams=4, offloads=False),
+    Workload("tcp1_offloads_on", "TCP 1 stream, offloads on", proto="tcp", tool="iperf3", streams=1, offloads=True,
+             every_service_count=False),
+    Workload("tcp4_offloads_on", "TCP 4 streams, offloads on", proto="tcp", tool="iperf3", streams=4, offloads=True,
+             every_service_count=False),
+    Workload("tcp1_offloads_off", "TCP 1 stream, offloads off", proto="tcp", tool="iperf3", streams=1,
+             offloads=False, every_service_count=False),
+    Workload("tcp4_offloads_off", "TCP 4 streams, offloads off", proto="tcp", tool="iperf3", streams=4,
+             offloads=False, every_service_count=False),
 ]
-WORKLOADS = [UDP_ESTABLISHED, UDP_NEW_FLOWS] + TCP_WORKLOADS
-QUICK_WORKLOADS = [UDP_ESTABLISHED, UDP_NEW_FLOWS, TCP_WORKLOADS[2]]
+# Request/response through the Service's TCP port, endpoints with their default offloads (as Pods have)
+RR_LATENCY = Workload("tcp_rr_latency", "TCP ping-pong round trip (sockperf)", proto="tcp", tool="sockperf",
+                      every_service_count=False)
+RR_KEEPALIVE = Workload("http_keepalive", "HTTP requests/s, keep-alive (wrk)", proto="tcp", tool="wrk",
+                        every_service_count=False)
+RR_NEW_CONNECTIONS = Workload("http_new_connections", "HTTP new connections/s, no keep-alive (ab)", proto="tcp",
+                              tool="ab", new_flows=True)
+REQUEST_RESPONSE_WORKLOADS = [RR_LATENCY, RR_KEEPALIVE, RR_NEW_CONNECTIONS]
+WORKLOADS = [UDP_ESTABLISHED, UDP_NEW_FLOWS] + TCP_WORKLOADS + REQUEST_RESPONSE_WORKLOADS
+QUICK_WORKLOADS = [UDP_ESTABLISHED, UDP_NEW_FLOWS, TCP_WORKLOADS[2]] + REQUEST_RESPONSE_WORKLOADS
 TCP_OFFLOADS = ("tx", "tso", "gso")
+
+# nginx for the HTTP workloads: one worker (pinned with the clients to the generator core), no logs, a
+# fixed 3-byte body answered from memory (no file I/O), keep-alive for as many requests as wrk sends
+NGINX_CONF = """daemon off; master_process off; worker_processes 1;
+pid {dir}/nginx.pid; error_log stderr warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off; default_type text/plain; keepalive_requests 100000000; keepalive_timeout 60s;
+  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
+  server {{ listen {port} backlog=4096; location / {{ return 200 "ok\\n"; }} }}
+}}
+"""
 
 
 _PROC_STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -159,6 +201,11 @@ class BenchLab:
             lab.set_rps(t.node, "tr0", 1 << self.path_cpu)
         else:
             lab.write_file(t.node, "/sys/class/net/tr0/threaded", "1")
+        # replies from the Pod (TCP ACKs, responses) are forwarded on the path core too, not inside the
+        # Pod's send on the generator core
+        lab.set_rps(t.node, "gw0", 1 << self.path_cpu)
+        # ab opens tens of thousands of connections to one VIP:port: more source ports than the default
+        lab.sysctl(t.client, "net.ipv4.ip_local_port_range", "1024 65535")
         self.pin_rx()
         self.start_sink()
 
@@ -224,6 +271,8 @@ class BenchLab:
     def measure(self, dst_ip, dst_port, workload, seconds, worker_pid=None):
         """One measurement of `workload` towards dst_ip:dst_port (see measure_udp / measure_tcp).
         worker_pid: the path's own process (AF_XDP paths), whose user time counts as the path's."""
+        if workload.request_response:
+            return self.measure_request_response(dst_ip, dst_port, workload, seconds, worker_pid)
         if workload.proto == "tcp":
             return self.measure_tcp(dst_ip, dst_port, workload, seconds)
         return self.measure_udp(dst_ip, dst_port, workload, seconds, worker_pid)
@@ -259,6 +308,80 @@ class BenchLab:
                 "path_cpu": cpu_delta(cpu0, cpu1, self.path_cpu, 0),
                 "generator_cpu": cpu_delta(cpu0, cpu1, self.gen_cpu, 0)}
 
+    def start_tcp_server(self, tool, workdir):
+        """The Pod's server for a request/response tool on TCP_SERVER_PORT, pinned to the generator core:
+        sockperf's server (ping-pong) or nginx (wrk, ab); returns once it listens."""
+        t, lab = self.topo, self.lab
+        if tool == "sockperf":
+            # SO_REUSEADDR: the previous server's connections on the port may still be in TIME_WAIT
+            argv = ["sockperf", "server", "--tcp", "--uc-reuseaddr", "-i", "0.0.0.0", "-p", str(TCP_SERVER_PORT)]
+        else:
+            conf = os.path.join(workdir, "nginx.conf")
+            with open(conf, "w") as f:
+                f.write(NGINX_CONF.format(dir=workdir, port=TCP_SERVER_PORT))
+            argv = ["nginx", "-e", "stderr", "-p", workdir, "-c", conf]
+        server = lab.popen(t.pods, argv, cpu=self.gen_cpu)
+        deadline = time.monotonic() + 10
+        while f":{TCP_SERVER_PORT}" not in lab.run(t.pods, ["ss", "-Hltn", f"sport = :{TCP_SERVER_PORT}"]).stdout:
+            if server.poll() is not None or time.monotonic() > deadline:
+                result = lab.stop(server)
+                raise RuntimeError(f"{argv[0]} server did not listen on :{TCP_SERVER_PORT}: "
+                                   f"{(result.stderr or result.stdout or '').strip()[-500:]}")
+            time.sleep(0.05)
+        return server
+
+    def client_command(self, workload, dst_ip, dst_port, seconds):
+        """The client's argv: sockperf ping-pong (one connection, one message in flight, round trips),
+        wrk (keep-alive, one thread) or ab (a new connection per request)."""
+        whole_seconds = str(max(1, round(seconds)))
+        if workload.tool == "sockperf":
+            return ["sockperf", "ping-pong", "--tcp", "-i", dst_ip, "-p", str(dst_port), "-t", whole_seconds,
+                    "--full-rtt"]
+        url = f"http://{dst_ip}:{dst_port}/"
+        if workload.tool == "wrk":
+            return ["wrk", "-t1", f"-c{workload.connections}", f"-d{whole_seconds}s", "--latency", url]
+        # -n: more than fit in -t (given after -t, which would set 50,000); -r: go on after a receive error
+        return ["ab", "-q", "-r", "-s", "5", "-c", str(workload.connections), "-t", whole_seconds, "-n", "100000000",
+                url]
+
+    def measure_request_response(self, dst_ip, dst_port, workload, seconds, worker_pid=None):
+        """One request/response measurement through the path: the tool's client (client ns) and server
+        (Pod ns, on TCP_SERVER_PORT) both on the generator core. `rate` is the headline figure in
+        workload.unit (round-trip p50 in us, requests/s, connections/s); `forwarded` the transactions
+        that completed (round trips, requests, connections), for CPU time per transaction.
+
+        A client that fails (the path did not carry the traffic) gives rate None and its error."""
+        t, lab = self.topo, self.lab
+        self.stop_sink()
+        self.set_tcp_offloads(workload.offloads)
+        workdir = tempfile.mkdtemp(prefix="xskp-bench-rr-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        server = None
+        try:
+            server = self.start_tcp_server(workload.tool, workdir)
+            worker0, cpu0 = process_user_seconds(worker_pid), read_cpu_times()
+            started = time.monotonic()
+            proc = lab.run(t.client, self.client_command(workload, dst_ip, dst_port, seconds), cpu=self.gen_cpu,
+                           check=False, timeout=seconds + 30)
+            elapsed = time.monotonic() - started
+            cpu1, worker1 = read_cpu_times(), process_user_seconds(worker_pid)
+        finally:
+            if server is not None:
+                lab.stop(server)
+            shutil.rmtree(workdir, ignore_errors=True)
+            self.set_tcp_offloads(True)
+        parsed = REQUEST_RESPONSE_PARSERS[workload.tool](proc.stdout)
+        error = parsed.pop("error", None)
+        if parsed.get("rate") is None or proc.returncode != 0:
+            error = error or (proc.stderr or proc.stdout).strip()[-300:] or f"{workload.tool} exited {proc.returncode}"
+        transactions = parsed.get("transactions") or 0
+        per_cpu = {cpu: cpu_delta(cpu0, cpu1, cpu, transactions) for cpu in (self.gen_cpu, self.path_cpu)}
+        per_cpu[self.path_cpu].update(own_cpu(cpu0, cpu1, self.path_cpu, transactions, worker1 - worker0))
+        # the clients and the server run on the generator core: only the path core's noise is measurable
+        noise = per_cpu[self.path_cpu]["noise_share"]
+        return {**parsed, "forwarded": transactions, "error": error, "seconds": elapsed,
+                "noise_share": noise, "clean": noise < CLEAN_NOISE_SHARE,
+                "path_cpu": per_cpu[self.path_cpu], "generator_cpu": per_cpu[self.gen_cpu]}
+
     def measure_udp(self, dst_ip, dst_port, workload, seconds, worker_pid=None):
         """One measurement: forwarded pps at the sink, offered pps, CPU seconds per packet per core."""
         self.start_sink()
@@ -286,3 +409,65 @@ class BenchLab:
             "path_cpu": per_cpu[self.path_cpu],
             "generator_cpu": per_cpu[self.gen_cpu],
         }
+
+
+# ---- request/response tools' output ---------------------------------------------------------------
+
+def _number(pattern, text, cast=float):
+    match = re.search(pattern, text, re.MULTILINE)
+    return cast(match.group(1)) if match else None
+
+
+def parse_sockperf(text):
+    """sockperf ping-pong --full-rtt: round-trip percentiles in us over the valid (post warm-up) part.
+    rate = p50; transactions = round trips measured."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)   # its colour codes
+    p50 = _number(r"percentile 50\.000 =\s*([0-9.]+)", text)
+    out = {"rate": p50, "p50_us": p50, "p99_us": _number(r"percentile 99\.000 =\s*([0-9.]+)", text),
+           "p999_us": _number(r"percentile 99\.900 =\s*([0-9.]+)", text),
+           "avg_us": _number(r"Round trip is ([0-9.]+) usec", text),
+           "transactions": _number(r"Total (\d+) observations", text, int)}
+    dropped = _number(r"# dropped messages = (\d+)", text, int)
+    if dropped:
+        out["error"] = f"{dropped} messages dropped"
+    return out
+
+
+def _wrk_duration_us(value):
+    number, unit = re.match(r"([0-9.]+)(us|ms|s|m)", value).groups()
+    return float(number) * {"us": 1, "ms": 1e3, "s": 1e6, "m": 60e6}[unit]
+
+
+def parse_wrk(text):
+    """wrk --latency: requests/s, request latency p50/p99 in us, socket errors and non-2xx/3xx replies.
+    rate = requests/s; transactions = requests completed."""
+    latency = dict(re.findall(r"^\s+(50|99)%\s+([0-9.]+(?:us|ms|s|m))\s*$", text, re.MULTILINE))
+    out = {"rate": _number(r"^Requests/sec:\s+([0-9.]+)", text),
+           "p50_us": _wrk_duration_us(latency["50"]) if "50" in latency else None,
+           "p99_us": _wrk_duration_us(latency["99"]) if "99" in latency else None,
+           "transactions": _number(r"^\s+(\d+) requests in", text, int)}
+    problems = []
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if errors and any(int(n) for n in errors.groups()):
+        problems.append(errors.group(0))
+    bad_status = _number(r"Non-2xx or 3xx responses: (\d+)", text, int)
+    if bad_status:
+        problems.append(f"{bad_status} non-2xx/3xx responses")
+    if problems:
+        out["error"] = "; ".join(problems)
+    return out
+
+
+def parse_ab(text):
+    """ab without -k: connections (= requests) per second, failed requests.
+    rate = requests/s, each on a new connection; transactions = requests completed."""
+    out = {"rate": _number(r"^Requests per second:\s+([0-9.]+)", text),
+           "transactions": _number(r"^Complete requests:\s+(\d+)", text, int)}
+    failed = _number(r"^Failed requests:\s+(\d+)", text, int)
+    bad_status = _number(r"^Non-2xx responses:\s+(\d+)", text, int)
+    if failed or bad_status:
+        out["error"] = f"{failed or 0} failed requests, {bad_status or 0} non-2xx responses"
+    return out
+
+
+REQUEST_RESPONSE_PARSERS = {"sockperf": parse_sockperf, "wrk": parse_wrk, "ab": parse_ab}

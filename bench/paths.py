@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 XSKFWD_C = os.path.join(REPO, "build", "native", "xskfwd_c")
 SERVICE_NET = ipaddress.ip_network("10.96.0.0/16")
 SERVICE_PORT = 80
-BACKEND_PORT = {"udp": 8080, "tcp": 5201}   # tcp: the iperf3 server in the Pod
+BACKEND_PORT = {"udp": 8080, "tcp": 5201}   # tcp: the Pod's one TCP server of the moment (iperf3, sockperf, nginx)
 
 
 def service_vip(index):
@@ -36,6 +36,7 @@ class Path:
     name = "?"
     per_service_count = False   # True: measured once for every N in the Service counts
     kernel_forwards = True      # ip_forward in the node namespace while this path runs
+    serves_services = False     # True: target() is a Service VIP the path translates (request/response rows)
     label_extra = ""
 
     def __init__(self, services=None):
@@ -57,6 +58,8 @@ class Path:
     def unsupported(self, workload):
         """None when this path can carry `workload` (bench.measure.Workload), else why not (shown in
         its cell instead of a measurement)."""
+        if workload.request_response and not self.serves_services:
+            return "no Service on this path (it aims at the Pod): request/response rows are for (b), (c), (f)"
         return None
 
     def target(self, bench, proto="udp"):
@@ -96,6 +99,7 @@ class IptablesKubeProxy(Path):
     has a TCP port, for the TCP workloads)."""
     key, name = "b", "conntrack + iptables DNAT (kube-proxy)"
     per_service_count = True
+    serves_services = True
 
     def unavailable(self, bench):
         return None if shutil.which("iptables-restore") else "iptables-restore is not installed"
@@ -140,6 +144,7 @@ class NftablesKubeProxy(Path):
     has no hook, costs no packet anything and conntrack is off."""
     key, name = "c", "conntrack + nftables vmap (kube-proxy)"
     per_service_count = True
+    serves_services = True
 
     def unavailable(self, bench):
         return None if shutil.which("nft") else "nft is not installed"
@@ -304,10 +309,10 @@ class CForwarder(_AfxdpWorker):
         return None if os.access(XSKFWD_C, os.X_OK) else f"{XSKFWD_C} is not built (make build)"
 
     def unsupported(self, workload):
-        if workload.proto == "tcp" and workload.offloads:
+        if workload.proto == "tcp" and workload.offloads and not workload.request_response:
             return ("a pure L2 forwarder does not complete partial (offloaded) checksums: "
                     "the Pod drops the segments")
-        return None
+        return super().unsupported(workload)
 
     def command(self, bench):
         from bench.measure import BENCH_SOURCE_NET
@@ -330,9 +335,30 @@ class XskproxyAgent(_AfxdpWorker):
     permanent neighbours there, and BenchLab routes the generator's sources via the client."""
     key, name = "f", "xskproxy agent (Service pipeline)"
     per_service_count = True
+    serves_services = True
     ready_timeout = 300.0        # the first start compiles the pipeline with numba (cached after)
     stop_timeout = 20.0          # stop flushes the flow tables
     METRICS_ADDRESS = ""         # disabled: the bench reads stats.json
+
+    def __init__(self, services=None, flow_offload=None):
+        """flow_offload: the agent's `flowOffload` (kernel fast path for established flows) as True or
+        False, or None to leave it out of the config (the agent's default); the rows of different
+        settings are told apart by their label and row_id."""
+        super().__init__(services)
+        self.flow_offload = flow_offload
+
+    @property
+    def label(self):
+        setting = "" if self.flow_offload is None else f", flowOffload {str(self.flow_offload).lower()}"
+        return f"({self.key}) {self.name}{setting} N={self.services}"
+
+    @property
+    def row_id(self):
+        suffix = "" if self.flow_offload is None else ("-offload" if self.flow_offload else "-no-offload")
+        return f"{super().row_id}{suffix}"
+
+    def describe(self):
+        return {**super().describe(), "flow_offload": self.flow_offload}
 
     def unavailable(self, bench):
         try:
@@ -360,7 +386,8 @@ class XskproxyAgent(_AfxdpWorker):
         os.makedirs(manifest_dir)
         with open(os.path.join(manifest_dir, "services.json"), "w") as f:
             json.dump(self.manifest(bench), f, separators=(",", ":"))
-        config = agent_setup.agent_config(manifest_dir, os.path.join(self.workdir, "state"), self.METRICS_ADDRESS)
+        config = agent_setup.agent_config(manifest_dir, os.path.join(self.workdir, "state"), self.METRICS_ADDRESS,
+                                          flow_offload=self.flow_offload)
         path = os.path.join(self.workdir, "config.yaml")
         with open(path, "w") as f:
             yaml.safe_dump(config, f)
@@ -445,12 +472,13 @@ class XskproxyAgent(_AfxdpWorker):
                 shutil.rmtree(workdir, ignore_errors=True)
 
 
-def all_paths(service_counts):
-    """Every path row of the matrix, (b), (c) and (f) once per Service count."""
+def all_paths(service_counts, agent_flow_offload=(None,)):
+    """Every path row of the matrix, (b), (c) and (f) once per Service count; (f) also once per
+    `agent_flow_offload` setting (None: the agent's default, True/False: flowOffload set)."""
     rows = [KernelRouting()]
     rows += [IptablesKubeProxy(n) for n in service_counts]
     rows += [NftablesKubeProxy(n) for n in service_counts]
     rows += [NftablesFlowtable(), TcRedirect()]
-    rows += [XskproxyAgent(n) for n in service_counts]
+    rows += [XskproxyAgent(n, flow_offload) for flow_offload in agent_flow_offload for n in service_counts]
     rows += [CForwarder()]
     return rows

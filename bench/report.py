@@ -39,9 +39,15 @@ def _median(row, workload, metric="rate"):
     return cell[metric]["median"] if cell and cell.get(metric) else None
 
 
+def _request_response(workload):
+    """True for the request/response workloads (sockperf, wrk, ab), which have their own table."""
+    return workload.get("request_response", workload["unit"] not in ("pps", "Gbit/s"))
+
+
 def markdown(results):
     """Markdown: forwarded pps (median [min-max], ratio to (b)), then CPU ns per packet on the path core."""
-    meta, workloads = results["meta"], results["workloads"]
+    meta = results["meta"]
+    workloads = [w for w in results["workloads"] if not _request_response(w)]
     lines = [f"Forwarded packets per second at the sink (UDP) or Gbit/s received by iperf3 (TCP), median of "
              f"{meta['runs']} run(s) of {meta['seconds_per_measurement']:g} s [min-max], x ratio to (b) "
              f"(same N, else the smallest N); UDP cells are medians of the clean runs (other processes below "
@@ -103,7 +109,7 @@ def markdown(results):
                       _k(cell["offered_pps"]["median"])]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     call = results.get("batch_call") or {}
-    tcp = [w for w in workloads if w["unit"] != "pps"]
+    tcp = [w for w in workloads if w["unit"] == "Gbit/s"]
     if tcp:
         lines += ["", "TCP: path core utilisation and TCP retransmits (medians):", "",
                   "| path | " + " | ".join(f"{w['key']} busy | retr" for w in tcp) + " |",
@@ -117,10 +123,92 @@ def markdown(results):
                 cells += [f"{util['median'] * 100:.0f}%" if util else "-", f"{retr['median']:.0f}" if retr else "-"]
             if any(c != "-" for c in cells):
                 lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    lines += request_response_lines(results)
     lines += path_counter_lines(results)
     lines += ["", ("One numba->cffi batch call: " + (f"{call['ns']:.1f} ns" if "ns" in call
                else f"not measured ({call.get('unavailable', 'unknown')})")), ""]
     return "\n".join(lines)
+
+
+def _rate(value):
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _us(value):
+    return "-" if value is None else f"{value:.1f}"
+
+
+def request_response_lines(results):
+    """Request/response through the Service (issue 12): round-trip p50/p99 (sockperf), keep-alive
+    requests/s (wrk), new connections/s (ab), medians [min-max] with the ratio to (b); then what the
+    path core and the endpoints' core were busy with. Rows that cannot carry them (no Service) are left out."""
+    meta = results["meta"]
+    rr = {w["tool"]: w for w in results["workloads"] if _request_response(w)}
+    rows = [r for r in results["rows"]
+            if any(w["key"] not in (r.get("unsupported") or {}) for w in rr.values())]
+    if not rr or not rows:
+        return []
+    latency, keepalive, new_conns = rr.get("sockperf"), rr.get("wrk"), rr.get("ab")
+    columns = []   # (header, workload, metric, format)
+    if latency:
+        columns += [("round trip p50 (us, lower is better)", latency, "p50_us", _us),
+                    ("round trip p99 (us)", latency, "p99_us", _us)]
+    if keepalive:
+        columns.append(("HTTP keep-alive requests/s (wrk)", keepalive, "rate", _rate))
+    if new_conns:
+        columns.append(("HTTP new connections/s (ab)", new_conns, "rate", _rate))
+    seconds = meta.get("latency_seconds_per_measurement"), meta.get("request_response_seconds_per_measurement")
+    lines = ["", f"Request/response through the Service's TCP port (issue 12), median of {meta['runs']} run(s) "
+             f"[min-max], x ratio to (b) (same N, else the smallest N): sockperf ping-pong over one connection "
+             f"(one message in flight, {seconds[0] or '?'} s with 0.4 s warm-up; full round trips); nginx (one "
+             f"worker, a 3-byte body from memory) loaded by wrk (one thread, keep-alive) and by ab (a new "
+             f"connection per request), {seconds[1] or '?'} s each; client and server both on CPU "
+             f"{meta['generator_cpu']}, the path on CPU {meta['path_cpu']}. Targets: p50 <= (b), new "
+             f"connections/s >= 2x (b).", "",
+             "| path | " + " | ".join(c[0] for c in columns) + " |", "|---|" + "---|" * len(columns)]
+    for row in rows:
+        ref = reference_row(results, row)
+        cells = []
+        for _, w, metric, fmt in columns:
+            cell = row["cells"].get(w["key"])
+            if row["unavailable"] or (row["error"] and not cell):
+                cells.append(f"n/a: {row['unavailable'] or row['error']}"[:90])
+                continue
+            if w["key"] in (row.get("unsupported") or {}):
+                cells.append(f"not supported: {row['unsupported'][w['key']]}"[:120])
+                continue
+            stat = cell.get(metric) if cell else None
+            if not stat:
+                cells.append(f"- ({cell['errors'][0]})"[:80] if cell and cell.get("errors") else "-")
+                continue
+            ref_value = _median(ref, w["key"], metric) if ref else None
+            ratio = f" x{stat['median'] / ref_value:.2f}" if ref_value else ""
+            text = f"{fmt(stat['median'])} [{fmt(stat['min'])}-{fmt(stat['max'])}]{ratio}"
+            if cell.get("under_load"):
+                text += " (under load)"
+            if cell.get("errors"):
+                text += f" ({len(cell['errors'])} with errors: {cell['errors'][0]})"[:90]
+            cells.append(text)
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    lines += ["", "Request/response CPU (medians): `path busy` = path core utilisation, `own ns` = the path core's "
+              "own time (system + softirq + its worker's user time) per round trip / request / connection, which "
+              "includes the endpoints' receive processing the path delivers on that core; `CPU "
+              f"{meta['generator_cpu']} busy` = the core of client and server.", ""]
+    ordered = [w for w in (latency, keepalive, new_conns) if w]
+    lines.append("| path | " + " | ".join(f"{w['tool']} path busy | own ns | CPU {meta['generator_cpu']} busy"
+                                         for w in ordered) + " |")
+    lines.append("|---|" + "---|---|---|" * len(ordered))
+    for row in rows:
+        cells = []
+        for w in ordered:
+            cell = row["cells"].get(w["key"])
+            util = cell and cell.get("path_cpu_utilisation")
+            own = cell and cell.get("path_own_ns_per_packet")
+            gen = cell and cell.get("generator_cpu_utilisation")
+            cells += [f"{util['median'] * 100:.0f}%" if util else "-", f"{own['median']:,.0f}" if own else "-",
+                      f"{gen['median'] * 100:.0f}%" if gen else "-"]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 # pipeline counters shown per cell (the rest of them are in latest.json); every XSKP_DROP_* is shown
@@ -137,7 +225,8 @@ def path_counter_lines(results):
         return []
     import statistics
     lines = ["", "Path counters: the agent's pipeline counters that moved during each measurement (stats.json "
-             "deltas, medians over runs; `forwarded` = packets at the sink, or bytes received for TCP):", "",
+             "deltas, medians over runs; `forwarded` = packets at the sink, bytes received for iperf3, or round "
+             "trips / requests / connections completed for the request/response workloads):", "",
              "| path | workload | forwarded | counters |", "|---|---|---|---|"]
     for row in rows:
         for w in results["workloads"]:
@@ -154,18 +243,29 @@ def path_counter_lines(results):
     return lines
 
 
+# per unit of a workload: (divisor, y axis label) of its plot panel
+PLOT_UNITS = {"pps": (1e3, "forwarded kpps"), "Gbit/s": (1.0, "Gbit/s received"),
+              "us": (1.0, "round trip p50 (us), lower is better"), "req/s": (1e3, "k requests/s (keep-alive)"),
+              "conn/s": (1e3, "k new connections/s")}
+
+
 def plot(results, path):
-    """Grouped bars per workload (one panel for pps, one for Gbit/s), whiskers min-max."""
+    """Grouped bars per workload, one panel per unit (pps, Gbit/s, and the request/response figures),
+    whiskers min-max."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = [r for r in results["rows"] if r["cells"]]
-    panels = [(unit, [w for w in results["workloads"] if w["unit"] == unit]) for unit in ("pps", "Gbit/s")]
+    panels = [(unit, [w for w in results["workloads"] if w["unit"] == unit]) for unit in PLOT_UNITS]
     panels = [(unit, ws) for unit, ws in panels if ws]
-    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5.5), squeeze=False)
+    ncols = min(3, len(panels))
+    nrows = (len(panels) + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(7 * ncols, 5.5 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     width = 0.8 / max(1, len(rows))
-    for ax, (unit, workloads) in zip(axes[0], panels):
-        scale = 1e3 if unit == "pps" else 1.0
+    for ax, (unit, workloads) in zip(axes.flat, panels):
+        scale, ylabel = PLOT_UNITS[unit]
         for i, row in enumerate(rows):
             xs, ys, lo, hi = [], [], [], []
             for j, w in enumerate(workloads):
@@ -178,9 +278,9 @@ def plot(results, path):
                 lo.append((r["median"] - r["min"]) / scale)
                 hi.append((r["max"] - r["median"]) / scale)
             if xs:
-                ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=row["label"])
+                ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=row["label"], color=f"C{i % 10}")
         ax.set_xticks(range(len(workloads)), [w["name"] for w in workloads], rotation=15, fontsize=8)
-        ax.set_ylabel("forwarded kpps" if unit == "pps" else "Gbit/s received")
+        ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, ncol=2)

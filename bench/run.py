@@ -14,8 +14,12 @@ from bench.measure import QUICK_WORKLOADS, WORKLOADS, BenchLab, unavailable_reas
 from bench.paths import all_paths
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-FULL = dict(service_counts=(10, 1000, 10000), runs=3, seconds=3.0, tcp_seconds=2, warmup=0.5, workloads=WORKLOADS)
-QUICK = dict(service_counts=(10,), runs=1, seconds=1.0, tcp_seconds=1, warmup=0.3, workloads=QUICK_WORKLOADS)
+FULL = dict(service_counts=(10, 1000, 10000), runs=3, seconds=3.0, tcp_seconds=2, warmup=0.5, workloads=WORKLOADS,
+            latency_seconds=5, rr_seconds=3)
+QUICK = dict(service_counts=(10,), runs=1, seconds=1.0, tcp_seconds=1, warmup=0.3, workloads=QUICK_WORKLOADS,
+             latency_seconds=1, rr_seconds=1)
+# request/response figures kept per sample next to the headline `rate` (sockperf, wrk)
+LATENCY_KEYS = ("p50_us", "p99_us", "p999_us", "avg_us")
 
 
 def _summary(all_samples):
@@ -32,6 +36,7 @@ def _summary(all_samples):
         return {"median": statistics.median(values), "min": min(values), "max": max(values)}
     errors = [s["error"] for s in samples if s.get("error")]
     return {"rate": stats("rate"), "pps": stats("pps"), "offered_pps": stats("offered_pps"),
+            **{key: stats(key) for key in LATENCY_KEYS}, "forwarded": stats("forwarded"),
             "gbit_s": stats("gbit_s"), "retransmits": stats("retransmits"), "errors": errors,
             "path_ns_per_packet": stats("path_cpu", "ns_per_packet"),
             "path_cpu_utilisation": stats("path_cpu", "utilisation"),
@@ -39,6 +44,7 @@ def _summary(all_samples):
             "path_cpu_user_share": stats("path_cpu", "user_share"),
             "path_cpu_softirq_share": stats("path_cpu", "softirq_share"),
             "generator_ns_per_packet": stats("generator_cpu", "ns_per_packet"),
+            "generator_cpu_utilisation": stats("generator_cpu", "utilisation"),
             "runs": len(all_samples), "clean_runs": len(clean),
             "under_load": bool(all_samples) and not clean and all_samples[0].get("clean") is not None,
             "samples": all_samples}
@@ -52,11 +58,40 @@ def machine_description():
 
 
 def row_workloads(row, workloads, service_counts):
-    """TCP rides established connections, which skip the NAT rules: rows per Service count get TCP at
-    the smallest N only."""
+    """Established TCP connections (iperf3, sockperf, wrk) skip the NAT rules: rows per Service count get
+    them at the smallest N only; new flows and new connections (UDP, ab) at every N."""
     if row.per_service_count and row.services != min(service_counts):
-        return [w for w in workloads if w.proto != "tcp"]
+        return [w for w in workloads if w.every_service_count]
     return list(workloads)
+
+
+def measurement_seconds(workload, seconds, tcp_seconds, latency_seconds, rr_seconds):
+    """How long one measurement of `workload` runs."""
+    if workload.tool == "sockperf":
+        return latency_seconds
+    if workload.request_response:
+        return rr_seconds
+    return tcp_seconds if workload.proto == "tcp" else seconds
+
+
+def describe_sample(workload, m):
+    """One log line's worth of what a measurement saw."""
+    cpu = m["path_cpu"]
+    if workload.tool == "sockperf":
+        what = (f"round trip p50 {m.get('p50_us') or 0:.1f} us, p99 {m.get('p99_us') or 0:.1f} us "
+                f"({m['forwarded']} round trips")
+    elif workload.request_response:
+        what = f"{m.get('rate') or 0:8.0f} {workload.unit} ({m['forwarded']} completed"
+    elif workload.proto == "udp":
+        what = f"{m['pps'] / 1e3:8.1f} kpps forwarded (offered {m['offered_pps'] / 1e3:.0f} k"
+    else:
+        what = f"{m['gbit_s']:6.2f} Gbit/s ({m['retransmits']} retransmits"
+    what += f", {m['error']}" if m.get("error") else ""
+    own = cpu.get("own_ns_per_packet")
+    what += f", own {own:.0f} ns/{'pkt' if workload.proto == 'udp' else 'transaction'}" if own else ""
+    what += "" if m.get("clean", True) else f", noise {m['noise_share'] * 100:.0f}%"
+    return (f"{what}, path core {cpu['utilisation'] * 100:.0f}% busy: "
+            f"user {cpu['user_share'] * 100:.0f}%, softirq {cpu['softirq_share'] * 100:.0f}%)")
 
 
 def counter_delta(before, after):
@@ -67,19 +102,25 @@ def counter_delta(before, after):
 
 
 def run_matrix(service_counts, runs, seconds, warmup, tcp_seconds=2, workloads=WORKLOADS, only=None,
-               out_dir=RESULTS_DIR, quick=False, rx_mode="rps", lab_prefix="xlb", log=print):
+               out_dir=RESULTS_DIR, quick=False, rx_mode="rps", lab_prefix="xlb", log=print,
+               latency_seconds=5, rr_seconds=3, agent_flow_offload=(None,), only_workloads=None):
     """Measure every path row on every workload `runs` times, A B .. B A interleaved; write the report.
 
-    `only`: path keys to keep (e.g. "abg"); `lab_prefix`: the namespaces' name prefix. Returns the
-    results dict (also in latest.json)."""
+    `only`: path keys to keep (e.g. "abg"); `only_workloads`: workload keys to keep; `lab_prefix`: the
+    namespaces' name prefix; `agent_flow_offload`: one (f) row set per agent flowOffload setting (None:
+    the agent's default). Returns the results dict (also in latest.json)."""
     started = time.time()
-    rows = [r for r in all_paths(service_counts) if not only or r.key in only]
+    rows = [r for r in all_paths(service_counts, agent_flow_offload) if not only or r.key in only]
+    workloads = [w for w in workloads if not only_workloads or w.key in only_workloads]
     results = {"meta": {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
                         "quick": quick, "runs": runs, "seconds_per_measurement": seconds,
                         "tcp_seconds_per_measurement": tcp_seconds,
+                        "latency_seconds_per_measurement": latency_seconds,
+                        "request_response_seconds_per_measurement": rr_seconds,
                         "warmup_seconds": warmup, "service_counts": list(service_counts),
                         "generator_cpu": 0, "path_cpu": 1, "rx_mode": rx_mode, **machine_description()},
-               "workloads": [{"key": w.key, "name": w.name, "unit": w.unit} for w in workloads],
+               "workloads": [{"key": w.key, "name": w.name, "unit": w.unit, "tool": w.tool,
+                              "request_response": w.request_response} for w in workloads],
                "rows": []}
     reason = unavailable_reason()
     if reason:
@@ -115,19 +156,11 @@ def run_matrix(service_counts, runs, seconds, warmup, tcp_seconds=2, workloads=W
                         if workload.new_flows:
                             bench.flush_conntrack()
                         counters0 = row.path_counters(bench, newer_than=time.time())
-                        m = bench.measure(dst_ip, dst_port, workload,
-                                          tcp_seconds if workload.proto == "tcp" else seconds, row.worker_pid())
+                        duration = measurement_seconds(workload, seconds, tcp_seconds, latency_seconds, rr_seconds)
+                        m = bench.measure(dst_ip, dst_port, workload, duration, row.worker_pid())
                         m["path_counters"] = counter_delta(counters0, row.path_counters(bench, newer_than=time.time()))
                         samples[row.row_id][workload.key].append(m)
-                        cpu = m["path_cpu"]
-                        what = (f"{m['pps'] / 1e3:8.1f} kpps forwarded (offered {m['offered_pps'] / 1e3:.0f} k"
-                                if workload.proto == "udp" else
-                                f"{m['gbit_s']:6.2f} Gbit/s ({m['retransmits']} retransmits{', ' + str(m['error']) if m['error'] else ''}")
-                        own = cpu.get("own_ns_per_packet")
-                        what += f", own {own:.0f} ns/pkt" if own else ""
-                        what += "" if m.get("clean", True) else f", noise {m['noise_share'] * 100:.0f}%"
-                        log(f"  {workload.key}: {what}, path core {cpu['utilisation'] * 100:.0f}% busy: "
-                            f"user {cpu['user_share'] * 100:.0f}%, softirq {cpu['softirq_share'] * 100:.0f}%)")
+                        log(f"  {workload.key}: {describe_sample(workload, m)}")
                         if m["path_counters"] is not None:
                             log("    counters: " + " ".join(f"{k}={v}" for k, v in m["path_counters"].items()))
                 except Exception as e:  # a broken path is reported, the others still run
@@ -154,6 +187,12 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="one short run, N=10 only (what make test runs)")
     parser.add_argument("--runs", type=int)
     parser.add_argument("--seconds", type=float, help="seconds per measurement")
+    parser.add_argument("--latency-seconds", type=float, help="seconds per sockperf ping-pong measurement")
+    parser.add_argument("--rr-seconds", type=float, help="seconds per wrk / ab measurement")
+    parser.add_argument("--workloads", help="comma-separated workload keys to run (default: all)")
+    parser.add_argument("--flow-offload", default="default",
+                        help="comma-separated agent flowOffload settings, one (f) row set each: "
+                             "default (left out of the config), true, false (default: default)")
     parser.add_argument("--services", help="comma-separated Service counts for (b) and (c)")
     parser.add_argument("--paths", help="path keys to run, e.g. abg (default: all)")
     parser.add_argument("--rx-mode", choices=BenchLab.RX_MODES, default="rps",
@@ -167,10 +206,21 @@ def main(argv=None):
         cfg["runs"] = args.runs
     if args.seconds:
         cfg["seconds"] = args.seconds
+    if args.latency_seconds:
+        cfg["latency_seconds"] = args.latency_seconds
+    if args.rr_seconds:
+        cfg["rr_seconds"] = args.rr_seconds
     if args.services:
         cfg["service_counts"] = tuple(int(n) for n in args.services.split(","))
+    settings = {"default": None, "true": True, "false": False}
+    flow_offload = []
+    for word in args.flow_offload.split(","):
+        if word not in settings:
+            parser.error(f"--flow-offload: {word!r} is not one of {', '.join(settings)}")
+        flow_offload.append(settings[word])
     results = run_matrix(**cfg, only=args.paths, out_dir=args.out, quick=args.quick, rx_mode=args.rx_mode,
-                         lab_prefix=args.lab_prefix)
+                         lab_prefix=args.lab_prefix, agent_flow_offload=tuple(flow_offload),
+                         only_workloads=args.workloads.split(",") if args.workloads else None)
     print(report.markdown(results))
     return 0
 
