@@ -1,5 +1,6 @@
-"""The quick benchmark `make test` runs: one short run of every path at N=10; asserts that each path that
-can run here forwarded traffic and that the report was written, never a speed."""
+"""The quick benchmark `make test` runs: one short run of every path at N=10 (UDP, one TCP stream, and the
+request/response workloads on the Service paths); asserts that each path that can run here forwarded
+traffic and that the report was written, never a speed."""
 import os
 
 import pytest
@@ -33,8 +34,10 @@ def test_quick_report_is_written(quick_results):
 @pytest.mark.parametrize("row_id", ROWS)
 def test_quick_path_forwards_traffic(quick_results, row_id):
     """The path forwarded packets to the sink on every workload it supports (or says why it cannot run
-    here); a path keeping its own counters (the agent) shows that it translated them: frames towards the
-    Pod, each matched to a conntrack entry or DNATed as a new flow."""
+    here), and completed round trips, requests and connections through the Service for the request/response
+    workloads (sockperf, wrk, ab; one second each, no figure asserted); a path keeping its own counters (the
+    agent) shows that it translated them: frames towards the Pod, each matched to a conntrack entry or
+    DNATed as a new flow."""
     row = next(r for r in quick_results["rows"] if r["row_id"] == row_id)
     if row["unavailable"]:
         pytest.skip(f"{row['label']}: {row['unavailable']}")
