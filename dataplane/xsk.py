@@ -269,6 +269,15 @@ def attached_program(ifname):
     return int(prog_id[0]), ATTACH_MODE_NAMES.get(mode[0], "none"), px.ffi.string(name).decode()
 
 
+def fast_path_attached(ifname):
+    """What sits at the fast path's tc handle on ifname's ingress: (prog_id (0: nothing), name)."""
+    px = _pyxdp()
+    prog_id, name = px.ffi.new("uint32_t *"), px.ffi.new("char[16]")
+    _raise_if_error(px.lib.xskp_tc_query(ifindex_of(ifname), prog_id, name, 16),
+                    f"querying the tc fast path of {ifname}")
+    return int(prog_id[0]), px.ffi.string(name).decode()
+
+
 class SteeringProgram:
     """The XDP steering program (native/xskproxy_steer.bpf.c), loaded once, attached to the
     interfaces a worker serves, with its maps written from here.

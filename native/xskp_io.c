@@ -614,8 +614,8 @@ int xskp_tc_attach(uint64_t steer, uint32_t ifindex, uint32_t *created_qdisc_out
 			return err;
 		if (strcmp(name, FAST_PROG_NAME))
 			return -EBUSY;
-	} else if (err != -ENOENT) {
-		return err;
+	} else if (err != -ENOENT && err != -EINVAL) {
+		return err;     /* -EINVAL: "cannot find specified filter chain", an empty clsact */
 	}
 	err = bpf_tc_attach(&hook, &opts);
 	if (err) {

@@ -113,7 +113,8 @@ struct {
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_RST 0x04
 #define TCP_FLAG_ACK 0x10
-#define SOCKET_FRAME_MAX (XSKP_FRAME_SIZE - XSKP_FRAME_HEADROOM)
+/* the largest frame an AF_XDP socket takes into a chunk (xsk_pool_get_rx_frame_size) */
+#define SOCKET_FRAME_MAX (XSKP_FRAME_SIZE - XSKP_FRAME_HEADROOM - XDP_PACKET_HEADROOM)
 
 /* dataplane/tables.py hash_flow, bit for bit: murmur3's finalizer over the host-order 5-tuple. */
 static __always_inline __u64 mix64(__u64 x)
