@@ -3,7 +3,9 @@
 Reads one file or a directory (recursively, *.yaml/*.yml/*.json, hidden files skipped) of
 multi-document YAML, including `kind: List` documents as `kubectl get svc,endpointslices,nodes
 -o yaml` prints them. A bad document rejects the whole reload: the error names the file, the
-document index and the field, and the last good state stays. Never raises from the poll thread.
+document index and the field, and the last good state stays. Work is bounded before objects are
+built: files above MAX_MANIFEST_BYTES, YAML alias bombs and duplicate keys are refused
+(control._safe_yaml). Never raises from the poll thread.
 """
 import json
 import logging
@@ -13,6 +15,8 @@ import time
 
 import yaml
 
+from control import _safe_yaml
+from control._safe_yaml import short
 from control.convert import CONVERTERS, ManifestError, state_from_models
 from control.model import ClusterState
 
@@ -21,7 +25,7 @@ log = logging.getLogger("xskproxy.manifests")
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 LIST_KINDS = {"List", "ServiceList", "EndpointSliceList", "NodeList"}
 IGNORED_KINDS_LOGGED = set()
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MAX_MANIFEST_BYTES = 64 << 20      # per file: kubectl's JSON of 10,000 Services is ~15 MB
 
 
 def manifest_files(path):
@@ -44,7 +48,7 @@ def _objects_of_document(doc, where):
         return []
     if not isinstance(doc, dict):
         raise ManifestError("", f"document is not a mapping but {type(doc).__name__}", where)
-    kind = doc.get("kind")
+    kind = _kind(doc, where)
     if kind in LIST_KINDS:
         items = doc.get("items") or []
         if not isinstance(items, list):
@@ -61,12 +65,52 @@ def _objects_of_document(doc, where):
     return [(doc, where)]
 
 
+def _kind(obj, where):
+    """obj's kind: a string or None (then the converters say it is required)."""
+    kind = obj.get("kind")
+    if kind is not None and not isinstance(kind, str):
+        raise ManifestError("kind", f"{short(kind)} is not a string", where)
+    return kind
+
+
 def _describe(obj):
+    """'Kind namespace/name' of an object for its errors, each part bounded whatever it holds."""
     meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-    name = meta.get("name", "?")
+
+    def part(value, default):
+        if value is None or value == "":
+            return default
+        return value if isinstance(value, str) and len(value) <= 80 else short(value, 40)
+    name = part(meta.get("name"), "?")
     if meta.get("namespace"):
-        name = f"{meta['namespace']}/{name}"
-    return f"{obj.get('kind', '?')} {name}"
+        name = f"{part(meta['namespace'], '')}/{name}"
+    return f"{part(obj.get('kind'), '?')} {name}"
+
+
+def _read_documents(file_name):
+    """The documents of one manifest file; ManifestError naming the file (and the document) for
+    an unreadable, oversized, malformed or refused one."""
+    try:
+        with open(file_name, "rb") as f:
+            data = _safe_yaml.read_capped(f, MAX_MANIFEST_BYTES, "the file")
+        if str(file_name).endswith(".json"):        # kubectl -o json: 50x faster than as YAML
+            return [json.loads(data)]
+        return _safe_yaml.load_all(data)
+    except OSError as e:
+        raise ManifestError("", f"cannot read: {e.strerror}", file_name) from None
+    except RecursionError:
+        raise ManifestError("", "nested too deeply", file_name) from None
+    except _safe_yaml.YamlRefused as e:
+        where = f"{file_name} document {e.document}" if hasattr(e, "document") else file_name
+        raise ManifestError("", f"refused{f' at line {e.line}' if e.line else ''}: {e.problem}",
+                            where) from None
+    except ValueError as e:                         # json.JSONDecodeError, int() of 5,000 digits
+        raise ManifestError("", f"not valid JSON: {short(str(e), 200)}", file_name) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ManifestError("", f"not valid YAML{at}: {getattr(e, 'problem', e)}",
+                            f"{file_name} document {e.document}") from None
 
 
 def load_models(path):
@@ -77,30 +121,16 @@ def load_models(path):
     """
     out = []
     for file_name in manifest_files(path):
-        try:
-            with open(file_name, "rb") as f:
-                if str(file_name).endswith(".json"):    # kubectl -o json: 50x faster than as YAML
-                    docs = [json.load(f)]
-                else:
-                    docs = list(yaml.load_all(f, Loader=_Loader))
-        except OSError as e:
-            raise ManifestError("", f"cannot read: {e.strerror}", file_name) from None
-        except ValueError as e:                     # json.JSONDecodeError
-            raise ManifestError("", f"not valid JSON: {e}", file_name) from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            at = f" at line {mark.line + 1}" if mark else ""
-            raise ManifestError("", f"not valid YAML{at}: {getattr(e, 'problem', e)}", file_name) from None
-        for index, doc in enumerate(docs):
+        for index, doc in enumerate(_read_documents(file_name)):
             for obj, where in _objects_of_document(doc, f"{file_name} document {index}"):
-                kind = obj.get("kind")
+                kind = _kind(obj, where)
                 converter = CONVERTERS.get(kind)
                 if converter is None:
                     if kind is None:
                         raise ManifestError("kind", "is required", where)
                     if kind not in IGNORED_KINDS_LOGGED:
                         IGNORED_KINDS_LOGGED.add(kind)
-                        log.info("event=manifest_kind_ignored kind=%s where=%r", kind, where)
+                        log.info("event=manifest_kind_ignored kind=%s where=%r", short(kind), where)
                     continue
                 try:
                     out.append((converter(obj), f"{where} ({_describe(obj)})"))

@@ -199,3 +199,111 @@ def test_missing_path_is_reported_not_raised(tmp_path):
     assert source.poll() is False
     assert "no such file or directory" in source.error
     assert source.state.services == {}
+
+
+# --- hostile or careless files: bounded work, clear errors (issue 13) ---
+
+def alias_bomb(levels=9):
+    """About 1 KB of YAML whose metadata.labels value expands to 9**levels strings."""
+    lines = ["apiVersion: v1", "kind: Service", 'anchors:', '  l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, levels):
+        lines.append(f"  l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 9) + "]")
+    lines += ["metadata:", "  name: web", "  namespace: default", "  labels:", f"    big: *l{levels - 1}",
+              "spec:", "  clusterIP: 10.96.0.20", "  ports: [{port: 80}]"]
+    return "\n".join(lines) + "\n"
+
+
+BOMB_CHILD = """
+import json, resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))    # the unbounded load took 3 GB
+from control.manifests import ManifestError, load_state
+started = time.perf_counter()
+try:
+    load_state(sys.argv[1])
+    error = None
+except ManifestError as e:
+    error = str(e)
+peak_kb = [int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+print(json.dumps({"seconds": time.perf_counter() - started, "error": error, "peak_rss_kb": peak_kb[0]}))
+"""
+
+
+def test_yaml_alias_bomb_is_refused_at_once_naming_file_and_document(tmp_path):
+    """A 1 KB alias bomb in metadata.labels is refused in well under a second, with a small
+    memory peak and an error naming the file and the document, before any object is built."""
+    import json
+    import subprocess
+    import sys
+    f = tmp_path / "bomb.yaml"
+    write(f, EXTRA_SERVICE.split("---")[0] + "---\n" + alias_bomb())
+    assert f.stat().st_size < 1500
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", BOMB_CHILD, str(f)], cwd=root, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["seconds"] < 0.2
+    assert result["peak_rss_kb"] < 100_000       # VmHWM: ru_maxrss would start at pytest's RSS
+    assert f"{f} document 1" in result["error"] and "alias" in result["error"]
+    assert len(result["error"]) < 400
+
+
+def test_duplicate_yaml_key_is_refused_naming_key_line_and_file(tmp_path):
+    """A key written twice in one mapping is an error (the second would silently win)."""
+    f = tmp_path / "dup.yaml"
+    write(f, EXTRA_SERVICE.replace("metadata: {name: dns, namespace: kube-system}",
+                                   "metadata: {name: dns, namespace: kube-system}\nmetadata: {name: other}"))
+    with pytest.raises(ManifestError) as err:
+        load_state(f)
+    assert f"{f} document 0" in str(err.value)
+    assert "duplicate key 'metadata'" in str(err.value) and "line 4" in str(err.value)
+
+
+def test_merge_keys_may_be_overridden(tmp_path):
+    """`<<: *anchor` followed by one of the anchor's keys is an override, not a duplicate."""
+    f = tmp_path / "merge.yaml"
+    write(f, EXTRA_SERVICE.replace("metadata: {name: dns, namespace: kube-system}",
+                                   "x-meta: &m {name: dns, namespace: default}\n"
+                                   "metadata: {<<: *m, namespace: kube-system}"))
+    assert set(load_state(f).services) == {("kube-system", "dns")}
+
+
+@pytest.mark.parametrize("kind", ["[Service]", "{a: Service}"])
+def test_kind_that_is_not_a_string_is_one_clear_error(tmp_path, kind):
+    """kind as a list or a mapping names the field, the file and the document (no TypeError)."""
+    f = tmp_path / "kind.yaml"
+    write(f, EXTRA_SERVICE.replace("kind: Service", f"kind: {kind}"))
+    with pytest.raises(ManifestError) as err:
+        load_state(f)
+    assert f"{f} document 0" in str(err.value) and "kind: " in str(err.value)
+    assert "is not a string" in str(err.value)
+
+
+def test_errors_never_print_a_whole_huge_value(tmp_path):
+    """A 100,000-item metadata.name is reported in a few hundred characters, with its length."""
+    f = tmp_path / "big.yaml"
+    write(f, EXTRA_SERVICE.replace("{name: dns,", "{name: [" + ", ".join(["x"] * 100_000) + "],"))
+    with pytest.raises(ManifestError) as err:
+        load_state(f)
+    assert len(str(err.value)) < 400 and "metadata.name" in str(err.value)
+    assert "100000 items" in str(err.value)
+
+
+def test_manifest_file_above_the_size_limit_is_refused(tmp_path, monkeypatch):
+    """A file above MAX_MANIFEST_BYTES is refused by its size, naming the file and the limit."""
+    from control import manifests
+    monkeypatch.setattr(manifests, "MAX_MANIFEST_BYTES", 1000)
+    f = tmp_path / "big.yaml"
+    write(f, KUBECTL_LIST)
+    with pytest.raises(ManifestError) as err:
+        load_state(f)
+    assert str(f) in str(err.value) and "1000 bytes" in str(err.value)
+
+
+def test_deeply_nested_json_is_a_manifest_error(tmp_path):
+    """JSON nested deeper than Python recurses is reported as a bad file, not a RecursionError."""
+    f = tmp_path / "deep.json"
+    write(f, "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ManifestError) as err:
+        load_state(f)
+    assert str(f) in str(err.value)
