@@ -36,11 +36,12 @@ class ServiceLab:
     """A cluster lab with Services, servers, kernel fallback rules and (optionally) agents."""
 
     def __init__(self, lab, nodes=2, pods_per_node=2, workdir=None, pod_features=None,
-                 client_features=None, agent_options=None):
+                 client_features=None, agent_options=None, gateway="veth", mtu=None):
         self.lab = lab
         self.workdir = workdir or tempfile.mkdtemp(prefix="xskproxy-lab-")
         self.cluster = cluster_lab(lab, nodes=nodes, pods_per_node=pods_per_node,
-                                   pod_features=pod_features, client_features=client_features)
+                                   pod_features=pod_features, client_features=client_features,
+                                   gateway=gateway, mtu=mtu)
         self.agent_options = agent_options or {}
         self.agents = {}
         self.manifest_dir = os.path.join(self.workdir, "manifests")
@@ -279,3 +280,126 @@ def run_scenarios(sl, scenarios=SCENARIOS, keep_going=True, report=print):
         if not result.ok and not keep_going:
             break
     return results
+
+
+# -- bulk transfers (tests/e2e/test_offload_labs.py) -------------------------------------------
+# Services with one chosen backend each, so that a transfer's path is known in advance; they
+# live in their own manifest file next to lab.yaml and have no kernel fallback rules.
+BULK_MANIFEST = "bulk.yaml"
+BULK_LB_IP = "10.97.0.10"          # in svc.LB_NET: the client routes it via node0
+BULK_BODY_BYTES = 4 << 20          # what a bulk curl fetches (lab.servers' /bytes/N)
+
+
+def bulk_services(cluster):
+    """[(Service, EndpointSlice)] of the bulk transfers: iperf3 (5201) and HTTP (80) to one Pod.
+
+    bulk-local / bulk-remote: ClusterIPs served by node0-pod1 / node1-pod0; bulk-np-local /
+    bulk-np-remote: the same backends behind NodePorts (iperf3, HTTP) 30601, 30602 / 30611, 30612;
+    bulk-dsr: LoadBalancer BULK_LB_IP in dsr mode, served by node1-pod0."""
+    node0, node1 = cluster.nodes[:2]
+    local, remote = node0.pods[1], node1.pods[0]
+    iperf_port = svc.IPERF_PORTS[0]
+    targets = [{"name": "iperf", "protocol": "TCP", "port": iperf_port},
+               {"name": "http", "protocol": "TCP", "port": svc.HTTP_PORT}]
+
+    def ports(node_ports=(None, None)):
+        return [svc._port("iperf", "TCP", iperf_port, iperf_port, node_ports[0]),
+                svc._port("http", "TCP", 80, svc.HTTP_PORT, node_ports[1])]
+
+    table = [
+        (svc._svc("bulk-local", ports(), "10.96.2.1"), local),
+        (svc._svc("bulk-remote", ports(), "10.96.2.2"), remote),
+        (svc._svc("bulk-np-local", ports((30601, 30602)), "10.96.2.3", "NodePort"), local),
+        (svc._svc("bulk-np-remote", ports((30611, 30612)), "10.96.2.4", "NodePort"), remote),
+        (svc._svc("bulk-dsr", ports(), "10.96.2.5", "LoadBalancer", lb_ips=[BULK_LB_IP],
+                  annotations={"service.antrea.io/load-balancer-mode": "dsr"}), remote),
+    ]
+    return [(service, svc._slice(service["metadata"]["name"], [pod], targets)) for service, pod in table]
+
+
+def write_bulk_manifest(sl):
+    """Add the bulk Services (bulk_services) to the agents' manifests, next to lab.yaml."""
+    path = os.path.join(sl.manifest_dir, BULK_MANIFEST)
+    items = [obj for pair in bulk_services(sl.cluster) for obj in pair]
+    with open(path + ".tmp", "w") as f:
+        yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}, f)
+    os.replace(path + ".tmp", path)
+
+
+def iperf3(sl, ns, address, port, seconds=3, reverse=False):
+    """Run an iperf3 client in `ns` (unlimited rate; reverse: the server sends) and wait.
+
+    Returns {exit, error, bits_per_second and bytes (receiver side), retransmits, stall (longest
+    run of empty 0.5 s intervals)}; a client that hangs is killed and reported as an error."""
+    argv = ["iperf3", "-c", address, "-p", str(port), "-t", str(seconds), "-i", "0.5", "-J",
+            "--connect-timeout", "3000"] + (["-R"] if reverse else [])
+    try:
+        proc = sl.lab.run(ns, argv, check=False, timeout=seconds + 20)
+    except subprocess.TimeoutExpired:
+        return {"exit": None, "error": f"no result within {seconds + 20}s", "bits_per_second": 0.0,
+                "bytes": 0, "retransmits": None, "stall": float(seconds)}
+    try:
+        data = json.loads(proc.stdout)
+    except ValueError:
+        data = {"error": f"no JSON (exit {proc.returncode}): {proc.stderr.strip()[:200]}"}
+    stall = longest = 0.0
+    for interval in data.get("intervals", []):
+        step = interval["sum"]
+        stall = stall + step["seconds"] if step["bytes"] == 0 else 0.0
+        longest = max(longest, stall)
+    end = data.get("end", {})
+    received = end.get("sum_received", {})
+    return {"exit": proc.returncode, "error": data.get("error"),
+            "bits_per_second": float(received.get("bits_per_second", 0.0)),
+            "bytes": int(received.get("bytes", 0)),
+            "retransmits": end.get("sum_sent", {}).get("retransmits"), "stall": round(longest, 2)}
+
+
+def http_fetch(sl, ns, url, timeout=5):
+    """GET `url` with curl from `ns`: {exit, code (HTTP status, 0 without one), bytes, bits_per_second}."""
+    proc = sl.lab.run(ns, ["curl", "-s", "-o", "/dev/null", "-m", str(timeout), "-w",
+                           "%{http_code} %{size_download} %{speed_download}", url],
+                      check=False, timeout=timeout + 5)
+    try:
+        code, size, speed = (float(word) for word in proc.stdout.split())
+    except ValueError:              # curl printed nothing (killed) or something else
+        code = size = speed = 0.0
+    return {"exit": proc.returncode, "code": int(code), "bytes": int(size), "bits_per_second": 8 * speed}
+
+
+def agent_stats_after(sl, node, moment, timeout=5.0):
+    """node's agent's stats.json once it was written after `moment` (time.time()); it is
+    rewritten every second."""
+    deadline = time.monotonic() + timeout
+    path = sl.stats_path(node)
+    while time.monotonic() < deadline:
+        try:
+            if os.stat(path).st_mtime > moment:
+                stats = sl.agent_stats(node)
+                if stats is not None:
+                    return stats
+        except FileNotFoundError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"agent on {node.name} wrote no stats.json within {timeout}s after the mark")
+
+
+def carried_by_agent(sl, node, moment=None):
+    """How many packets `node`'s agent forwarded on every path it owns, from its stats.json
+    (with `moment`: as written after that time.time()). Today that is the AF_XDP pipeline's
+    frames transmitted on the transport and the gateway, summed over queues; a path the agent
+    adds (a kernel fast path's counters) belongs in this sum. A packet here may be a GSO
+    super-frame: count at most 64 KB of payload per packet when comparing with bytes moved."""
+    stats = agent_stats_after(sl, node, moment) if moment is not None else sl.agent_stats(node)
+    return sum(queue["pipeline"].get(name, 0) for queue in stats["queues"].values()
+               for name in ("XSKP_CNT_TX_TRANSPORT", "XSKP_CNT_TX_GATEWAY"))
+
+
+def socket_drops(sl, node, moment=None):
+    """{interface: frames its AF_XDP sockets dropped} (rx_dropped: e.g. a frame over a UMEM chunk)."""
+    stats = agent_stats_after(sl, node, moment) if moment is not None else sl.agent_stats(node)
+    drops = collections.Counter()
+    for queue in stats["queues"].values():
+        for ifname, sock in queue["sockets"].items():
+            drops[ifname] += int(sock.get("rx_dropped", 0))
+    return dict(drops)
