@@ -32,3 +32,33 @@ def service_lab(tmp_path_factory):
             raise
         yield sl
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+# The labs of test_offload_labs.py: Pods with default offloads behind gateways that hand
+# xskproxy what real nodes do. veth is today's lab (native XDP on every interface), the baseline.
+OFFLOAD_LABS = {
+    "veth": {},
+    "bridge": {"gateway": "bridge"},         # gw0 a Linux bridge: generic XDP, GSO super-frames
+    "mtu9000": {"mtu": 9000},               # every link at MTU 9000: frames over a UMEM chunk
+}
+
+
+@pytest.fixture(scope="module", params=list(OFFLOAD_LABS))
+def bulk_lab(request, tmp_path_factory):
+    """ServiceLab of one OFFLOAD_LABS variant with the bulk Services and every agent running;
+    `bulk_lab.variant` names it."""
+    workdir = str(tmp_path_factory.mktemp(f"bulk-{request.param}"))
+    with Lab("xbr" + request.param[:5]) as lab:
+        sl = scenarios.ServiceLab(lab, workdir=workdir, **OFFLOAD_LABS[request.param])
+        sl.variant = request.param
+        scenarios.write_bulk_manifest(sl)
+        try:
+            sl.start_agents()
+        except Exception:
+            for node in sl.cluster.nodes:
+                path = os.path.join(workdir, f"{node.name}.log")
+                if os.path.exists(path):
+                    print(f"--- {node.name}.log ---\n" + open(path).read()[-4000:])
+            raise
+        yield sl
+    shutil.rmtree(workdir, ignore_errors=True)
