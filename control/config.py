@@ -12,7 +12,9 @@ import yaml
 LOAD_BALANCER_MODES = ("nat", "dsr")
 SOURCES = ("files", "kube")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+XDP_MODES = ("auto", "native", "skb")
 CONNTRACK_ENTRIES_DEFAULT = 1 << 20
+FLOW_ENTRIES_DEFAULT = 1 << 18
 
 
 class ConfigError(ValueError):
@@ -162,6 +164,9 @@ class TableSizes:
                              "frontends (address, port, protocol) across all Services")
     max_backends: int = _key("maxBackends", 1 << 19, _int_between(1, 1 << 24),
                              "backends across all Services")
+    flow_entries: int = _key("flowEntries", FLOW_ENTRIES_DEFAULT, _int_between(1024, 1 << 26),
+                             "the kernel fast path's flow table (one entry per direction of an "
+                             "offloaded flow), rounded up to a power of two")
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,14 @@ class Config:
                                  "on SIGTERM, how long the XDP program stays attached and drops "
                                  "translated traffic it has no socket for, so that the next agent "
                                  "takes over live flows; 0: detach at once (SIGINT always does)")
+    flow_offload: bool = _key("flowOffload", True, _bool,
+                              "established flows and the Pod-CIDR bypass run in the kernel fast "
+                              "path (tc eBPF), decided by the userspace engine; false: every "
+                              "packet through AF_XDP")
+    xdp_mode: str = _key("xdpMode", "auto", _one_of(XDP_MODES),
+                         "how the steering program attaches: native, skb (generic), or auto: "
+                         "native where the driver has it, except skb on veth with flowOffload "
+                         "(native XDP on a veth turns its peer's TSO off)")
     log_level: str = _key("logLevel", "info", _one_of(LOG_LEVELS))
     tables: TableSizes = _key("tables", TableSizes())
     antrea_proxy: AntreaProxyConfig = _key("antreaProxy", AntreaProxyConfig())
