@@ -1,7 +1,9 @@
 """The agent's configuration: one YAML file parsed into frozen dataclasses, with defaults.
 
 Proxy keys mirror antrea-agent.conf under `antreaProxy:`; the rest are xskproxy's own. Every
-error names the full field path and the bad value; unknown keys are errors, never ignored.
+error names the full field path and the bad value (shortened, with its length, when long);
+unknown and duplicate keys are errors, never ignored. The file is read bounded
+(control._safe_yaml: size cap, no alias bomb).
 """
 import ipaddress
 from dataclasses import dataclass, field, fields
@@ -9,11 +11,15 @@ from typing import Optional
 
 import yaml
 
+from control import _safe_yaml
+from control._safe_yaml import short
+
 LOAD_BALANCER_MODES = ("nat", "dsr")
 SOURCES = ("files", "kube")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 XDP_MODES = ("auto", "native", "skb")
 CONNTRACK_ENTRIES_DEFAULT = 1 << 20
+MAX_CONFIG_BYTES = 1 << 20       # a configuration file is a few hundred bytes
 FLOW_ENTRIES_DEFAULT = 1 << 18
 
 
@@ -35,16 +41,16 @@ def _key(yaml_name, default, check=None, doc=""):
 
 def _bool(value, path):
     if not isinstance(value, bool):
-        raise ConfigError(path, f"{value!r} is not a boolean (true or false)")
+        raise ConfigError(path, f"{short(value)} is not a boolean (true or false)")
     return value
 
 
 def _int_between(lo, hi):
     def check(value, path):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(path, f"{value!r} is not an integer")
+            raise ConfigError(path, f"{short(value)} is not an integer")
         if not lo <= value <= hi:
-            raise ConfigError(path, f"{value!r} is not between {lo} and {hi}")
+            raise ConfigError(path, f"{short(value)} is not between {lo} and {hi}")
         return value
     return check
 
@@ -52,7 +58,7 @@ def _int_between(lo, hi):
 def _one_of(choices):
     def check(value, path):
         if value not in choices:
-            raise ConfigError(path, f"{value!r} is not one of {', '.join(choices)}")
+            raise ConfigError(path, f"{short(value)} is not one of {', '.join(choices)}")
         return value
     return check
 
@@ -60,7 +66,7 @@ def _one_of(choices):
 def _string(allow_empty=True):
     def check(value, path):
         if not isinstance(value, str):
-            raise ConfigError(path, f"{value!r} is not a string")
+            raise ConfigError(path, f"{short(value)} is not a string")
         if not allow_empty and not value:
             raise ConfigError(path, "must not be empty")
         return value
@@ -78,12 +84,12 @@ def _string_list(item_check=None):
         if value is None:
             return ()
         if not isinstance(value, list):
-            raise ConfigError(path, f"{value!r} is not a list")
+            raise ConfigError(path, f"{short(value)} is not a list")
         out = []
         for i, item in enumerate(value):
             item_path = f"{path}[{i}]"
             if not isinstance(item, str):
-                raise ConfigError(item_path, f"{item!r} is not a string")
+                raise ConfigError(item_path, f"{short(item)} is not a string")
             out.append(item_check(item, item_path) if item_check else item)
         return tuple(out)
     return check
@@ -93,7 +99,7 @@ def _cidr(value, path):
     try:
         return str(ipaddress.ip_network(value, strict=False))
     except ValueError:
-        raise ConfigError(path, f"{value!r} is not a CIDR (e.g. 10.0.0.0/24)") from None
+        raise ConfigError(path, f"{short(value)} is not a CIDR (e.g. 10.0.0.0/24)") from None
 
 
 def _skip_service(value, path):
@@ -102,22 +108,22 @@ def _skip_service(value, path):
         namespace, _, name = value.partition("/")
         if namespace and name and "/" not in name:
             return value
-        raise ConfigError(path, f"{value!r} is neither namespace/name nor an IP address")
+        raise ConfigError(path, f"{short(value)} is neither namespace/name nor an IP address")
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
-        raise ConfigError(path, f"{value!r} is neither namespace/name nor an IP address") from None
+        raise ConfigError(path, f"{short(value)} is neither namespace/name nor an IP address") from None
 
 
 def _host_port(value, path):
     """host:port on which to serve metrics; "" disables the endpoint."""
     if not isinstance(value, str):
-        raise ConfigError(path, f"{value!r} is not a string (host:port)")
+        raise ConfigError(path, f"{short(value)} is not a string (host:port)")
     if value == "":
         return value
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError(path, f"{value!r} is not host:port with a port in 1..65535")
+        raise ConfigError(path, f"{short(value)} is not host:port with a port in 1..65535")
     return value
 
 
@@ -128,12 +134,12 @@ def _port_range(value, path):
     elif isinstance(value, str) and value.count("-") == 1:
         lo, hi = (p.strip() for p in value.split("-"))
         if not (lo.isdigit() and hi.isdigit()):
-            raise ConfigError(path, f"{value!r} is not a port range lo-hi")
+            raise ConfigError(path, f"{short(value)} is not a port range lo-hi")
         lo, hi = int(lo), int(hi)
     else:
-        raise ConfigError(path, f"{value!r} is not a port range lo-hi")
+        raise ConfigError(path, f"{short(value)} is not a port range lo-hi")
     if not (isinstance(lo, int) and isinstance(hi, int) and 1024 <= lo <= hi <= 65535):
-        raise ConfigError(path, f"{value!r} is not a port range lo-hi within 1024..65535")
+        raise ConfigError(path, f"{short(value)} is not a port range lo-hi within 1024..65535")
     return (lo, hi)
 
 
@@ -212,11 +218,12 @@ def _parse_section(cls, data, path):
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(path or "", f"{data!r} is not a mapping")
+        raise ConfigError(path or "", f"{short(data)} is not a mapping")
     by_yaml = {f.metadata["yaml"]: f for f in fields(cls)}
     values = {}
     for key, value in data.items():
-        key_path = f"{path}.{key}" if path else str(key)
+        name = key if isinstance(key, str) and len(key) <= 80 else short(key, 40)
+        key_path = f"{path}.{name}" if path else name
         f = by_yaml.get(key)
         if f is None:
             raise ConfigError(key_path, f"unknown key (known: {', '.join(sorted(by_yaml))})")
@@ -235,12 +242,14 @@ def parse_config(data):
 def load_config(path):
     """Config from the YAML file at `path`; errors name the file and the field."""
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            data = _safe_yaml.load(_safe_yaml.read_capped(f, MAX_CONFIG_BYTES, "the file"))
     except OSError as e:
         raise ConfigError("", f"{path}: cannot read: {e.strerror}") from None
     except yaml.YAMLError as e:
         raise ConfigError("", f"{path}: not valid YAML: {e}") from None
+    except _safe_yaml.YamlRefused as e:
+        raise ConfigError("", f"{path}: refused: {e}") from None
     try:
         return parse_config(data)
     except ConfigError as e:

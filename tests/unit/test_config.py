@@ -105,3 +105,53 @@ def test_load_config_reports_file_and_yaml_errors(tmp_path):
         load_config(bad)
     assert err.value.path == "antreaProxy.defaultLoadBalancerMode"
     assert "bad.yaml" in str(err.value)
+
+
+def test_duplicate_key_is_refused_naming_key_line_and_file(tmp_path):
+    """A key written twice is an error (the second silently won), with the key, line and file."""
+    path = tmp_path / "dup.yaml"
+    path.write_text("tables:\n  conntrackEntries: 2048\n  conntrackEntries: 4096\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "dup.yaml" in str(err.value) and "line 3" in str(err.value)
+    assert "duplicate key 'conntrackEntries'" in str(err.value)
+
+
+def test_alias_bomb_is_refused_at_once(tmp_path):
+    """A YAML alias bomb is refused before it is built, in well under a second."""
+    import time
+    levels = ['&a0 ["x","x","x","x","x","x","x","x","x"]']
+    levels += [f"&a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 8)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("nodeName: [" + ", ".join(levels) + "]\n")
+    started = time.perf_counter()
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert time.perf_counter() - started < 0.2
+    assert "bomb.yaml" in str(err.value) and "alias" in str(err.value) and len(str(err.value)) < 300
+
+
+def test_error_shows_a_huge_value_shortened_with_its_length(tmp_path):
+    """A 100,000-item value is shown in a few dozen characters with its length."""
+    path = tmp_path / "big.yaml"
+    path.write_text("nodeName: [" + ", ".join(["node"] * 100_000) + "]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith("nodeName: ['node', 'node'")
+    assert "(list of 100000 items) is not a string" in str(err.value) and len(str(err.value)) < 300
+
+
+def test_config_file_above_the_size_limit_is_refused(tmp_path):
+    """A configuration file above MAX_CONFIG_BYTES is refused by its size."""
+    from control.config import MAX_CONFIG_BYTES
+    path = tmp_path / "huge.yaml"
+    path.write_text("# " + "x" * MAX_CONFIG_BYTES + "\n")
+    with pytest.raises(ConfigError, match=f"huge.yaml: .*limit of {MAX_CONFIG_BYTES} bytes"):
+        load_config(path)
+
+
+def test_unknown_key_of_a_megabyte_is_shown_shortened():
+    """An unknown key is named, but a huge one only by its start and length."""
+    with pytest.raises(ConfigError) as err:
+        parse_config({"k" * 1_000_000: 1})
+    assert "(1000000 characters): unknown key" in str(err.value) and len(str(err.value)) < 500
