@@ -2,11 +2,7 @@
 the kernel fast path (dataplane/pipeline.py offload_flow). Pure njit: no I/O, `now` comes in,
 never raises; writes only the FlowTables it is given and the counters.
 
-fast_path_step, called by the worker loop on every pass:
-- pushes the fast path's heartbeat (fast_config.alive_until_ns) forward: the BPF programs
-  execute flows only while it is fresh (XSKP_FAST_LIVENESS_NS) or a handover hold lasts, so a
-  killed agent's flows return to the kernel path within that time;
-- sweeps the flow table, a whole pass per SWEEP_PERIOD_NS whatever the packet rate, and for each
+fast_path_step, called by the worker loop on every pass, sweeps the flow table, a whole pass per SWEEP_PERIOD_NS whatever the packet rate, and for each
   entry this worker owns brings what the fast path saw back into the conntrack entry it
   executes: last_seen (so idle expiry works as for any flow), and TCP flags seen (ACK
   completes the handshake, FIN half-closes, FIN both ways or RST closes). Then it
@@ -27,7 +23,6 @@ from dataplane._flowtable import flow_clear_slot, flow_remove, FLOW_IN_USE
 from dataplane.pipeline import entry_backend_valid
 
 L = abi.lib
-LIVENESS_NS = L.XSKP_FAST_LIVENESS_NS
 SWEEP_PERIOD_NS = 250_000_000          # a whole pass over the flow table this often
 SWEEP_MIN_SLOTS = 256                  # never bother with fewer slots at a time
 CT_REPLY = L.XSKP_CT_REPLY
@@ -124,16 +119,14 @@ def sweep_flow(st, ft, slot, now_ns, counters):
 
 @packet_njit
 def fast_path_step(st, ft, now_ns, counters):
-    """Heartbeat and the due part of the sweep (see the module docstring). Returns the number of
-    flow-table slots looked at."""
+    """The due part of the sweep (see the module docstring). Returns the number of flow-table
+    slots looked at. (The heartbeat that keeps the fast path live is a thread of the I/O layer,
+    dataplane/xsk.py start_heartbeat: it must not depend on this loop getting the GIL.)"""
     flows = ft.flows
     capacity = flows.shape[0]
     if capacity == 0:
         return 0
     now = np.uint64(now_ns)
-    config = ft.fast_config[0]
-    if config.alive_until_ns < now + np.uint64(LIVENESS_NS // 2):
-        config.alive_until_ns = now + np.uint64(LIVENESS_NS)
     fast = ft.fast_state[0]
     if fast.sweep_last_ns == 0 or fast.sweep_last_ns > now:
         fast.sweep_last_ns = now

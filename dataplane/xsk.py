@@ -413,6 +413,23 @@ class SteeringProgram:
         config = self._mmap_array(abi.lib.STEER_MAP_FAST_CONFIG, FAST_CONFIG_DTYPE, 1)
         return flows, config
 
+    def start_heartbeat(self, config, period_ns=100_000_000,
+                        liveness_ns=abi.lib.XSKP_FAST_LIVENESS_NS):
+        """Keep the fast path live while this process lives (config: from fast_tables())."""
+        if getattr(self, "_heartbeat", 0):
+            return
+        handle = self._px.ffi.new("uint64_t *")
+        _raise_if_error(self._px.lib.xskp_heartbeat_start(handle, config.ctypes.data, period_ns,
+                                                          liveness_ns),
+                        "starting the fast path's heartbeat")
+        self._heartbeat = int(handle[0])
+
+    def stop_heartbeat(self):
+        """No more heartbeat: the fast path stops within the liveness time (or a hold's end)."""
+        if getattr(self, "_heartbeat", 0):
+            self._px.lib.xskp_heartbeat_stop(self._heartbeat)
+            self._heartbeat = 0
+
     def attach_fast_path(self, ifname):
         """The tc fast path at ifname's ingress (a predecessor's is replaced in one step)."""
         ifindex = ifindex_of(ifname)
@@ -438,6 +455,7 @@ class SteeringProgram:
         return int(action[0]), bytes(ffi.buffer(out, out_len[0]))
 
     def _let_go(self, free):
+        self.stop_heartbeat()
         if self.handle:
             self.tc_ifaces.clear()
             free(self.handle)

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <net/if.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -668,6 +669,64 @@ int xskp_tc_query(uint32_t ifindex, uint32_t *prog_id, char *name, uint32_t name
 		return err;
 	*prog_id = query.prog_id;
 	return prog_name_of(query.prog_id, name, name_size);
+}
+
+/* ---- the fast path's heartbeat ------------------------------------------------------- */
+
+struct xskp_heartbeat {
+	pthread_t thread;
+	volatile int stop;
+	volatile struct xskp_fast_config *config;
+	uint64_t period_ns;
+	uint64_t liveness_ns;
+};
+
+static void *heartbeat_loop(void *arg)
+{
+	struct xskp_heartbeat *hb = arg;
+	struct timespec pause = { .tv_sec = hb->period_ns / 1000000000ull,
+				  .tv_nsec = hb->period_ns % 1000000000ull };
+
+	while (!hb->stop) {
+		hb->config->alive_until_ns = xskp_now_ns() + hb->liveness_ns;
+		nanosleep(&pause, NULL);
+	}
+	return NULL;
+}
+
+int xskp_heartbeat_start(uint64_t *heartbeat_out, uint64_t config_addr, uint64_t period_ns,
+			 uint64_t liveness_ns)
+{
+	struct xskp_heartbeat *hb;
+	int err;
+
+	if (!config_addr || !period_ns || period_ns >= liveness_ns)
+		return -EINVAL;
+	hb = calloc(1, sizeof(*hb));
+	if (!hb)
+		return -ENOMEM;
+	hb->config = (struct xskp_fast_config *)(uintptr_t)config_addr;
+	hb->period_ns = period_ns;
+	hb->liveness_ns = liveness_ns;
+	hb->config->alive_until_ns = xskp_now_ns() + liveness_ns;
+	err = pthread_create(&hb->thread, NULL, heartbeat_loop, hb);
+	if (err) {
+		free(hb);
+		return -err;
+	}
+	*heartbeat_out = (uint64_t)(uintptr_t)hb;
+	return 0;
+}
+
+void xskp_heartbeat_stop(uint64_t heartbeat)
+{
+	struct xskp_heartbeat *hb = (struct xskp_heartbeat *)(uintptr_t)heartbeat;
+
+	if (!hb)
+		return;
+	hb->stop = 1;
+	pthread_join(hb->thread, NULL);
+	free(hb);
 }
 
 int xskp_fast_test_run(uint64_t steer, const void *frame, uint32_t len, uint32_t ifindex,

@@ -76,6 +76,13 @@ int xskp_tc_attach(uint64_t steer, uint32_t ifindex, uint32_t *created_qdisc_out
 int xskp_tc_detach(uint64_t steer, uint32_t ifindex, uint32_t destroy_qdisc);
 /* What sits at our tc handle/priority on ifindex: prog id (0: nothing) and name. 0 or -errno. */
 int xskp_tc_query(uint32_t ifindex, uint32_t *prog_id, char *name, uint32_t name_size);
+/* The fast path's heartbeat: a thread of its own (no GIL, no worker loop) that every period_ns
+ * sets config->alive_until_ns (the mmapped struct xskp_fast_config at config_addr) to now +
+ * liveness_ns, for as long as the process lives; the BPF programs execute offloaded flows only
+ * while it is fresh, so a killed agent's flows return to the kernel within liveness_ns. */
+int xskp_heartbeat_start(uint64_t *heartbeat_out, uint64_t config_addr, uint64_t period_ns,
+			 uint64_t liveness_ns);
+void xskp_heartbeat_stop(uint64_t heartbeat);  /* stops beating; the fast path runs out */
 /* Runs xskp_fast once on a frame (BPF_PROG_RUN) as if received on ifindex; the frame as it
  * would leave (out, *out_len) and the tc action (*retval_out; a redirect is TC_ACT_REDIRECT). */
 int xskp_fast_test_run(uint64_t steer, const void *frame, uint32_t len, uint32_t ifindex,

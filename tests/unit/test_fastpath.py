@@ -1,13 +1,13 @@
 """The userspace half of the two-tier dataplane, without root: which flows the pipeline hands to
 the kernel fast path and with what entries (dataplane/pipeline.py offload_flow), and how the
 sweep (dataplane/_fastpath.py) keeps conntrack true to what the fast path reports: handshake,
-close, idle expiry, removed backends, FIB changes, a full flow table, the heartbeat."""
+close, idle expiry, removed backends, FIB changes, a full flow table."""
 import numpy as np
 
 import fixtures_pipeline as fx
 from dataplane import abi, tables
 from dataplane._conntrack import ct_lookup
-from dataplane._fastpath import fast_path_step, SWEEP_PERIOD_NS, LIVENESS_NS
+from dataplane._fastpath import fast_path_step, SWEEP_PERIOD_NS
 from dataplane._flowtable import flow_lookup
 
 L = abi.lib
@@ -235,17 +235,6 @@ def test_dsr_flows_stay_with_userspace():
     send(st, ft, syn, fx.TRANSPORT)
     send(st, ft, ack, fx.TRANSPORT)
     assert in_use_flows(ft) == 0
-
-
-def test_the_step_keeps_the_heartbeat_fresh():
-    st, ft = topology()
-    counters = tables.make_counters()
-    fast_path_step(st, ft, np.uint64(T0), counters)
-    assert ft.fast_config[0]["alive_until_ns"] == T0 + LIVENESS_NS
-    fast_path_step(st, ft, np.uint64(T0 + LIVENESS_NS // 4), counters)
-    assert ft.fast_config[0]["alive_until_ns"] == T0 + LIVENESS_NS, "not rewritten on every pass"
-    fast_path_step(st, ft, np.uint64(T0 + LIVENESS_NS), counters)
-    assert ft.fast_config[0]["alive_until_ns"] == T0 + 2 * LIVENESS_NS
 
 
 def test_without_a_flow_table_nothing_is_offloaded():

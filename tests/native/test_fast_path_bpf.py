@@ -218,3 +218,24 @@ def test_the_tc_program_sits_at_our_handle_on_both_interfaces_and_goes_at_close(
         for ifname in ("tr0", "gw0"):
             prog_id, name = xsk.fast_path_attached(ifname)
             assert prog_id and name == "xskp_fast"
+
+
+def test_the_heartbeat_keeps_the_fast_path_live_and_stops_with_it(fast):
+    """A thread of its own pushes alive_until_ns forward; once stopped, the fast path runs out
+    within the liveness time (what a kill -9 does)."""
+    from dataplane import abi, xsk
+    topo, program, flows, config = fast
+    with in_netns(topo.node):
+        offload(flows, CLIENT, VIP, 40004, 80, 6, NODE, BACKEND, 61004, 8080, xsk.ifindex_of("gw0"))
+        config[0]["alive_until_ns"] = 0
+        program.start_heartbeat(config, period_ns=20_000_000, liveness_ns=200_000_000)
+        try:
+            time.sleep(0.3)
+            assert config[0]["alive_until_ns"] > time.monotonic_ns()
+            action, _ = program.fast_test_run(frame(sport=40004), "tr0")
+        finally:
+            program.stop_heartbeat()
+        assert action == TC_ACT_REDIRECT
+        time.sleep(0.25)
+        action, _ = program.fast_test_run(frame(sport=40004), "tr0")
+    assert action == TC_ACT_OK
