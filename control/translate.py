@@ -829,15 +829,17 @@ class Translator:
         if slice_changes is None:
             for key, sl in slices.items():
                 index.setdefault(sl.service_key, set()).add(key)
+            kept = {}          # the walk is the whole index: a Service it did not find has no slice
         else:
             for key, new, old in slice_changes:
                 if old is not None:
                     self._slice_keys(index, old.service_key).discard(key)
                 if new is not None:
                     self._slice_keys(index, new.service_key).add(key)
+            kept = self._slice_index   # the index before the changes, for Services they left alone
         found = {}
         for service in candidates:
-            keys = index.get(service, self._slice_index.get(service, ()))
+            keys = index.get(service, kept.get(service, ()))
             if keys:
                 found[service] = [slices[k] for k in keys]
         return found, index
