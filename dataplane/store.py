@@ -5,8 +5,11 @@ Generations: the control thread builds complete ServiceTables off to the side an
 them by swapping one reference; a worker picks the current generation up each time its loop
 returns to Python and uses it, unchanged, until the next pick. Nothing here ever writes into a
 published generation. Per-flow tables: one writer (the worker); this module only creates,
-adopts and describes the files. Never called per packet.
+adopts and describes the files, with their whole size reserved on the filesystem before they
+are mapped (a sparse file on a full filesystem faults with SIGBUS at a worker's first write;
+here it is an error at start naming the configuration field). Never called per packet.
 """
+import errno
 import json
 import logging
 import mmap
@@ -27,6 +30,8 @@ STATE_MAGIC = abi.lib.XSKP_STATE_MAGIC
 STATE_VERSION = abi.lib.XSKP_STATE_VERSION
 ENTRIES_OFFSET = 4096          # entries start on their own page, after the header
 DEFAULT_STATE_DIR = "/run/xskproxy"
+CAPACITY_FIELDS = {"ct": "tables.conntrackEntries",      # the configuration field sizing
+                   "affinity": "tables.affinityEntries"}  # each kind of table file
 
 
 # --- generations ---------------------------------------------------------------------------
@@ -145,19 +150,51 @@ def _check_header(path, dtype, capacity):
     return None
 
 
-def _create(path, dtype, capacity):
-    """A fresh zeroed table file. The header is written last, so a crash part-way leaves a file
-    that the next start refuses rather than adopts."""
+def make_state_dir(state_dir):
+    """Create stateDir (mode 0700) if needed; OSError naming the field and the path if not."""
+    try:
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    except FileExistsError:
+        raise OSError(errno.ENOTDIR, f"stateDir {state_dir}: is not a directory") from None
+    except OSError as e:
+        raise OSError(e.errno, f"stateDir {state_dir}: cannot create the directory: {e.strerror}") from None
+
+
+def _reserve(fd, path, size, requested):
+    """Allocate every block of the file at fd (posix_fallocate; existing data is kept), or raise
+    OSError naming the configuration field, stateDir and the bytes needed."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        state_dir, name = os.path.split(path)
+        kind = name.split("-q")[0]
+        try:
+            st = os.statvfs(state_dir)
+            free = f" ({st.f_bavail * st.f_frsize} bytes free)"
+        except OSError:
+            free = ""
+        field_name = CAPACITY_FIELDS.get(kind, "tables")
+        raise OSError(e.errno, f"stateDir {state_dir}: reserving {size} bytes for {name} "
+                      f"({field_name} {requested}): {e.strerror}{free}; lower {field_name} "
+                      f"or give stateDir more space") from None
+
+
+def _create(path, dtype, capacity, requested):
+    """A fresh zeroed table file, its space reserved. The header is written last, so a crash
+    part-way leaves a file that the next start refuses rather than adopts; a failure leaves none."""
     tmp = f"{path}.new"
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.ftruncate(fd, _file_size(dtype, capacity))    # sparse: zero pages cost nothing
+        _reserve(fd, path, _file_size(dtype, capacity), requested)
         header = np.zeros(1, STATE_HEADER_DTYPE)
         header["version"], header["entry_size"], header["capacity"] = (
             STATE_VERSION, dtype.itemsize, capacity)
         header["magic"] = STATE_MAGIC
         os.pwrite(fd, header.tobytes(), 0)
         os.fsync(fd)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     finally:
         os.close(fd)
     os.replace(tmp, path)
@@ -173,20 +210,27 @@ def _map(path, dtype, capacity):
 
 def open_flow_table(state_dir, kind, queue, dtype, requested_capacity):
     """Adopt the table file of (kind, queue) if its header matches this layout and capacity,
-    else (logging why) create a fresh one. Returns (entries view, adopted: bool)."""
+    else (logging why) create a fresh one; either way with its space reserved. Returns
+    (entries view, adopted: bool); OSError naming stateDir (and the field sizing the table when
+    the space is missing) if the file cannot be had."""
     capacity = _capacity(requested_capacity)
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    make_state_dir(state_dir)
     path = flow_table_path(state_dir, kind, queue)
     adopted = False
     if os.path.exists(path):
         reason = _check_header(path, dtype, capacity)
         if reason is None:
             adopted = True
+            fd = os.open(path, os.O_RDWR)       # written sparse by an earlier version, maybe
+            try:
+                _reserve(fd, path, _file_size(dtype, capacity), requested_capacity)
+            finally:
+                os.close(fd)
         else:
             log.warning("event=flow_table_refused path=%s reason=%r action=created_fresh",
                         path, reason)
     if not adopted:
-        _create(path, dtype, capacity)
+        _create(path, dtype, capacity, requested_capacity)
     entries = _map(path, dtype, capacity)
     if adopted:
         log.info("event=flow_table_adopted path=%s capacity=%d", path, capacity)
