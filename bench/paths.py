@@ -435,9 +435,10 @@ class XskproxyAgent(_AfxdpWorker):
             return None
 
     def path_counters(self, bench, newer_than=None, timeout=3.0):
-        """The agent's pipeline counters summed over its queues ({XSKP_...: n}), from a stats.json
-        written after `newer_than` (time.time(); the agent rewrites it every second). Raises if the
-        agent has exited."""
+        """The agent's pipeline counters summed over its queues ({XSKP_...: n}) and its steering and
+        kernel fast path counters ({STEER_...: n, FAST_...: n}; with flowOffload an established flow's
+        packets count as FAST_FLOW, not in the pipeline), from a stats.json written after `newer_than`
+        (time.time(); the agent rewrites it every second). Raises if the agent has exited."""
         self.check_running(bench)
         deadline = time.monotonic() + timeout
         while newer_than is not None and time.monotonic() < deadline:
@@ -452,6 +453,7 @@ class XskproxyAgent(_AfxdpWorker):
         for queue in stats.get("queues", {}).values():
             for name, value in queue.get("pipeline", {}).items():
                 total[name] = total.get(name, 0) + value
+        total.update(stats.get("steering", {}))
         return total
 
     def teardown(self, bench):

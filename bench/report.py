@@ -211,9 +211,11 @@ def request_response_lines(results):
     return lines
 
 
-# pipeline counters shown per cell (the rest of them are in latest.json); every XSKP_DROP_* is shown
+# pipeline and fast path counters shown per cell (the rest of them are in latest.json); every drop is shown
 SHOWN_COUNTERS = ("XSKP_CNT_TX_GATEWAY", "XSKP_CNT_TX_TRANSPORT", "XSKP_CNT_CT_HIT", "XSKP_CNT_CT_CREATED",
-                  "XSKP_CNT_DNAT", "XSKP_CNT_CSUM_COMPLETED", "XSKP_CNT_CT_EVICTED")
+                  "XSKP_CNT_DNAT", "XSKP_CNT_CSUM_COMPLETED", "XSKP_CNT_CT_EVICTED", "FAST_FLOW", "FAST_BYPASS",
+                  "STEER_REDIRECT_FAILED", "STEER_PASS_TOO_BIG")
+SHOWN_COUNTER_PREFIXES = ("XSKP_DROP_", "STEER_DROP_", "FAST_DROP_")
 
 
 def path_counter_lines(results):
@@ -224,7 +226,7 @@ def path_counter_lines(results):
     if not rows:
         return []
     import statistics
-    lines = ["", "Path counters: the agent's pipeline counters that moved during each measurement (stats.json "
+    lines = ["", "Path counters: the agent's pipeline and kernel fast path (FAST_*) counters that moved during each measurement (stats.json "
              "deltas, medians over runs; `forwarded` = packets at the sink, bytes received for iperf3, or round "
              "trips / requests / connections completed for the request/response workloads):", "",
              "| path | workload | forwarded | counters |", "|---|---|---|---|"]
@@ -235,9 +237,9 @@ def path_counter_lines(results):
             if not samples:
                 continue
             names = sorted({n for s in samples for n in s["path_counters"]
-                            if n in SHOWN_COUNTERS or n.startswith("XSKP_DROP_")})
-            text = " ".join(f"{n[len('XSKP_'):]}={_count(statistics.median(s['path_counters'].get(n, 0) for s in samples))}"
-                            for n in names)
+                            if n in SHOWN_COUNTERS or n.startswith(SHOWN_COUNTER_PREFIXES)})
+            text = " ".join(f"{n.removeprefix('XSKP_')}="
+                            f"{_count(statistics.median(s['path_counters'].get(n, 0) for s in samples))}" for n in names)
             forwarded = statistics.median(s["forwarded"] for s in samples)
             lines.append(f"| {row['label']} | {w['key']} | {_count(forwarded)} | {text or '-'} |")
     return lines
