@@ -167,12 +167,36 @@ class TableSizes:
                                   _int_between(1024, 1 << 28))
     affinity_entries: int = _key("affinityEntries", 1 << 18, _int_between(1024, 1 << 28))
     max_services: int = _key("maxServices", 16384, _int_between(1, 1 << 22),
-                             "frontends (address, port, protocol) across all Services")
+                             "frontends (address, port, protocol) across all Services: each "
+                             "ClusterIP, externalIP and LoadBalancer IP of each Service port, a "
+                             "NodePort once; a cluster state with more is not published")
     max_backends: int = _key("maxBackends", 1 << 19, _int_between(1, 1 << 24),
-                             "backends across all Services")
+                             "backends across all Services: each IPv4 endpoint of each port of "
+                             "each EndpointSlice; a cluster state with more is not published")
     flow_entries: int = _key("flowEntries", FLOW_ENTRIES_DEFAULT, _int_between(1024, 1 << 26),
                              "the kernel fast path's flow table (one entry per direction of an "
                              "offloaded flow), rounded up to a power of two")
+
+    def refuse_excess(self, cluster):
+        """Raise ConfigError naming maxServices or maxBackends when the ClusterState `cluster`
+        needs more than they allow. Counted on the state, before translation (a refused state
+        leaves the translator and the published tables as they were), as upper bounds of what
+        translate makes: skipped Services count, an endpoint of two Services counts twice.
+        O(Services + EndpointSlices)."""
+        frontends = 0
+        for service in cluster.services.values():
+            addresses = len(service.cluster_ips) + len(service.external_ips) + len(service.load_balancer_ips)
+            frontends += sum(addresses + (1 if port.node_port else 0) for port in service.ports)
+        if frontends > self.max_services:
+            raise ConfigError("tables.maxServices", f"the cluster state has {frontends} frontends "
+                              f"(each ClusterIP, externalIP and LoadBalancer IP of each Service "
+                              f"port, a NodePort once), more than {self.max_services}: not published")
+        backends = sum(len(s.endpoints) * max(1, len(s.ports)) for s in cluster.endpoint_slices.values()
+                       if s.address_type == "IPv4")
+        if backends > self.max_backends:
+            raise ConfigError("tables.maxBackends", f"the cluster state has {backends} backends "
+                              f"(each endpoint of each port of each IPv4 EndpointSlice), more than "
+                              f"{self.max_backends}: not published")
 
 
 @dataclass(frozen=True)
