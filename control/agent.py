@@ -13,6 +13,7 @@ flows; TCP retransmits them to the next agent), then falls back to the kernel. E
 per-flow files stay for the next start.
 """
 import collections
+import fcntl
 import json
 import logging
 import os
@@ -97,7 +98,7 @@ class Agent:
         self.started_at = time.time()
         for ifname in (cfg.transport_interface, cfg.gateway_interface):
             xsk.ifindex_of(ifname)                 # one clear OSError when an interface is missing
-        os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
+        store.make_state_dir(cfg.state_dir)        # one OSError naming stateDir and the path
 
         # per-flow state first: a restarted agent adopts its predecessor's flows
         adopted_ids, fib_base = {}, 0
@@ -181,6 +182,7 @@ class Agent:
         handover=True (and handoverSeconds > 0) hold instead and leave the program attached, and
         the managed neighbour entries in place, for the next agent."""
         handover = handover and self.config.handover_seconds > 0 and self.steering_ready
+        lock_files = [lock.path for lock in self.steering._locks.values()] if self.steering else []
         self._stop.set()
         for part in (self.sync, self.network, self.source):
             if part is not None:
@@ -206,6 +208,9 @@ class Agent:
             worker.close()
         if self.steering is not None:
             self.steering.release() if handover else self.steering.close()
+        if not handover:
+            for path in lock_files:
+                _remove_lock_file(path)
         for tables in self.flow_tables:
             store.flush_flow_tables(tables)
         log.info("event=stopped node=%s handover_seconds=%s", self.config.node_name,
@@ -218,6 +223,7 @@ class Agent:
         that know them; removals once no worker uses tables that need them)."""
         with self._publish_lock:
             started = time.perf_counter()
+            self.config.tables.refuse_excess(snapshot.cluster)   # before translate: refused, nothing changes
             translation = self.translator.translate(snapshot.cluster, snapshot.network,
                                                     self.store.oldest_in_use())
             if self.steering_ready:
@@ -376,6 +382,22 @@ def _write_json(path, data):
     os.replace(tmp, path)
 
 
+def _remove_lock_file(path):
+    """Remove an interface's lock file after a clean stop, unless another agent holds it now."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino == os.stat(path).st_ino:
+            os.unlink(path)
+    except OSError:
+        pass                          # held by the next agent, or already replaced: leave it
+    finally:
+        os.close(fd)
+
+
 # -- conntrack dump (xskproxy conntrack) ------------------------------------------------------
 def _ip(value):
     value = int(value)
@@ -471,9 +493,9 @@ def start_metrics_server(agent):
             yield worker
             yield flows
 
-    REGISTRY.register(AgentCollector())
     host, _, port = agent.config.metrics_address.rpartition(":")
     start_http_server(int(port), addr=host.strip("[]"))
+    REGISTRY.register(AgentCollector())
 
 
 # -- xskproxy run -----------------------------------------------------------------------------
@@ -492,10 +514,15 @@ def run(config):
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     agent = Agent(config)
+    if config.metrics_address:
+        try:
+            start_metrics_server(agent)    # before anything is attached: a busy port changes nothing
+        except OSError as exc:
+            print(f"xskproxy: error: metricsAddress {config.metrics_address}: cannot listen: "
+                  f"{exc.strerror or exc}", file=sys.stderr, flush=True)
+            return 1
     try:
         agent.start()
-        if config.metrics_address:
-            start_metrics_server(agent)
     except (OSError, ValueError, TimeoutError, RuntimeError) as exc:
         message = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         print(f"xskproxy: error: {message}", file=sys.stderr, flush=True)
