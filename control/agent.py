@@ -11,6 +11,13 @@ otherwise is a handover, as a DaemonSet upgrade needs it: the program stays atta
 handoverSeconds drops the translated traffic it has no socket for (the kernel would break those
 flows; TCP retransmits them to the next agent), then falls back to the kernel. Either way the
 per-flow files stay for the next start.
+
+Two tiers (flowOffload, the default): the steering program's object also holds the tc fast
+path; the workers' flow tables share its flow table (mmapped), a heartbeat thread keeps it live,
+and it is attached at tc ingress of both interfaces right before the XDP program. A handover
+leaves it attached and executing offloaded flows through the hold; the next agent adopts the
+flow table of the program it replaces, so those flows never stop. SIGINT removes the filter
+(and the clsact qdisc if an xskproxy agent created it).
 """
 import collections
 import fcntl
@@ -29,7 +36,7 @@ from control.sync import SyncLoop, collector
 from control.translate import (ProxyOptions, Translator, apply_backend_steering, apply_steering_changes,
                                describe_tables)
 from dataplane import abi, store
-from dataplane.tables import counters_by_name
+from dataplane.tables import counters_by_name, next_pow2, with_fast_path
 
 log = logging.getLogger("xskproxy.agent")
 
@@ -38,6 +45,7 @@ MISS_POLL_INTERVAL = 0.1      # seconds between looks at the workers' neighbour-
 FIRST_SYNC_TIMEOUT = 60.0     # how long start() waits for the source's first complete state
 PICKUP_TIMEOUT = 0.05         # how long a publish waits for every worker to pick it up
 SERVICE_IDS = "service-ids"   # state-dir file keeping service ids stable across restarts
+FAST_PATH_QDISCS = "fast-path-qdiscs.json"  # state-dir file: interfaces whose clsact we created
 MAX_MISSED_HOPS = 1024        # next hops learned from the pipeline's misses, oldest forgotten first
 
 
@@ -90,6 +98,7 @@ class Agent:
         self._stop = threading.Event()
         self._publish_lock = threading.Lock()
         self.steering_ready = False
+        self.translator_resets = 0                      # Translators replaced after a failed publish
 
     # -- lifetime ----------------------------------------------------------------------------
     def start(self):
@@ -124,10 +133,13 @@ class Agent:
         self._first_sync()
 
         forwarder, store_worker = _worker_class()
-        self.steering = xsk.SteeringProgram()
+        self.steering = xsk.SteeringProgram(
+            flow_entries=next_pow2(cfg.tables.flow_entries),
+            adopt_from=cfg.transport_interface if cfg.flow_offload else None)
         served = ((cfg.transport_interface, "transport"), (cfg.gateway_interface, "gateway"))
         for ifname, role in served:
             self.steering.prepare(ifname, role)       # the interface's lock: one agent at a time
+        self._set_up_fast_path()
         self.neighbours.adopt(xsk.ifindex_of(ifname) for ifname, _ in served)
         for queue in range(cfg.queues):
             worker = store_worker(self.store.reader(f"queue-{queue}"), self.flow_tables[queue],
@@ -143,11 +155,14 @@ class Agent:
         with self._publish_lock:
             self._apply_full_steering(self.translator.steering_contents())
             self.steering_ready = True
-        modes = {ifname: self.steering.attach(ifname) for ifname, _ in served}
-        log.info("event=started node=%s xdp=%s sockets=%s queues=%d generation=%d", cfg.node_name,
-                 ",".join(f"{k}:{v}" for k, v in modes.items()),
+        if cfg.flow_offload:
+            self._attach_fast_path([ifname for ifname, _ in served])
+        modes = {ifname: self.steering.attach(ifname, mode=self._xdp_mode(ifname))
+                 for ifname, _ in served}
+        log.info("event=started node=%s xdp=%s sockets=%s queues=%d generation=%d flow_offload=%s",
+                 cfg.node_name, ",".join(f"{k}:{v}" for k, v in modes.items()),
                  ",".join(s.mode_name for w in self.workers for s in w.sockets if s is not None),
-                 cfg.queues, self.store.current.number)
+                 cfg.queues, self.store.current.number, cfg.flow_offload)
         # changes between the last read and the watcher's start gave no notification: re-read
         self.network.start(self.sync.notify)
         self.network.mark_dirty()
@@ -156,6 +171,53 @@ class Agent:
         self._stats_thread = threading.Thread(target=self._stats_loop, name="stats", daemon=True)
         self._stats_thread.start()
         self.write_stats()
+
+    def _set_up_fast_path(self):
+        """Share the fast path's flow table with every worker's flow tables (flowOffload), or
+        forget offloads a predecessor's table held (its table is gone, or offload is off)."""
+        from dataplane import xsk
+        cfg = self.config
+        adopted = cfg.flow_offload and self.steering.adopted_flows
+        if not adopted:
+            for tables in self.flow_tables:
+                tables.ct["flags"] &= np.uint8(0xff ^ abi.lib.XSKP_CT_OFFLOADED)
+        if not cfg.flow_offload:
+            return
+        flows, fast_config = self.steering.fast_tables()
+        fast_config[0]["bypass"] = 1
+        ifindex = (xsk.ifindex_of(cfg.transport_interface), xsk.ifindex_of(cfg.gateway_interface))
+        self.flow_tables = [with_fast_path(tables, flows, fast_config, ifindex, owner=queue)
+                            for queue, tables in enumerate(self.flow_tables)]
+        self.fast_config = fast_config
+        self.steering.start_heartbeat(fast_config)
+        log.info("event=fast_path flow_entries=%d adopted=%s offloaded=%d", flows.shape[0],
+                 adopted, int(np.count_nonzero(flows["flags"] & abi.lib.XSKP_FLOW_IN_USE)))
+
+    def _attach_fast_path(self, ifnames):
+        created = set(_read_json(os.path.join(self.config.state_dir, FAST_PATH_QDISCS), []))
+        for ifname in ifnames:
+            if self.steering.attach_fast_path(ifname):
+                created.add(ifname)
+        self._fast_path_qdiscs = created
+        _write_json(os.path.join(self.config.state_dir, FAST_PATH_QDISCS), sorted(created))
+
+    def _detach_fast_path(self):
+        created = getattr(self, "_fast_path_qdiscs", set())
+        for ifname in list(self.steering.tc_ifaces):
+            try:
+                self.steering.detach_fast_path(ifname, destroy_qdisc=ifname in created)
+                created.discard(ifname)
+            except OSError as e:
+                log.error("event=detach_failed iface=%s hook=tc error=%r", ifname, str(e))
+        _write_json(os.path.join(self.config.state_dir, FAST_PATH_QDISCS), sorted(created))
+
+    def _xdp_mode(self, ifname):
+        """xdpMode, with auto meaning skb on a veth when the fast path carries bulk traffic (a
+        native program on a veth turns its peer's TSO off: every Pod's bulk TCP pays ~4x)."""
+        mode = self.config.xdp_mode
+        if mode == "auto" and self.config.flow_offload and _link_kind(ifname) == "veth":
+            return "skb"
+        return mode
 
     def _make_source(self):
         cfg = self.config
@@ -197,6 +259,7 @@ class Agent:
                 log.error("event=hold_failed error=%r fallback=detach", str(e))
                 handover = False
         if self.steering is not None and not handover:
+            self._detach_fast_path()
             for ifname in list(self.steering.ifaces):
                 try:
                     self.steering.detach(ifname)
@@ -224,18 +287,26 @@ class Agent:
         with self._publish_lock:
             started = time.perf_counter()
             self.config.tables.refuse_excess(snapshot.cluster)   # before translate: refused, nothing changes
-            translation = self.translator.translate(snapshot.cluster, snapshot.network,
-                                                    self.store.oldest_in_use())
-            if self.steering_ready:
-                apply_backend_steering(self.steering, translation.steering)
-            generation = self.store.publish(translation.tables, translation.generation,
-                                            {"stats": translation.stats})
-            self._to_describe = (generation.number, translation.tables, translation.service_names)
-            self.last_translation_stats = dict(translation.stats,
-                                               seconds=round(time.perf_counter() - started, 6))
-            if self.steering_ready:
-                self._wait_for_pickup(generation.number)
-                apply_steering_changes(self.steering, translation.steering)
+            translation = None
+            try:
+                translation = self.translator.translate(snapshot.cluster, snapshot.network,
+                                                        self.store.oldest_in_use())
+                if self.steering_ready:
+                    apply_backend_steering(self.steering, translation.steering)
+                generation = self.store.publish(translation.tables, translation.generation,
+                                                {"stats": translation.stats})
+                self._to_describe = (generation.number, translation.tables, translation.service_names)
+                self.last_translation_stats = dict(translation.stats,
+                                                   seconds=round(time.perf_counter() - started, 6))
+                if self.steering_ready:
+                    self._wait_for_pickup(generation.number)
+                    apply_steering_changes(self.steering, translation.steering)
+            except Exception:
+                # The sync loop retries after its back-off, with a Translator that translates
+                # everything anew: nothing this attempt left half done can make that one fail.
+                self.translator = self.translator.successor(translation.steering if translation else None)
+                self.translator_resets += 1
+                raise
             ids = self.translator.service_id_map()
             if ids != self._saved_service_ids:           # ids rarely change: no rewrite per publish
                 store.save_id_map(self.config.state_dir, SERVICE_IDS, ids)
@@ -327,9 +398,10 @@ class Agent:
             "uptime_seconds": round(time.time() - self.started_at, 3) if self.started_at else 0,
             "source": {"kind": self.config.source, "staleness_seconds": staleness,
                        "error": getattr(self.source, "error", None)},
-            "sync": dict(self.sync.counters) if self.sync else {},
+            "sync": dict(self.sync.status(), translator_resets=self.translator_resets) if self.sync else {},
             "translate": self.last_translation_stats,
             "steering": self.steering.counters() if self.steering else {},
+            "fast_path": self._fast_path_snapshot(),
             "queues": {},
         }
         for worker, tables in zip(self.workers, self.flow_tables):
@@ -341,6 +413,17 @@ class Agent:
                 "error": repr(worker.error) if worker.error else None,
             }
         return out
+
+    def _fast_path_snapshot(self):
+        """Whether the kernel fast path is on, how many flow directions it holds, and whether its
+        heartbeat is fresh (the BPF programs execute nothing without it)."""
+        if not self.config.flow_offload or not self.flow_tables or self.flow_tables[0].flows.shape[0] == 0:
+            return {"enabled": False}
+        flows = self.flow_tables[0].flows
+        alive_until = int(self.fast_config[0]["alive_until_ns"])
+        return {"enabled": True, "capacity": int(flows.shape[0]),
+                "entries": int(np.count_nonzero(flows["flags"] & abi.lib.XSKP_FLOW_IN_USE)),
+                "live": alive_until > time.monotonic_ns()}
 
     def write_stats(self):
         _write_json(os.path.join(self.config.state_dir, "stats.json"), self.snapshot())
@@ -373,6 +456,25 @@ class Agent:
 
     def worker_errors(self):
         return [w.error for w in self.workers if w.error is not None]
+
+
+def _read_json(path, default):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return default
+
+
+def _link_kind(ifname):
+    """The rtnetlink kind of an interface ("veth", "bridge", ...; None for a physical one)."""
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        indexes = ipr.link_lookup(ifname=ifname)
+        if not indexes:
+            return None
+        info = ipr.get_links(indexes[0])[0].get_attr("IFLA_LINKINFO")
+        return info.get_attr("IFLA_INFO_KIND") if info is not None else None
 
 
 def _write_json(path, data):
@@ -439,6 +541,7 @@ def read_conntrack(state_dir, service=None, address=None, now_ns=None):
                     "service": names.get(int(e["service_id"]), int(e["service_id"])),
                     "snat": bool(e["flags"] & abi.lib.XSKP_CT_SNAT),
                     "dsr": bool(e["flags"] & abi.lib.XSKP_CT_DSR_ENCAP),
+                    "tier": "kernel" if e["flags"] & abi.lib.XSKP_CT_OFFLOADED else "userspace",
                     "idle_seconds": round(max(0, now_ns - int(e["last_seen_ns"])) / 1e9, 1)}
             if service and not str(flow["service"]).startswith(service):
                 continue
@@ -492,10 +595,31 @@ def start_metrics_server(agent):
             yield pipeline
             yield worker
             yield flows
+            yield from publish_metrics(snap)
 
     host, _, port = agent.config.metrics_address.rpartition(":")
     start_http_server(int(port), addr=host.strip("[]"))
     REGISTRY.register(AgentCollector())
+
+
+def publish_metrics(snap):
+    """The publishing metrics of an agent.snapshot(): failed attempts, whether the last one
+    failed (labelled with the error's type), Translator resets, the last publish's time."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    sync = snap["sync"]
+    yield CounterMetricFamily("xskproxy_publish_failures", "Publish attempts that failed (each retried "
+                              "with back-off)", value=sync.get("failures", 0))
+    failing = GaugeMetricFamily("xskproxy_publish_failing", "1 while the last publish attempt failed "
+                                "(the tables in use are older than the cluster state)", labels=["error"])
+    consecutive = sync.get("consecutive_failures", 0)
+    failing.add_metric([(sync.get("last_error_type") or "") if consecutive else ""], 1 if consecutive else 0)
+    yield failing
+    yield GaugeMetricFamily("xskproxy_publish_consecutive_failures", "Publish attempts failed since the "
+                            "last success", value=consecutive)
+    yield CounterMetricFamily("xskproxy_translator_resets", "Translators replaced by a fresh one after "
+                              "a failed publish", value=sync.get("translator_resets", 0))
+    yield GaugeMetricFamily("xskproxy_last_publish_timestamp_seconds", "When the last generation was "
+                            "published (Unix time; 0: never)", value=sync.get("last_publish_time") or 0)
 
 
 # -- xskproxy run -----------------------------------------------------------------------------

@@ -12,19 +12,23 @@ fast_path_step, called by the worker loop on every pass, sweeps the flow table, 
     segments, TIME_WAIT reuse and close timeouts are userspace's as before, or when the FIB
     generation changed (its next frame in userspace re-resolves the MACs and offloads again);
   - drops an entry whose conntrack entry no longer matches (removed meanwhile).
-So a fast-path entry never outlives its flow by more than one sweep period.
+So a fast-path entry never outlives its flow by more than one sweep period. Cached routing
+decisions (XSKP_FLOW_ROUTE, untracked bypass flows) go when idle for ROUTE_IDLE_NS, at a FIN or
+RST, or when the FIB generation changes: userspace routes the next frame and caches it again.
 """
 import numpy as np
 from dataplane._jit import packet_njit
 
 from dataplane import abi
-from dataplane._conntrack import ct_delete_flow, ct_flow_expired, ct_set_state, CT_IN_USE, NO_PEER
-from dataplane._flowtable import flow_clear_slot, flow_remove, FLOW_IN_USE
+from dataplane._conntrack import (ct_delete_flow, ct_flow_expired, ct_set_state, idle_ns, CT_IN_USE,
+                                  NO_PEER)
+from dataplane._flowtable import flow_clear_slot, flow_remove, FLOW_IN_USE, FLOW_ROUTE
 from dataplane.pipeline import entry_backend_valid
 
 L = abi.lib
 SWEEP_PERIOD_NS = 250_000_000          # a whole pass over the flow table this often
 SWEEP_MIN_SLOTS = 256                  # never bother with fewer slots at a time
+ROUTE_IDLE_NS = L.XSKP_CT_TIMEOUT_UDP_S * 1_000_000_000   # a cached route unused this long goes
 CT_REPLY = L.XSKP_CT_REPLY
 CT_FIN_SEEN = L.XSKP_CT_FIN_SEEN
 CT_OFFLOADED = L.XSKP_CT_OFFLOADED
@@ -85,6 +89,13 @@ def sweep_flow(st, ft, slot, now_ns, counters):
     """Bring one owned flow-table entry's observations into conntrack and decide its fate."""
     flows, ct = ft.flows, ft.ct
     f = flows[slot]
+    node = st.node[0]
+    if (f.flags & FLOW_ROUTE) != 0:
+        if (idle_ns(now_ns, f.last_seen_ns) > np.uint64(ROUTE_IDLE_NS)
+                or (f.tcp_flags_seen & (TCP_FIN | TCP_RST)) != 0
+                or f.fib_generation != node.fib_generation):
+            flow_clear_slot(flows, slot)
+        return
     ci = np.int64(f.ct_index)
     if ci >= ct.shape[0]:
         flow_clear_slot(flows, slot)
@@ -110,7 +121,6 @@ def sweep_flow(st, ft, slot, now_ns, counters):
         ct_delete_flow(ct, flows, ci)
         counters[CNT_CT_EXPIRED] += 1
         return
-    node = st.node[0]
     if ((e.proto == IPPROTO_TCP and e.state == ST_CLOSING)
             or f.fib_generation != node.fib_generation):
         recall_flow(ct, flows, ci)

@@ -16,6 +16,7 @@ from dataplane.tables import hash_flow
 
 FLOW_IN_USE = abi.lib.XSKP_FLOW_IN_USE
 FLOW_TOMBSTONE = abi.lib.XSKP_FLOW_TOMBSTONE
+FLOW_ROUTE = abi.lib.XSKP_FLOW_ROUTE
 FLOW_MAX_PROBE = abi.lib.XSKP_FLOW_MAX_PROBE
 
 
@@ -62,6 +63,61 @@ def flow_remove(flows, src_addr, dst_addr, src_port, dst_port, proto):
     return True
 
 
+@packet_njit(inline="always")
+def _flow_claim_slot(flows, src_addr, dst_addr, src_port, dst_port, proto):
+    """The slot for this key: its own (flagged TOMBSTONE while rewritten), else the first free
+    one of the window; -1 when the window is full."""
+    mask = np.uint64(flows.shape[0] - 1)
+    slot = hash_flow(src_addr, dst_addr, src_port, dst_port, proto) & mask
+    target = np.int64(-1)
+    for _ in range(FLOW_MAX_PROBE):
+        f = flows[slot]
+        if _flow_key_is(f, src_addr, dst_addr, src_port, dst_port, proto):
+            f.flags = FLOW_TOMBSTONE        # readers skip it while it is rewritten
+            return np.int64(slot)
+        if (f.flags & FLOW_IN_USE) == 0 and target < 0:
+            target = np.int64(slot)
+        if f.flags == 0:
+            break
+        slot = (slot + np.uint64(1)) & mask
+    return target
+
+
+@packet_njit
+def flow_insert_route(flows, src_addr, dst_addr, src_port, dst_port, proto, out_ifindex, dst_mac,
+                      src_mac, fib_generation, now_ns, owner):
+    """Cache a routing decision (XSKP_FLOW_ROUTE: no NAT, TTL - 1, these MACs, out_ifindex) for
+    a 5-tuple. Returns the slot, or -1 when the probe window is full."""
+    if flows.shape[0] == 0:
+        return np.int64(-1)
+    target = _flow_claim_slot(flows, src_addr, dst_addr, src_port, dst_port, proto)
+    if target < 0:
+        return np.int64(-1)
+    f = flows[target]
+    f.src_addr = src_addr
+    f.dst_addr = dst_addr
+    f.src_port = src_port
+    f.dst_port = dst_port
+    f.proto = proto
+    f.tcp_flags_seen = 0
+    f.owner = owner
+    f.new_src_addr = src_addr
+    f.new_dst_addr = dst_addr
+    f.new_src_port = src_port
+    f.new_dst_port = dst_port
+    f.out_ifindex = out_ifindex
+    for k in range(6):
+        f.dst_mac[k] = dst_mac[k]
+        f.src_mac[k] = src_mac[k]
+    f.ct_index = 0
+    f.fib_generation = fib_generation
+    f.last_seen_ns = now_ns
+    f.packets = 0
+    f.bytes = 0
+    f.flags = FLOW_IN_USE | FLOW_ROUTE
+    return target
+
+
 @packet_njit
 def flow_insert_from_ct(flows, e, ct_index, out_ifindex, owner):
     """Write conntrack entry e (key, rewrite, cached MACs) into the flow table as an entry the
@@ -69,20 +125,7 @@ def flow_insert_from_ct(flows, e, ct_index, out_ifindex, owner):
     window holds no free slot (the flow then stays with userspace)."""
     if flows.shape[0] == 0:
         return np.int64(-1)
-    mask = np.uint64(flows.shape[0] - 1)
-    slot = hash_flow(e.src_addr, e.dst_addr, e.src_port, e.dst_port, e.proto) & mask
-    target = np.int64(-1)
-    for _ in range(FLOW_MAX_PROBE):
-        f = flows[slot]
-        if _flow_key_is(f, e.src_addr, e.dst_addr, e.src_port, e.dst_port, e.proto):
-            target = np.int64(slot)
-            f.flags = FLOW_TOMBSTONE        # readers skip it while it is rewritten
-            break
-        if (f.flags & FLOW_IN_USE) == 0 and target < 0:
-            target = np.int64(slot)
-        if f.flags == 0:
-            break
-        slot = (slot + np.uint64(1)) & mask
+    target = _flow_claim_slot(flows, e.src_addr, e.dst_addr, e.src_port, e.dst_port, e.proto)
     if target < 0:
         return np.int64(-1)
     f = flows[target]

@@ -74,9 +74,8 @@ Decisions:
   restored to what its sender saw (addresses, ports, its IPv4 checksum, its L4 checksum when
   quoted), the outer destination (and the outer source when the error comes from the peer
   itself) is translated like a frame of the entry's direction, the ICMP checksum recomputed.
-- Numba caches compiled code keyed on this package's source files: the header's constants are
-  compiled in, so after changing native/xskproxy_abi.h touch dataplane/*.py or clear
-  __pycache__ (tests/unit/test_pipeline.py runs from a fresh cache in CI).
+- Numba's cache is keyed on a digest of this package and the header (dataplane/_jit.py): an
+  edit anywhere recompiles every cached kernel once.
 - Two tiers (FlowTables.flows not empty): a conntrack hit that leaves a TCP flow in SYN_RECV
   or ESTABLISHED, or any UDP flow's second frame, hands both directions to the kernel fast
   path (offload_flow: XSKP_CT_OFFLOADED, XSKP_CNT_FLOW_OFFLOADED) before the frame is sent, so
@@ -95,7 +94,7 @@ from dataplane._checksum import (load16, load32, store16, store32, csum_fold, cs
 from dataplane._conntrack import (ct_lookup, ct_delete_flow, ct_flow_expired, ct_find_free_slot,
                                   ct_write_entry, ct_set_state, affinity_lookup,
                                   affinity_remember, NO_PEER, NS_PER_S)
-from dataplane._flowtable import flow_insert_from_ct, flow_clear_slot
+from dataplane._flowtable import flow_insert_from_ct, flow_insert_route, flow_clear_slot, flow_remove
 from dataplane.tables import (lookup_frontend, lookup_neighbour, lookup_route, hash_flow,
                               svc_is_dsr, svc_has_affinity, svc_etp_local, svc_itp_local,
                               svc_has_source_ranges, fe_is_external, fe_allows_dsr, be_is_alive,
@@ -418,6 +417,13 @@ def track_tcp(ct, idx, tcp_flags):
         ct_set_state(ct, idx, new_state)
 
 
+@packet_njit(inline="always")
+def forget_cached_route(flows, src, dst, sport, dport, proto):
+    """A tracked flow now owns this key: a routing decision cached for it goes."""
+    if flows.shape[0] != 0:
+        flow_remove(flows, src, dst, sport, dport, proto)
+
+
 @packet_njit
 def offload_flow(st, ft, idx, counters):
     """Hand the flow of conntrack entry idx (both directions) to the kernel fast path, if it
@@ -623,6 +629,7 @@ def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, s
             return V_DROP, DROP_CT_FULL
         ct_write_entry(ct, o, CT_DSR_ENCAP, src, dst, sport, dport, proto, state,
                        src, dst, sport, dport, np.int64(be.node_addr), bid, sid, now_ns)
+        forget_cached_route(ft.flows, src, dst, sport, dport, proto)
         reason = ct_resolve(st, ct, o, counters)
         if reason != 0:
             ct_delete_flow(ct, ft.flows, o)
@@ -669,6 +676,8 @@ def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, s
                    state, dst, src, dport, sport, 0, bid, sid, now_ns)
     ct[o].peer = r
     ct[r].peer = o
+    forget_cached_route(ft.flows, src, dst, sport, dport, proto)
+    forget_cached_route(ft.flows, backend_addr, new_src, backend_port, new_sport, proto)
     reason = ct_resolve(st, ct, o, counters)
     if reason != 0:
         ct_delete_flow(ct, ft.flows, o)
@@ -686,9 +695,14 @@ def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, s
 
 
 @packet_njit(inline="always")
-def bypass_stage(umem, base, l3, dst, st, counters):
+def bypass_stage(umem, base, l3, src, dst, proto, sport, dport, cacheable, st, ft, counters,
+                 now_ns):
     """Netfilter bypass: a frame to a XSKP_ROUTE_BYPASS prefix is routed (next hop MAC, own
-    MAC, TTL - 1) without conntrack. CONTINUE when no bypass route covers dst."""
+    MAC, TTL - 1) without conntrack. CONTINUE when no bypass route covers dst. With the fast
+    path, a cacheable (TCP/UDP, not a fragment) frame's routing is cached in the flow table
+    (XSKP_FLOW_ROUTE) so that the rest of its flow stays in the kernel: the frames the steering
+    program sends here although it routes Pod-CIDR traffic itself (a Service backend's replies
+    to a remote Pod, which the client's node translates)."""
     node = st.node[0]
     r = lookup_route(st.routes, np.int64(node.route_count), dst)
     if r < 0 or not route_allows_bypass(st.routes[r]):
@@ -705,6 +719,14 @@ def bypass_stage(umem, base, l3, dst, st, counters):
         umem[base + k] = neighbour.mac[k]
         umem[base + 6 + k] = node.iface_mac[iface, k]
     counters[CNT_BYPASS] += 1
+    if cacheable and ft.flows.shape[0] != 0:
+        fast = ft.fast_state[0]
+        out_ifindex = fast.ifindex[iface]
+        if out_ifindex != 0:
+            if flow_insert_route(ft.flows, src, dst, sport, dport, proto, out_ifindex,
+                                 neighbour.mac, node.iface_mac[iface], node.fib_generation,
+                                 now_ns, fast.owner) < 0:
+                counters[CNT_FLOW_OFFLOAD_FULL] += 1
     return verdict_of_iface(iface), 0
 
 
@@ -836,11 +858,13 @@ def process_frame(umem, addrs, lens, i, ingress_iface, st, ft, counters, now_ns)
     if is_fragment:
         if decapsulated:
             return V_DROP, DROP_FRAGMENT
-        verdict, reason = bypass_stage(umem, base, l3, dst, st, counters)
+        verdict, reason = bypass_stage(umem, base, l3, src, dst, proto, 0, 0, False, st, ft,
+                                       counters, now_ns)
         if verdict != CONTINUE:
             return verdict, reason
         return V_DROP, DROP_FRAGMENT
-    ft_ct = ft.ct
+    sport = np.int64(0)
+    dport = np.int64(0)
     if proto == IPPROTO_TCP or proto == IPPROTO_UDP:
         if proto == IPPROTO_TCP:
             if l4 + 20 > ip_end:
@@ -880,7 +904,9 @@ def process_frame(umem, addrs, lens, i, ingress_iface, st, ft, counters, now_ns)
                 return verdict, reason
     if decapsulated:
         return V_DROP, DROP_NOT_OURS
-    verdict, reason = bypass_stage(umem, base, l3, dst, st, counters)
+    verdict, reason = bypass_stage(umem, base, l3, src, dst, proto, sport, dport,
+                                   proto == IPPROTO_TCP or proto == IPPROTO_UDP, st, ft, counters,
+                                   now_ns)
     if verdict != CONTINUE:
         return verdict, reason
     return V_DROP, DROP_NOT_OURS

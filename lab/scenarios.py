@@ -387,12 +387,19 @@ def agent_stats_after(sl, node, moment, timeout=5.0):
 def carried_by_agent(sl, node, moment=None):
     """How many packets `node`'s agent forwarded on every path it owns, from its stats.json
     (with `moment`: as written after that time.time()). Today that is the AF_XDP pipeline's
-    frames transmitted on the transport and the gateway, summed over queues; a path the agent
-    adds (a kernel fast path's counters) belongs in this sum. A packet here may be a GSO
+    frames transmitted on the transport and the gateway, summed over queues, plus the packets
+    its kernel fast path rewrote or routed (FAST_FLOW, FAST_BYPASS). A packet here may be a GSO
     super-frame: count at most 64 KB of payload per packet when comparing with bytes moved."""
     stats = agent_stats_after(sl, node, moment) if moment is not None else sl.agent_stats(node)
-    return sum(queue["pipeline"].get(name, 0) for queue in stats["queues"].values()
-               for name in ("XSKP_CNT_TX_TRANSPORT", "XSKP_CNT_TX_GATEWAY"))
+    return carried_by_tier(stats)["userspace"] + carried_by_tier(stats)["kernel"]
+
+
+def carried_by_tier(stats):
+    """{"userspace": frames the AF_XDP pipeline transmitted, "kernel": packets the tc fast path
+    forwarded} from an agent's stats."""
+    return {"userspace": sum(queue["pipeline"].get(name, 0) for queue in stats["queues"].values()
+                             for name in ("XSKP_CNT_TX_TRANSPORT", "XSKP_CNT_TX_GATEWAY")),
+            "kernel": sum(stats.get("steering", {}).get(name, 0) for name in ("FAST_FLOW", "FAST_BYPASS"))}
 
 
 def socket_drops(sl, node, moment=None):

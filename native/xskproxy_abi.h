@@ -180,6 +180,10 @@ enum steer_counter {
 /* Flow entry flags. */
 #define XSKP_FLOW_IN_USE 1
 #define XSKP_FLOW_TOMBSTONE 2           /* deleted slot, keeps probe chains intact */
+#define XSKP_FLOW_ROUTE 4               /* routing only (the netfilter bypass of a frame the
+					 * steering program sent to userspace, e.g. a Service
+					 * backend's reply that another node translates): no
+					 * conntrack entry; the rewrite is the identity */
 
 /* One direction of an offloaded flow: key as the packet arrives, the rewrite, the egress.
  * Open addressing (linear probing within XSKP_FLOW_MAX_PROBE slots from hash_flow & mask).
@@ -202,7 +206,7 @@ struct xskp_flow_v4 {
 	__u32 out_ifindex;              /* redirect target (egress) */
 	__u8 dst_mac[6];
 	__u8 src_mac[6];
-	__u32 ct_index;                 /* the owner's conntrack entry this executes */
+	__u32 ct_index;                 /* the owner's conntrack entry this executes (not ROUTE) */
 	__u32 fib_generation;           /* MACs/out_ifindex resolved in this FIB generation */
 	__u32 pad;
 	__u64 last_seen_ns;             /* CLOCK_MONOTONIC of the last packet the fast path took */

@@ -241,3 +241,45 @@ def test_without_a_flow_table_nothing_is_offloaded():
     st, ft = fx.make_topology()
     handshake(st, ft)
     assert not ct_entry(ft, fx.POD_A2, VIP, 44000, 80)["flags"] & L.XSKP_CT_OFFLOADED
+
+
+def test_a_backend_reply_routed_for_another_nodes_flow_is_cached_as_a_route_and_aged():
+    """A frame the steering program sent here that only needs routing (a remote-node flow's
+    backend reply to a remote Pod) is bypassed and its routing cached (XSKP_FLOW_ROUTE: no
+    rewrite, the next hop's MAC, the transport); the sweep removes it once idle, or at FIN."""
+    st, ft = topology()
+    reply = fx.from_pod(fx.MAC_POD_A1) / fx.tcp(fx.POD_A1, "10.10.2.7", 8080, 41000, "A")
+    verdict, counters = send(st, ft, reply, fx.GATEWAY)
+    assert verdict == fx.TX_T and tables.counters_by_name(counters).get("XSKP_CNT_BYPASS") == 1
+    f = flow_entry(ft, fx.POD_A1, "10.10.2.7", 8080, 41000)
+    assert f is not None and f["flags"] & L.XSKP_FLOW_ROUTE
+    assert (f["new_src_addr"], f["new_dst_addr"], f["new_src_port"], f["new_dst_port"]) == (
+        f["src_addr"], f["dst_addr"], 8080, 41000)
+    assert f["out_ifindex"] == IFINDEX[fx.TRANSPORT]
+    assert list(f["dst_mac"]) == list(fx.mac_bytes(fx.MAC_NODE_B))
+    sweep_all(st, ft, T0 + 10 * S)
+    assert in_use_flows(ft) == 1, "still fresh"
+    f["tcp_flags_seen"] = 0x11
+    sweep_all(st, ft, T0 + 11 * S)
+    assert in_use_flows(ft) == 0
+    send(st, ft, reply, fx.GATEWAY, T0 + 12 * S)
+    assert in_use_flows(ft) == 1
+    sweep_all(st, ft, T0 + 60 * S)
+    assert in_use_flows(ft) == 0, "idle past its time"
+
+
+def test_a_tracked_flow_replaces_a_cached_route_with_the_same_key():
+    """A new conntrack flow whose reply key was cached as a route: the route goes, the flow's
+    own entries follow its rules."""
+    st, ft = topology()
+    send(st, ft, fx.from_pod(fx.MAC_POD_A2) / fx.tcp(fx.POD_A2, "10.10.2.7", 41000, 80, "A"), fx.GATEWAY)
+    assert flow_entry(ft, fx.POD_A2, "10.10.2.7", 41000, 80)["flags"] & L.XSKP_FLOW_ROUTE
+    syn = fx.from_pod(fx.MAC_POD_A2) / fx.tcp(fx.POD_A2, VIP, 41000, 80, "S")
+    send(st, ft, syn, fx.GATEWAY)
+    assert flow_entry(ft, fx.POD_A2, "10.10.2.7", 41000, 80) is not None  # another key: untouched
+    key = (fx.POD_A1, fx.NODE_A, 8080, snat_port(ft, 41000))
+    from dataplane._flowtable import flow_insert_route
+    flow_insert_route(ft.flows, *(fx.ip4(key[0]), fx.ip4(key[1]), key[2], key[3]), 6, 12,
+                      np.zeros(6, np.uint8), np.zeros(6, np.uint8), fx.FIB_GENERATION, T0, 0)
+    send(st, ft, syn, fx.GATEWAY, T0 + 31 * S)     # the SYN_SENT flow expired: a new one
+    assert flow_entry(ft, *key) is None or not flow_entry(ft, *key)["flags"] & L.XSKP_FLOW_ROUTE
