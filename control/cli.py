@@ -1,11 +1,14 @@
 """The `xskproxy` command: run the agent, the demo, and inspect a running agent's state.
 
 Inspection commands read what the agent publishes under its state directory (stats.json,
-services.json, the memory-mapped conntrack files); they never talk to the dataplane directly.
+services.json, the memory-mapped conntrack files); they never talk to the dataplane directly,
+and end as `cat` does when their reader goes away (`xskproxy services | head`: SIGPIPE, no
+traceback).
 """
 import argparse
 import json
 import os
+import signal
 import sys
 
 DEFAULT_STATE_DIR = "/run/xskproxy"
@@ -72,6 +75,10 @@ def cmd_stats(args):
     if args.json:
         print(json.dumps(snapshot, indent=2, sort_keys=True))
         return 0
+    sync = snapshot.get("sync") or {}
+    if sync.get("consecutive_failures"):
+        print(f"PUBLISH FAILING: {sync['consecutive_failures']} attempts in a row, the tables in use are "
+              f"stale; last error: {sync.get('last_error')}")
     for section, values in snapshot.items():
         if isinstance(values, dict):
             print(f"{section}:")
@@ -131,10 +138,13 @@ def cmd_demo(args):
 
 COMMANDS = {"run": cmd_run, "demo": cmd_demo, "stats": cmd_stats,
             "conntrack": cmd_conntrack, "services": cmd_services}
+INSPECTION_COMMANDS = ("stats", "conntrack", "services")   # nothing to clean up if killed
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.command in INSPECTION_COMMANDS:
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)      # Python ignores it: BrokenPipeError
     return COMMANDS[args.command](args) or 0
 
 
