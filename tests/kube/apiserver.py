@@ -5,14 +5,17 @@ objects (so tests can inject malformed ones) and has no auth. What it honours: o
 resourceVersion across all objects, list with metadata.resourceVersion, watch from a version
 (or with synthetic ADDED events when none is given), BOOKMARK events when allowWatchBookmarks,
 410 Gone for a compacted version either as an HTTP status or as an in-stream ERROR event,
-timeoutSeconds, dropped connections, restarts that lose the watch history. Objects put in from
-the kubernetes client's models are serialised with ApiClient().sanitize_for_serialization.
+timeoutSeconds, dropped connections, restarts that lose the watch history. It can also misbehave
+on purpose (misbehave(): 410 loops, empty bodies, endless lines, garbage, mid-stream closes,
+hangs) and counts the requests it gets (requests). Objects put in from the kubernetes client's
+models are serialised with ApiClient().sanitize_for_serialization.
 Run as a script (`python tests/kube/apiserver.py --services N --endpoints M`) for benchmarks.
 """
 import argparse
 import bisect
 import copy
 import json
+import select
 import socket
 import sys
 import threading
@@ -28,6 +31,20 @@ RESOURCES = {
     "namespaces": ("/api/v1", "v1", "Namespace", False),
 }
 KIND_TO_RESOURCE = {kind: res for res, (_, _, kind, _) in RESOURCES.items()}
+
+# What a misbehaving server does with a watch request (FakeApiServer.misbehave)
+HOSTILE_WATCHES = {
+    "gone_status": "every watch answered HTTP 410, even from the version a list just gave",
+    "gone_event": "every watch answered 200 and an in-stream ERROR 410, even from a fresh version",
+    "empty_body": "200 and an empty body at once (the chunked stream ends before any event)",
+    "endless_line": "200, then one line that never ends, as fast as the client reads (chunked)",
+    "endless_line_unchunked": "the same without chunking: a body delimited by the connection's close",
+    "garbage": "200, a line that is not JSON, then silence until the client leaves",
+    "close_mid_stream": "200, a BOOKMARK at the newest version, half an event, then a reset",
+    "hang": "200 and the headers, then nothing until the client leaves",
+}
+ENDLESS_LINE_LIMIT = 512 << 20     # an endless line stops here (then hangs): a client keeping all
+                                   # of it must not take the machine with it
 
 
 def _to_dict(obj):
@@ -117,6 +134,7 @@ class Store:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "xskproxy-test-apiserver/1"
+    disable_nagle_algorithm = True           # as Go's net/http: no 40 ms stall after a header write
 
     def log_message(self, fmt, *args):       # quiet: tests read state, not access logs
         pass
@@ -171,7 +189,12 @@ class _Handler(BaseHTTPRequestHandler):
             if obj is None:
                 return self._send_status(404, "NotFound", f'{resource} "{name}" not found')
             return self._send_json(200, obj)
-        if query.get("watch") in ("true", "1"):
+        watch = query.get("watch") in ("true", "1")
+        self.server.count_request(resource, "watch" if watch else "list")
+        if watch:
+            hostile = self.server.hostile.get(resource)
+            if hostile is not None:
+                return self._misbehave(hostile, resource)
             return self._watch(resource, namespace, query)
         rv, items = store.list_json(resource, namespace)
         _, api_version, kind, _ = RESOURCES[resource]
@@ -329,6 +352,75 @@ class _Handler(BaseHTTPRequestHandler):
                 server.watches.discard(conn)
 
 
+    # --- misbehaving watches (HOSTILE_WATCHES) ---
+    def _misbehave(self, mode, resource):
+        if mode == "gone_status":
+            return self._send_status(410, "Expired", "too old resource version: 1 (2)")
+        server, conn = self.server, self.connection
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if mode != "endless_line_unchunked":
+            self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        with server.watch_lock:
+            server.watches.add(conn)
+        try:
+            if mode == "gone_event":
+                self._event("ERROR", status_body(410, "Expired", "too old resource version: 1 (2)"))
+                self._chunk(b"")
+            elif mode == "empty_body":
+                self._chunk(b"")
+            elif mode in ("endless_line", "endless_line_unchunked"):
+                self._endless_line(chunked=mode == "endless_line")
+            elif mode == "garbage":
+                self._chunk(b"<html>this is not JSON</html>\n")
+                self._hold()
+            elif mode == "close_mid_stream":
+                _, api_version, kind, _ = RESOURCES[resource]
+                self._event("BOOKMARK", {"kind": kind, "apiVersion": api_version,
+                                         "metadata": {"resourceVersion": str(server.store.rv)}})
+                self._chunk(b'{"type":"ADDED","obj')
+                _abort(conn)
+            elif mode == "hang":
+                self._hold()
+            else:
+                raise ValueError(mode)
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            pass
+        finally:
+            with server.watch_lock:
+                server.watches.discard(conn)
+
+    def _endless_line(self, chunked):
+        """Write one line that never ends; record how much of it went out before the client left."""
+        piece = b"x" * (1 << 20)
+        sent = 0
+        try:
+            start = b'{"type":"ADDED","object":{"metadata":{"name":"'
+            self._chunk(start) if chunked else self.wfile.write(start)
+            while sent < ENDLESS_LINE_LIMIT and not self.server.stopping:
+                if chunked:
+                    self._chunk(piece)
+                else:
+                    self.wfile.write(piece)
+                sent += len(piece)
+        except OSError:
+            with self.server.watch_lock:
+                self.server.endless_line_dropped_at.append(sent)
+            return
+        self._hold()
+
+    def _hold(self):
+        """Send nothing until the client closes its end or the server stops."""
+        conn = self.connection
+        while not self.server.stopping:
+            readable, _, _ = select.select([conn], [], [], 0.05)
+            if readable and not conn.recv(65536):
+                return
+
+
 def _abort(conn):
     try:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
@@ -340,6 +432,10 @@ def _abort(conn):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def count_request(self, resource, verb):
+        with self.watch_lock:
+            self.requests.append((time.monotonic(), resource, verb))
 
 
 class FakeApiServer:
@@ -369,12 +465,36 @@ class FakeApiServer:
         httpd.stopping = False
         httpd.watches = set()
         httpd.watch_lock = threading.Lock()
+        httpd.hostile = {}                       # resource -> HOSTILE_WATCHES mode
+        httpd.requests = []                      # (monotonic time, resource, "list" | "watch")
+        httpd.endless_line_dropped_at = []
         self._httpd = httpd
         self.port = httpd.server_address[1]
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"fake-apiserver-{self.port}", daemon=True)
         self._thread.start()
         return self
+
+    def misbehave(self, mode, resource="services"):
+        """Answer every watch of `resource` the hostile way `mode` (one of HOSTILE_WATCHES), or
+        normally again with None. Lists are still answered normally."""
+        if mode is not None and mode not in HOSTILE_WATCHES:
+            raise ValueError(f"misbehave: {mode!r} is not one of {', '.join(HOSTILE_WATCHES)}")
+        if mode is None:
+            self._httpd.hostile.pop(resource, None)
+        else:
+            self._httpd.hostile[resource] = mode
+
+    def requests(self, resource=None, verb=None, since=0.0):
+        """Monotonic times of the list/watch requests received (of `resource`, `verb`), in order."""
+        with self._httpd.watch_lock:
+            return [t for t, r, v in self._httpd.requests
+                    if t >= since and resource in (None, r) and verb in (None, v)]
+
+    def endless_line_dropped_at(self):
+        """Bytes of the endless line each client had been sent when it closed the connection."""
+        with self._httpd.watch_lock:
+            return list(self._httpd.endless_line_dropped_at)
 
     def stop(self):
         """Stop serving and reset every open connection, as a killed apiserver would."""
@@ -403,26 +523,33 @@ class FakeApiServer:
     def expire_watches(self):
         """Send an in-stream ERROR 410 to every open watch and forget the history."""
         self._httpd.expire_in_stream = True
+        open_now = self._open_watches()
         with self.store.lock:
             self.store.generation += 1
             self.store.compact()
-        self._wait_watches_closed()
+        self._wait_closed(open_now)
         self._httpd.expire_in_stream = False
 
     def drop_watches(self):
         """Reset every open watch connection without a terminating chunk (history is kept)."""
+        open_now = self._open_watches()
         with self.store.lock:
             self.store.generation += 1
             self.store.lock.notify_all()
-        self._wait_watches_closed()
+        self._wait_closed(open_now)
 
     def watch_count(self):
         with self._httpd.watch_lock:
             return len(self._httpd.watches)
 
-    def _wait_watches_closed(self, timeout=5):
+    def _open_watches(self):
+        with self._httpd.watch_lock:
+            return set(self._httpd.watches)
+
+    def _wait_closed(self, watches, timeout=5):
+        """Wait until none of `watches` is open (the clients may have opened new ones meanwhile)."""
         deadline = time.monotonic() + timeout
-        while self.watch_count() and time.monotonic() < deadline:
+        while self._open_watches() & watches and time.monotonic() < deadline:
             time.sleep(0.01)
 
     # conveniences for tests
