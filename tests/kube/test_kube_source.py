@@ -156,7 +156,7 @@ def test_http_410_after_restart_same_port_relists(tmp_path):
         wait_for(lambda: set(source.snapshot().services) == {("default", "keep"), ("default", "new")},
                  what="state after restart")
         assert source.counters()["services"]["expired"] >= 1
-        wait_for(lambda: source.staleness() == 0.0, what="staleness back to 0")
+        wait_for(lambda: source.staleness() < 0.5, what="staleness back under the bookmark interval")
     finally:
         source.stop()
         server.stop()
@@ -255,7 +255,7 @@ class TestRealCluster:
         try:
             assert source.wait_synced(60)
             scenario_add_modify_delete(api, source, namespace, f"xc-node-{suffix}")
-            assert source.staleness() == 0.0
+            assert source.staleness() < 60                 # the events just seen, or a bookmark
         finally:
             source.stop()
             try:
