@@ -6,6 +6,7 @@ expand it past a node budget (a 1 KB "billion laughs" would otherwise cost gigab
 print), may not be recursive, and no mapping may repeat a key. Never builds an object of a
 document that fails those checks; never formats a value without a bound.
 """
+import itertools
 import reprlib
 
 import yaml
@@ -24,9 +25,33 @@ class YamlRefused(ValueError):
         super().__init__(f"line {line}: {problem}" if line else problem)
 
 
-_repr = reprlib.Repr()
-_repr.maxlevel, _repr.maxlist, _repr.maxtuple, _repr.maxdict = 2, 4, 4, 4
-_repr.maxstring, _repr.maxother, _repr.maxlong = 40, 40, 40
+class _ShortRepr(reprlib.Repr):
+    """reprlib's limits, without its sorting of every key of a dict or set (O(n log n))."""
+
+    def __init__(self):
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxtuple, self.maxdict, self.maxset = 2, 4, 4, 4, 4
+        self.maxstring, self.maxother, self.maxlong = 40, 40, 40
+
+    def repr_dict(self, x, level):
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        pieces = [f"{self.repr1(k, level - 1)}: {self.repr1(v, level - 1)}"
+                  for k, v in itertools.islice(x.items(), self.maxdict)]
+        return "{" + ", ".join(pieces) + (", ..." if len(x) > self.maxdict else "") + "}"
+
+    def repr_set(self, x, level):
+        if not x:
+            return "set()"
+        if level <= 0:
+            return "{...}"
+        pieces = [self.repr1(item, level - 1) for item in itertools.islice(x, self.maxset)]
+        return "{" + ", ".join(pieces) + (", ..." if len(x) > self.maxset else "") + "}"
+
+
+_repr = _ShortRepr()
 
 
 def short(value, limit=60):
