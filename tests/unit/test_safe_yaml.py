@@ -61,4 +61,4 @@ def test_short_of_a_huge_mapping_does_not_look_at_every_key():
     huge = {f"key-{i}": i for i in range(2_000_000)}
     started = time.perf_counter()
     assert short(huge).endswith("(dict of 2000000 entries)")
-    assert time.perf_counter() - started < 0.1
+    assert time.perf_counter() - started < 0.02      # reprlib: ~0.1 s
