@@ -137,6 +137,10 @@ def fast_path_step(st, ft, now_ns, counters):
     if capacity == 0:
         return 0
     now = np.uint64(now_ns)
+    config = ft.fast_config[0]
+    node_addr = st.node[0].node_addr
+    if config.encap_src != node_addr:
+        config.encap_src = node_addr          # DSR tunnels leave from the node address
     fast = ft.fast_state[0]
     if fast.sweep_last_ns == 0 or fast.sweep_last_ns > now:
         fast.sweep_last_ns = now

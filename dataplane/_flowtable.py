@@ -17,6 +17,11 @@ from dataplane.tables import hash_flow
 FLOW_IN_USE = abi.lib.XSKP_FLOW_IN_USE
 FLOW_TOMBSTONE = abi.lib.XSKP_FLOW_TOMBSTONE
 FLOW_ROUTE = abi.lib.XSKP_FLOW_ROUTE
+FLOW_ENCAP = abi.lib.XSKP_FLOW_ENCAP
+FLOW_DECAP = abi.lib.XSKP_FLOW_DECAP
+CT_REPLY = abi.lib.XSKP_CT_REPLY
+CT_DSR_ENCAP = abi.lib.XSKP_CT_DSR_ENCAP
+CT_DSR_LOCAL = abi.lib.XSKP_CT_DSR_LOCAL
 FLOW_MAX_PROBE = abi.lib.XSKP_FLOW_MAX_PROBE
 
 
@@ -110,6 +115,7 @@ def flow_insert_route(flows, src_addr, dst_addr, src_port, dst_port, proto, out_
         f.dst_mac[k] = dst_mac[k]
         f.src_mac[k] = src_mac[k]
     f.ct_index = 0
+    f.encap_dst = 0
     f.fib_generation = fib_generation
     f.last_seen_ns = now_ns
     f.packets = 0
@@ -120,8 +126,9 @@ def flow_insert_route(flows, src_addr, dst_addr, src_port, dst_port, proto, out_
 
 @packet_njit
 def flow_insert_from_ct(flows, e, ct_index, out_ifindex, owner):
-    """Write conntrack entry e (key, rewrite, cached MACs) into the flow table as an entry the
-    fast path executes, replacing one with the same key. Returns the slot, or -1 when the probe
+    """Write conntrack entry e (key, rewrite, cached MACs; DSR: encapsulation to e.encap_dst, or
+    decapsulation of the original direction on the backend's node) into the flow table as an
+    entry the fast path executes, replacing one with the same key. Returns the slot, or -1 when the probe
     window holds no free slot (the flow then stays with userspace)."""
     if flows.shape[0] == 0:
         return np.int64(-1)
@@ -145,9 +152,15 @@ def flow_insert_from_ct(flows, e, ct_index, out_ifindex, owner):
         f.dst_mac[k] = e.dst_mac[k]
         f.src_mac[k] = e.src_mac[k]
     f.ct_index = ct_index
+    f.encap_dst = e.encap_dst
     f.fib_generation = e.fib_generation
     f.last_seen_ns = e.last_seen_ns
     f.packets = 0
     f.bytes = 0
-    f.flags = FLOW_IN_USE
+    flags = FLOW_IN_USE
+    if (e.flags & CT_DSR_ENCAP) != 0:
+        flags |= FLOW_ENCAP
+    elif (e.flags & CT_DSR_LOCAL) != 0 and (e.flags & CT_REPLY) == 0:
+        flags |= FLOW_DECAP
+    f.flags = flags
     return target

@@ -79,9 +79,10 @@ Decisions:
 - Two tiers (FlowTables.flows not empty): a conntrack hit that leaves a TCP flow in SYN_RECV
   or ESTABLISHED, or any UDP flow's second frame, hands both directions to the kernel fast
   path (offload_flow: XSKP_CT_OFFLOADED, XSKP_CNT_FLOW_OFFLOADED) before the frame is sent, so
-  the peer's next frame already meets the fast path. Not offloaded: DSR flows (the IPIP
-  encapsulation and decapsulation stay here), ICMP, flows whose next hops are unresolved, and
-  flows whose probe window in the flow table is full (XSKP_CNT_FLOW_OFFLOAD_FULL). From then
+  the peer's next frame already meets the fast path. DSR flows too: the ingress node's one-way
+  flow (the fast path encapsulates) and the backend node's flow (the fast path decapsulates,
+  then translates). Not offloaded: ICMP, flows whose next hops are unresolved, and flows whose
+  probe window in the flow table is full (XSKP_CNT_FLOW_OFFLOAD_FULL). From then
   on dataplane/_fastpath.py keeps the flow's state from what the fast path reports.
 """
 import numpy as np
@@ -426,43 +427,52 @@ def forget_cached_route(flows, src, dst, sport, dport, proto):
 
 @packet_njit
 def offload_flow(st, ft, idx, counters):
-    """Hand the flow of conntrack entry idx (both directions) to the kernel fast path, if it
-    qualifies (see the module docstring). Writes ft.flows and the entries' XSKP_CT_OFFLOADED."""
+    """Hand the flow of conntrack entry idx (both directions; a DSR ingress flow's one) to the
+    kernel fast path, if it qualifies (see the module docstring). Writes ft.flows and the
+    entries' XSKP_CT_OFFLOADED."""
     flows = ft.flows
     ct = ft.ct
     e = ct[idx]
-    if (e.flags & (CT_OFFLOADED | CT_DSR_ENCAP | CT_DSR_LOCAL)) != 0:
+    if (e.flags & CT_OFFLOADED) != 0:
         return
     if e.proto == IPPROTO_TCP:
         if e.state != ST_SYN_RECV and e.state != ST_ESTABLISHED:
             return
     elif e.proto != IPPROTO_UDP:
         return
-    peer = np.int64(e.peer)
-    if peer == NO_PEER or peer >= ct.shape[0]:
-        return
-    p = ct[peer]
-    if (p.flags & CT_IN_USE) == 0 or np.int64(p.peer) != idx:
-        return
     node = st.node[0]
-    if e.fib_generation != node.fib_generation or ct_refresh(st, ct, peer, counters) != 0:
-        return
     fast = ft.fast_state[0]
-    out_e = fast.ifindex[e.out_iface]
-    out_p = fast.ifindex[p.out_iface]
-    if out_e == 0 or out_p == 0:
+    if e.fib_generation != node.fib_generation:
         return
+    out_e = fast.ifindex[e.out_iface]
+    if out_e == 0:
+        return
+    peer = np.int64(e.peer)
+    one_way = (e.flags & CT_DSR_ENCAP) != 0 and peer == NO_PEER
+    out_p = np.uint32(0)
+    if not one_way:
+        if peer == NO_PEER or peer >= ct.shape[0]:
+            return
+        p = ct[peer]
+        if (p.flags & CT_IN_USE) == 0 or np.int64(p.peer) != idx:
+            return
+        if ct_refresh(st, ct, peer, counters) != 0:
+            return
+        out_p = fast.ifindex[p.out_iface]
+        if out_p == 0:
+            return
     a = flow_insert_from_ct(flows, e, idx, out_e, fast.owner)
     if a < 0:
         counters[CNT_FLOW_OFFLOAD_FULL] += 1
         return
-    b = flow_insert_from_ct(flows, p, peer, out_p, fast.owner)
-    if b < 0:
-        flow_clear_slot(flows, a)
-        counters[CNT_FLOW_OFFLOAD_FULL] += 1
-        return
+    if not one_way:
+        b = flow_insert_from_ct(flows, ct[peer], peer, out_p, fast.owner)
+        if b < 0:
+            flow_clear_slot(flows, a)
+            counters[CNT_FLOW_OFFLOAD_FULL] += 1
+            return
+        ct[peer].flags |= np.uint8(CT_OFFLOADED)
     e.flags |= np.uint8(CT_OFFLOADED)
-    p.flags |= np.uint8(CT_OFFLOADED)
     counters[CNT_FLOW_OFFLOADED] += 1
 
 

@@ -184,6 +184,10 @@ enum steer_counter {
 					 * steering program sent to userspace, e.g. a Service
 					 * backend's reply that another node translates): no
 					 * conntrack entry; the rewrite is the identity */
+#define XSKP_FLOW_ENCAP 8               /* DSR ingress: after TTL - 1, IPIP-encapsulate from
+					 * xskp_fast_config.encap_src to encap_dst */
+#define XSKP_FLOW_DECAP 16              /* DSR backend node: the key is the inner 5-tuple of an
+					 * IPIP packet to this node; decapsulate, then rewrite */
 
 /* One direction of an offloaded flow: key as the packet arrives, the rewrite, the egress.
  * Open addressing (linear probing within XSKP_FLOW_MAX_PROBE slots from hash_flow & mask).
@@ -208,7 +212,7 @@ struct xskp_flow_v4 {
 	__u8 src_mac[6];
 	__u32 ct_index;                 /* the owner's conntrack entry this executes (not ROUTE) */
 	__u32 fib_generation;           /* MACs/out_ifindex resolved in this FIB generation */
-	__u32 pad;
+	__u32 encap_dst;                /* XSKP_FLOW_ENCAP: outer destination (the backend's node) */
 	__u64 last_seen_ns;             /* CLOCK_MONOTONIC of the last packet the fast path took */
 	__u64 packets;                  /* packets / bytes the fast path forwarded (approximate: */
 	__u64 bytes;                    /* concurrent CPUs may lose an increment) */
@@ -221,6 +225,8 @@ struct xskp_fast_config {
 					 * (unless an interface's handover hold is running) */
 	__u32 flow_mask;                /* flow table capacity - 1 (a power of two) */
 	__u32 bypass;                   /* 1: Pod-CIDR traffic is routed by the fast path */
+	__u32 encap_src;                /* DSR tunnels' outer source: the node address (host order) */
+	__u32 pad;
 };
 
 /* ---------------------------------------------------------------------------------------

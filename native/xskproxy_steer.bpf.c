@@ -114,6 +114,8 @@ struct {
 #define TCP_FLAG_RST 0x04
 #define TCP_FLAG_ACK 0x10
 /* the largest frame an AF_XDP socket takes into a chunk (xsk_pool_get_rx_frame_size) */
+/* BPF_F_ADJ_ROOM_DECAP_L3_IPV4 (kernel 6.3+; Debian 12's UAPI headers predate it) */
+#define ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
 #define SOCKET_FRAME_MAX (XSKP_FRAME_SIZE - XSKP_FRAME_HEADROOM - XDP_PACKET_HEADROOM)
 
 /* dataplane/tables.py hash_flow, bit for bit: murmur3's finalizer over the host-order 5-tuple. */
@@ -268,6 +270,29 @@ int xskp_steer(struct xdp_md *ctx)
 	    (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN &&
 	    flow_lookup_v4(cfg, ip->saddr, ip->daddr, sport, dport, ip->protocol))
 		return pass(STEER_PASS_FAST_FLOW);
+	if (live && ip->protocol == IPPROTO_IPIP) {
+		/* DSR to this node: the flow is keyed by the inner 5-tuple */
+		struct iphdr *inner = (void *)ip + ip->ihl * 4;
+		__u16 *inner_ports;
+		__u8 *inner_flags;
+
+		if ((void *)(inner + 1) > data_end || inner->ihl < 5)
+			return pass(STEER_PASS_MALFORMED);
+		inner_ports = (void *)inner + inner->ihl * 4;
+		inner_flags = (void *)inner_ports + TCP_FLAGS_OFFSET;
+		if ((inner->protocol == IPPROTO_TCP || inner->protocol == IPPROTO_UDP) &&
+		    !(inner->frag_off & bpf_htons(IP_FRAGMENT_BITS)) &&
+		    (void *)(inner_flags + 1) <= data_end &&
+		    (inner->protocol == IPPROTO_UDP ||
+		     (*inner_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)) {
+			struct xskp_flow_v4 *f = flow_lookup_v4(cfg, inner->saddr, inner->daddr,
+								inner_ports[0], inner_ports[1],
+								inner->protocol);
+
+			if (f && (f->flags & XSKP_FLOW_DECAP))
+				return pass(STEER_PASS_FAST_FLOW);
+		}
+	}
 
 	l4_key.addr = ip->daddr;
 	l4_key.port = dport;
@@ -347,10 +372,40 @@ static __always_inline int fast_write_macs(struct __sk_buff *skb, const __u8 *ds
 	       bpf_skb_store_bytes(skb, ETH_ALEN, src, ETH_ALEN, 0);
 }
 
-static __always_inline int fast_execute_flow(struct __sk_buff *skb, struct xskp_flow_v4 *f,
-					     struct iphdr *ip, __u32 l4_off, __u16 sport,
-					     __u16 dport, __u8 tcp_flags, __u64 now)
+/* DSR ingress: an outer IPv4 header (IPIP) from the node address to the backend's node. The
+ * kernel lowers a GSO packet's segment size by the 20 bytes (no BPF_F_ADJ_ROOM_FIXED_GSO), so
+ * its segments still fit the MTU; a full-sized packet without GSO does not (as with any IPIP
+ * tunnel, the transport MTU must leave room for 20 bytes). */
+static __always_inline int fast_encapsulate(struct __sk_buff *skb, const struct xskp_fast_config *cfg,
+					    const struct xskp_flow_v4 *f, __u8 tos, __u16 frag_off)
 {
+	struct iphdr outer = {};
+	__u32 inner_len = skb->len - ETH_HLEN, sum;
+
+	outer.version = 4;
+	outer.ihl = 5;
+	outer.tos = tos;
+	outer.tot_len = bpf_htons(inner_len + sizeof(outer) > 0xffff ? 0xffff : inner_len + sizeof(outer));
+	outer.frag_off = frag_off & bpf_htons(0x4000);      /* DF, as the inner packet has it */
+	outer.ttl = 64;
+	outer.protocol = IPPROTO_IPIP;
+	outer.saddr = bpf_htonl(cfg->encap_src);
+	outer.daddr = bpf_htonl(f->encap_dst);
+	sum = bpf_csum_diff(0, 0, (__be32 *)&outer, sizeof(outer), 0);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	outer.check = (__u16)~sum;
+	if (bpf_skb_adjust_room(skb, sizeof(outer), BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4))
+		return -1;
+	return bpf_skb_store_bytes(skb, ETH_HLEN, &outer, sizeof(outer), 0) ? -1 : 0;
+}
+
+static __always_inline int fast_execute_flow(struct __sk_buff *skb, const struct xskp_fast_config *cfg,
+					     struct xskp_flow_v4 *f, struct iphdr *ip, __u32 l4_off,
+					     __u16 sport, __u16 dport, __u8 tcp_flags, __u64 now)
+{
+	__u8 tos = ip->tos;
+	__u16 frag_off = ip->frag_off;
 	__u8 proto = ip->protocol, ttl = ip->ttl;
 	__u32 old_src = ip->saddr, old_dst = ip->daddr;
 	__u32 new_src = bpf_htonl(f->new_src_addr), new_dst = bpf_htonl(f->new_dst_addr);
@@ -381,6 +436,8 @@ static __always_inline int fast_execute_flow(struct __sk_buff *skb, struct xskp_
 	if (new_dport != dport &&
 	    (bpf_l4_csum_replace(skb, csum_off, dport, new_dport, mangled | 2) ||
 	     bpf_skb_store_bytes(skb, l4_off + 2, &new_dport, 2, 0)))
+		goto rewrite_failed;
+	if ((f->flags & XSKP_FLOW_ENCAP) && fast_encapsulate(skb, cfg, f, tos, frag_off))
 		goto rewrite_failed;
 	if (fast_write_macs(skb, f->dst_mac, f->src_mac))
 		goto rewrite_failed;
@@ -428,6 +485,53 @@ static __always_inline int fast_route_bypass(struct __sk_buff *skb, struct iphdr
 	}
 	count(FAST_BYPASS);
 	return bpf_redirect(fib.ifindex, 0);
+}
+
+/* DSR on the backend's node: an IPIP packet whose inner 5-tuple is an offloaded flow marked
+ * XSKP_FLOW_DECAP loses its outer header, then goes through the flow's rewrite. */
+static __always_inline int fast_decapsulate(struct __sk_buff *skb, const struct xskp_fast_config *cfg,
+					    struct iphdr *outer, __u64 now)
+{
+	void *data, *data_end;
+	struct xskp_flow_v4 *f;
+	struct iphdr *inner;
+	__u16 *ports, sport, dport;
+	__u8 *flags, tcp_flags = 0;
+	__u32 outer_len = outer->ihl * 4;
+
+	data_end = (void *)(long)skb->data_end;
+	inner = (void *)outer + outer_len;
+	if (outer_len != sizeof(*outer) || (void *)(inner + 1) > data_end || inner->ihl != 5 ||
+	    (inner->protocol != IPPROTO_TCP && inner->protocol != IPPROTO_UDP) ||
+	    (inner->frag_off & bpf_htons(IP_FRAGMENT_BITS)))
+		return fast_pass(FAST_PASS_NO_MATCH);
+	ports = (void *)(inner + 1);
+	flags = (void *)ports + TCP_FLAGS_OFFSET;
+	if ((void *)(flags + 1) > data_end)
+		return fast_pass(FAST_PASS_NO_MATCH);
+	if (inner->protocol == IPPROTO_TCP)
+		tcp_flags = *flags;
+	if ((tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+		return fast_pass(FAST_PASS_NO_MATCH);
+	sport = ports[0];
+	dport = ports[1];
+	f = flow_lookup_v4(cfg, inner->saddr, inner->daddr, sport, dport, inner->protocol);
+	if (!f || !(f->flags & XSKP_FLOW_DECAP))
+		return fast_pass(FAST_PASS_NO_MATCH);
+	if (bpf_skb_adjust_room(skb, -(__s32)sizeof(*outer), BPF_ADJ_ROOM_MAC,
+				ADJ_ROOM_DECAP_L3_IPV4)) {
+		count(FAST_DROP_REWRITE);
+		return TC_ACT_SHOT;
+	}
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	inner = data + ETH_HLEN;
+	if ((void *)(inner + 1) > data_end) {
+		count(FAST_DROP_REWRITE);
+		return TC_ACT_SHOT;
+	}
+	return fast_execute_flow(skb, cfg, f, inner, ETH_HLEN + sizeof(*inner), sport, dport,
+				 tcp_flags, now);
 }
 
 SEC("tc")
@@ -487,9 +591,11 @@ int xskp_fast(struct __sk_buff *skb)
 		}
 		if ((tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN) {
 			f = flow_lookup_v4(cfg, ip->saddr, ip->daddr, sport, dport, ip->protocol);
-			if (f)
-				return fast_execute_flow(skb, f, ip, l4_off, sport, dport, tcp_flags, now);
+			if (f && !(f->flags & XSKP_FLOW_DECAP))
+				return fast_execute_flow(skb, cfg, f, ip, l4_off, sport, dport, tcp_flags, now);
 		}
+	} else if (ip->protocol == IPPROTO_IPIP) {
+		return fast_decapsulate(skb, cfg, ip, now);
 	}
 	if (cfg->bypass) {
 		prefix_key.prefixlen = 32;

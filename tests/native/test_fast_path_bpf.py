@@ -49,7 +49,8 @@ def fast():
                 program.close()
 
 
-def offload(flows, src, dst, sport, dport, proto, new_src, new_dst, new_sport, new_dport, out_ifindex):
+def offload(flows, src, dst, sport, dport, proto, new_src, new_dst, new_sport, new_dport, out_ifindex,
+            ct_flags=0, encap_dst=None):
     """Insert an entry the way the pipeline does (flow_insert_from_ct on a conntrack record)."""
     from dataplane import tables
     from dataplane._flowtable import flow_insert_from_ct
@@ -61,6 +62,9 @@ def offload(flows, src, dst, sport, dport, proto, new_src, new_dst, new_sport, n
         ip4(new_src), ip4(new_dst), new_sport, new_dport)
     e["dst_mac"] = list(bytes.fromhex(BACKEND_MAC.replace(":", "")))
     e["src_mac"] = list(bytes.fromhex(OWN_MAC.replace(":", "")))
+    e["flags"] = ct_flags | 1
+    if encap_dst:
+        e["encap_dst"] = ip4(encap_dst)
     slot = flow_insert_from_ct(flows, ct[0], 0, out_ifindex, 0)
     assert slot >= 0
     return slot
@@ -239,3 +243,58 @@ def test_the_heartbeat_keeps_the_fast_path_live_and_stops_with_it(fast):
         time.sleep(0.25)
         action, _ = program.fast_test_run(frame(sport=40004), "tr0")
     assert action == TC_ACT_OK
+
+
+LB, OTHER_NODE = "198.51.100.12", "10.0.0.2"
+
+
+def test_a_dsr_ingress_flow_is_encapsulated_to_the_backends_node(fast):
+    """XSKP_FLOW_ENCAP: inner TTL - 1, an outer IPv4 header node -> backend's node (IPIP, TTL 64,
+    DF copied, valid checksum), the entry's MACs, redirected."""
+    from scapy.all import Ether
+    from dataplane import abi, xsk
+    topo, program, flows, config = fast
+    with in_netns(topo.node):
+        config[0]["encap_src"] = ip4(NODE)
+        offload(flows, CLIENT, LB, 40010, 80, 6, CLIENT, LB, 40010, 80, xsk.ifindex_of("tr0"),
+                ct_flags=abi.lib.XSKP_CT_DSR_ENCAP, encap_dst=OTHER_NODE)
+        live(config)
+        action, out = program.fast_test_run(frame(sport=40010, dst=LB, payload=b"dsr"), "tr0")
+    assert action == TC_ACT_REDIRECT
+    pkt = Ether(out)
+    outer, inner = pkt["IP"], pkt["IP"].payload
+    assert (outer.src, outer.dst, outer.proto, outer.ttl) == (NODE, OTHER_NODE, 4, 64)
+    assert outer.len == len(out) - 14 and outer.flags.DF == inner.flags.DF
+    assert (inner.src, inner.dst, inner.ttl, inner["TCP"].dport) == (CLIENT, LB, 63, 80)
+    assert pkt.dst == BACKEND_MAC
+    check = outer.chksum
+    del outer.chksum
+    assert Ether(bytes(pkt))["IP"].chksum == check
+    assert bytes(inner["TCP"].payload) == b"dsr"
+
+
+def test_a_dsr_flow_on_the_backends_node_is_decapsulated_then_translated(fast):
+    """XSKP_FLOW_DECAP: an IPIP packet to the node whose inner 5-tuple is the flow loses its
+    outer header and is DNATed to the backend, checksums valid; the steering program passes it."""
+    from scapy.all import IP, TCP, Ether
+    from dataplane import abi, xsk
+    topo, program, flows, config = fast
+    tunnelled = bytes(Ether(dst="02:00:00:00:00:01", src="02:00:00:00:00:02") /
+                      IP(src=OTHER_NODE, dst=NODE, proto=4) /
+                      IP(src=CLIENT, dst=LB, ttl=63) / TCP(sport=40011, dport=80, flags="A") / b"in")
+    with in_netns(topo.node):
+        offload(flows, CLIENT, LB, 40011, 80, 6, CLIENT, BACKEND, 40011, 8080, xsk.ifindex_of("gw0"),
+                ct_flags=abi.lib.XSKP_CT_DSR_LOCAL)
+        live(config)
+        before = program.counters()
+        xdp_action = program.test_run(tunnelled, "tr0")
+        action, out = program.fast_test_run(tunnelled, "tr0")
+        after = program.counters()
+    assert xdp_action == XDP_PASS
+    assert after["STEER_PASS_FAST_FLOW"] == before["STEER_PASS_FAST_FLOW"] + 1
+    assert action == TC_ACT_REDIRECT
+    pkt = Ether(out)
+    assert pkt.type == 0x0800 and pkt["IP"].proto == 6
+    assert (pkt["IP"].src, pkt["IP"].dst, pkt["IP"].ttl, pkt["TCP"].dport) == (CLIENT, BACKEND, 62, 8080)
+    assert checksums_valid(out) == (True, True)
+    assert bytes(pkt["TCP"].payload) == b"in"

@@ -228,13 +228,22 @@ def test_a_syn_reusing_a_closing_offloaded_tuple_removes_the_old_entries_at_once
     assert flow_entry(ft, *old_reply_key) is None
 
 
-def test_dsr_flows_stay_with_userspace():
+def test_a_dsr_ingress_flow_is_offloaded_one_way_with_its_tunnel_end():
+    """The ingress node's DSR flow (one entry, no reply direction here) is handed over at its
+    second frame with XSKP_FLOW_ENCAP and the backend's node as the tunnel's end."""
     st, ft = topology()
     syn = fx.from_transport() / fx.tcp(fx.CLIENT, "198.51.100.12", 45000, 80, "S")
     ack = fx.from_transport() / fx.tcp(fx.CLIENT, "198.51.100.12", 45000, 80, "A")
     send(st, ft, syn, fx.TRANSPORT)
-    send(st, ft, ack, fx.TRANSPORT)
     assert in_use_flows(ft) == 0
+    send(st, ft, ack, fx.TRANSPORT)
+    assert in_use_flows(ft) == 1
+    f = flow_entry(ft, fx.CLIENT, "198.51.100.12", 45000, 80)
+    assert f["flags"] & L.XSKP_FLOW_ENCAP and f["encap_dst"] == fx.ip4(fx.NODE_B)
+    assert f["out_ifindex"] == IFINDEX[fx.TRANSPORT]
+    counters = tables.make_counters()
+    fast_path_step(st, ft, np.uint64(T0), counters)
+    assert ft.fast_config[0]["encap_src"] == fx.ip4(fx.NODE_A)
 
 
 def test_without_a_flow_table_nothing_is_offloaded():
