@@ -228,6 +228,13 @@ class StableIdAllocator:
         while self._pending and self._pending[0][0] <= oldest_in_use:
             self._free.append(self._pending.popleft()[1])
 
+    def copy(self):
+        """An allocator in the same state (ids in use, released ids and when, free ids)."""
+        other = StableIdAllocator(self.first_id)
+        other.ids, other.next_id = dict(self.ids), self.next_id
+        other._pending, other._free = deque(self._pending), deque(self._free)
+        return other
+
     def __len__(self):
         return len(self.ids)
 
@@ -607,6 +614,30 @@ def _identity_diff(new, old):
     return out
 
 
+def _merged_backend_info(variants):
+    """The row of a backend (one endpoint address and port) that Service ports see differently
+    ({row info: references}): a ready endpoint of one Service and a draining (or, by topology
+    hints, unchosen) one of another. It drains (TERMINATING) only when every reference drains it,
+    so no Service's affinity to it is refused while another sends it new flows; node address and
+    locality come from the smallest info (they agree in a consistent cluster). The same whatever
+    order the references came in, as a fresh translate gives it."""
+    base = min(variants)
+    flags = base[2] & ~_BE_TERMINATING
+    if all(info[2] & _BE_TERMINATING for info in variants):
+        flags |= _BE_TERMINATING
+    return (base[0], base[1], flags, base[3])
+
+
+def _changed_maps(changes):
+    """The additions of SteeringChanges, map by map (frontends, backends, prefixes, node addresses)."""
+    return changes.add_frontends, changes.add_backends, changes.add_prefixes, changes.set_node_addrs
+
+
+def _removed_maps(changes):
+    """The removal lists of SteeringChanges, in the order of _changed_maps."""
+    return changes.remove_frontends, changes.remove_backends, changes.remove_prefixes, changes.remove_node_addrs
+
+
 class Translator:
     """model + node network -> Translation, keeping what did not change between calls.
 
@@ -629,6 +660,7 @@ class Translator:
         self._entries = {}                       # service key -> _ServiceEntry
         self._ctx = None
         self._backend_refs = {}                  # backend key -> reference count
+        self._backend_variants = {}              # backend key -> {row info: references}, when they differ
         self._backend_rows = np.zeros(1024, BACKEND_DTYPE)   # written in batches (_write_rows)
         self._service_rows = np.zeros(1024, SERVICE_DTYPE)
         self._backend_info = {}                  # id -> (addr, port, flags, node_addr)
@@ -656,6 +688,7 @@ class Translator:
         self._skipped = set()
         self._replan_all = False
         self._pending_changes = None
+        self._inherited_steering = None          # a successor's: what its predecessors may have steered
         self._transport_addr = 0
         self._fib_parts = None
 
@@ -728,6 +761,8 @@ class Translator:
                            or self._previous_tables is None)
         tables = self._assemble(generation, changes)
         self._flush_steering(changes, frontends_dirty)
+        if self._inherited_steering is not None:
+            self._remove_inherited_steering(changes)
         self._steering_frontends_dirty = False
         self.generation = generation
         stats = {"services": len(self._entries), "skipped_services": skipped,
@@ -753,6 +788,47 @@ class Translator:
         if self.generation:
             raise RuntimeError("adopt_service_ids: only before the first translate")
         self._reserved_services |= self.service_ids.reserve(ids)
+
+    def successor(self, unapplied=None):
+        """A Translator with none of this one's caches, to translate everything anew after a
+        translate, or the publishing of its result, failed: whatever the failure left in the
+        incremental state goes with it. It keeps what must outlive a Translator: the backend and
+        service ids (flows hold them; ids of keys its first translation does not claim are
+        released then, none is reused before its generation retires), the generation and FIB
+        generation numbering. Its first translation reports the whole steering contents as
+        additions, and as removals whatever this one may have steered that is no longer wanted
+        (including `unapplied`, SteeringChanges the caller could not apply in full)."""
+        other = Translator(self.options, fib_generation_base=self.fib_generation)
+        other.generation = self.generation
+        other.backend_ids, other.service_ids = self.backend_ids.copy(), self.service_ids.copy()
+        other._reserved_backends = set(other.backend_ids.ids)
+        other._reserved_services = set(other.service_ids.ids)
+        other._inherited_steering = self._steering_maybe_applied(unapplied)
+        return other
+
+    def _steering_maybe_applied(self, unapplied):
+        """(frontends, backends, prefixes, node addresses): the keys of every steering entry the
+        maps may hold after this Translator's translations, applied in full or in part."""
+        maybe = (set(self._steer_frontends), set(self._steer_backends) | set(self._reported_backends),
+                 set(self._steer_prefixes), set(self._steer_node_addrs))
+        for changes in (self._pending_changes, unapplied):
+            if changes is not None:
+                for keys, added, removed in zip(maybe, _changed_maps(changes), _removed_maps(changes)):
+                    keys.update(added)
+                    keys.update(removed)
+        if self._inherited_steering is not None:
+            for keys, inherited in zip(maybe, self._inherited_steering):
+                keys.update(inherited)
+        return maybe
+
+    def _remove_inherited_steering(self, changes):
+        """A successor's first translation: remove what its predecessors may have steered and is
+        not wanted now (everything wanted is reported as added: nothing was reported before)."""
+        wanted = (self._steer_frontends, self._steer_backends, self._steer_prefixes, self._steer_node_addrs)
+        for inherited, current, removed in zip(self._inherited_steering, wanted, _removed_maps(changes)):
+            listed = set(removed)
+            removed.extend(sorted(k for k in inherited if k not in current and k not in listed))
+        self._inherited_steering = None
 
     def service_id_map(self):
         """{(namespace, name, port name, protocol): service id} now (to save for a restart)."""
@@ -930,8 +1006,8 @@ class Translator:
             self.arena.release(*plan.ring, generation)
         if replacement is None or replacement.local_ring != plan.local_ring:
             self.arena.release(*plan.local_ring, generation)
-        for bkey in plan.backends:
-            self._release_backend(bkey, generation)
+        for bkey, (node_addr, flags, text) in plan.backends.items():
+            self._release_backend(bkey, (bkey[0], bkey[1], flags, node_addr), text, generation)
 
     def _drop_frontends(self, plan):
         for addr, port, proto, _, _ in plan.frontends:
@@ -969,12 +1045,20 @@ class Translator:
         refs, id_of, acquire = self._backend_refs, self.backend_ids.ids, self.backend_ids.acquire
         infos, dirty_ids = self._backend_info, self._dirty_backend_ids
         steer, dirty_keys = self._steer_backends, self._dirty_backend_keys
+        variants = self._backend_variants
         for key, (node_addr, flags, text) in backends.items():
             count = refs.get(key)
             info = (key[0], key[1], flags, node_addr)
             if count:
                 refs[key] = count + 1
                 bid = id_of[key]
+                shared = variants.get(key)
+                if shared is None:
+                    if infos[bid] == info:
+                        continue
+                    shared = variants[key] = {infos[bid]: count}   # the first reference that differs
+                shared[info] = shared.get(info, 0) + 1
+                info = _merged_backend_info(shared)
                 if infos[bid] == info:
                     continue
             else:
@@ -982,18 +1066,43 @@ class Translator:
                 bid = acquire(key)[0]             # new, or an id adopted from a previous agent
             infos[bid] = info
             dirty_ids.add(bid)
-            roles = ROLE_GATEWAY if flags & _BE_LOCAL else ROLE_TRANSPORT
+            roles = ROLE_GATEWAY if info[2] & _BE_LOCAL else ROLE_TRANSPORT
             steer_key = (text, key[1], key[2])
             if steer.get(steer_key) != roles:
                 steer[steer_key] = roles
                 dirty_keys.add(steer_key)
 
-    def _release_backend(self, key, generation):
+    def _release_backend(self, key, info, text, generation):
+        """Drop a plan's reference to backend `key`, which it saw as row `info`: the row follows
+        the references left (see _merged_backend_info); the last one releases the id."""
         count = self._backend_refs[key] - 1
         if count:
             self._backend_refs[key] = count
+            shared = self._backend_variants.get(key)
+            if shared is None:
+                return
+            left = shared[info] - 1
+            if left:
+                shared[info] = left
+            else:
+                del shared[info]
+            if len(shared) == 1:
+                del self._backend_variants[key]
+                info = next(iter(shared))
+            else:
+                info = _merged_backend_info(shared)
+            bid = self.backend_ids.ids[key]
+            if self._backend_info[bid] != info:
+                self._backend_info[bid] = info
+                self._dirty_backend_ids.add(bid)
+                roles = ROLE_GATEWAY if info[2] & _BE_LOCAL else ROLE_TRANSPORT
+                steer_key = (text, key[1], key[2])
+                if self._steer_backends.get(steer_key) != roles:
+                    self._steer_backends[steer_key] = roles
+                    self._dirty_backend_keys.add(steer_key)
             return
         del self._backend_refs[key]
+        self._backend_variants.pop(key, None)
         bid = self.backend_ids.release(key, generation)
         addr, port, _, node_addr = self._backend_info[bid]
         self._backend_info[bid] = (addr, port, 0, node_addr)  # not ALIVE; address kept

@@ -2,6 +2,7 @@
 control/agent.py drive it (one translate per published snapshot, sources keeping the objects
 of unchanged Kubernetes objects) never raises on a valid update and always gives the tables
 and steering contents a fresh Translator gives for the same state, ids aside."""
+import contextlib
 from collections import Counter
 
 from hypothesis import HealthCheck, given, settings, strategies as st_
@@ -153,12 +154,81 @@ def test_an_update_removing_a_node_and_a_slice_together_is_translated():
     assert canonical_tables(third) == canonical_tables(first)
 
 
+def test_a_successor_translates_anew_keeps_ids_and_unsteers_what_is_gone(monkeypatch):
+    """After a translate failed, the successor's first translation equals a fresh one; it keeps
+    the ids flows hold (the released endpoint's id is not handed to the new one), numbers the
+    generation on, and removes the steering its predecessor left that is no longer wanted."""
+    translator, maps = Translator(ProxyOptions(node_name="n1")), MapsProgram()
+    before = EndpointSlice("default", "web-1", "web", endpoints=(
+        Endpoint(("10.1.0.5",), node_name="n1"), Endpoint(("10.2.0.5",), node_name="n2")),
+        ports=(EndpointPort("http", "TCP", 8080),))
+    apply_steering_changes(maps, translator.translate(
+        ClusterState({WEB.key: WEB}, {before.key: before}, {"n1": N1, "n2": N2})).steering)
+    ids = dict(translator.backend_ids.ids)
+    sid = translator.service_ids.ids[("default", "web", "http", "TCP")]
+
+    after = EndpointSlice("default", "web-1", "web", endpoints=(
+        Endpoint(("10.1.0.5",), node_name="n1"), Endpoint(("10.1.0.6",), node_name="n1")),
+        ports=(EndpointPort("http", "TCP", 8080),))
+    state = ClusterState({WEB.key: WEB}, {after.key: after}, {"n1": N1})
+    monkeypatch.setattr(translator, "_assemble", lambda *args: 1 / 0)
+    try:
+        translator.translate(state)
+    except ZeroDivisionError:
+        translator = translator.successor()
+    result = translator.translate(state)
+    apply_steering_changes(maps, result.steering)
+
+    fresh = Translator(ProxyOptions(node_name="n1"))
+    assert canonical_tables(result) == canonical_tables(fresh.translate(state))
+    assert maps.contents() == contents_of(fresh.steering_contents())
+    assert result.steering.remove_backends == [("10.2.0.5", 8080, 6)]
+    assert result.generation == 2
+    assert translator.service_ids.ids[("default", "web", "http", "TCP")] == sid
+    kept, gone, new = ((int.from_bytes(bytes(map(int, a.split("."))), "big"), 8080, 6)
+                       for a in ("10.1.0.5", "10.2.0.5", "10.1.0.6"))
+    assert translator.backend_ids.ids[kept] == ids[kept]
+    assert gone not in translator.backend_ids.ids and translator.backend_ids.ids[new] != ids[gone]
+
+
+def test_an_endpoint_two_services_share_drains_only_while_every_one_drains_it():
+    """An endpoint (address and port) in two Services, ready in one and terminating in the other,
+    is one backend row: not draining (no Service's affinity to it is refused) whatever order the
+    Services came in, draining once the Service that has it ready is gone, ready again after."""
+    def svc(name, ip_):
+        return Service("default", name, cluster_ips=(ip_,), ports=(ServicePort("http", "TCP", 80),))
+
+    def sl(service, terminating):
+        return EndpointSlice("default", f"{service}-1", service, ports=(EndpointPort("http", "TCP", 8080),),
+                             endpoints=(Endpoint(("10.1.0.5",), node_name="n1", terminating=terminating),))
+
+    ready, draining = (svc("a", "10.96.0.1"), sl("a", False)), (svc("b", "10.96.0.2"), sl("b", True))
+
+    def state(*pairs):
+        return ClusterState({s.key: s for s, _ in pairs}, {e.key: e for _, e in pairs}, {"n1": N1})
+
+    def flags(translation):
+        (row,) = canonical_tables(translation)["backends"]
+        return row[2] & (abi.lib.XSKP_BE_TERMINATING | _ALIVE)
+
+    alive, drains = _ALIVE, _ALIVE | abi.lib.XSKP_BE_TERMINATING
+    for order in ((draining,), (ready, draining), (draining, ready)):
+        translator = Translator(ProxyOptions(node_name="n1"))
+        seen = [flags(translator.translate(state(*order[:i + 1]))) for i in range(len(order))]
+        assert seen[-1] == (drains if len(order) == 1 else alive)
+    assert flags(translator.translate(state(draining))) == drains
+    assert flags(translator.translate(state(draining, ready))) == alive
+
+
 # --- random sequences of updates ---------------------------------------------------------------
 
 NODE_NAMES = ("n1", "n2", "n3")                 # n1 is the node translating
 SERVICE_KEYS = (("default", "s0"), ("default", "s1"), ("shop", "s0"))
 SLICE_KEYS = (("default", "e0"), ("default", "e1"), ("default", "e2"), ("shop", "e0"))
 ENDPOINT_ADDRESSES = ("10.1.0.5", "10.1.0.6", "10.2.0.5", "10.2.0.6", "10.3.0.5", "fd00::5")
+# What may go wrong in a publish: the agent replaces its Translator by its successor anyway
+# ("reset"), translate raises in one of these steps, applying the steering changes raises half-way.
+FAILURES = ("reset", "_replace_service", "_network_parts", "_assemble", "_flush_steering", "steering")
 KEEP = "keep"          # an update that leaves the object as it is (the same object)
 TOUCH = "touch"        # an update that replaces an object by an equal one (a resync, a no-op edit)
 
@@ -222,11 +292,13 @@ _networks = st_.sampled_from((None, "fib", "fib-moved"))
 _first_update = st_.fixed_dictionaries({
     "nodes": _initial(NODE_NAMES, _nodes), "services": _initial(SERVICE_KEYS, _services),
     "slices": _initial(SLICE_KEYS, _slices), "network": _networks, "retired": st_.just(0),
+    "failure": st_.sampled_from((None,) * 6 + FAILURES),
 })
 _updates = st_.fixed_dictionaries({
     "nodes": _changes(NODE_NAMES, _nodes), "services": _changes(SERVICE_KEYS, _services),
     "slices": _changes(SLICE_KEYS, _slices), "network": _networks,
     "retired": st_.integers(0, 2),             # generations the workers lag behind
+    "failure": st_.sampled_from((None,) * 6 + FAILURES),
 })
 
 
@@ -274,14 +346,85 @@ def _build_slice(key, fields):
     return EndpointSlice(key[0], key[1], **fields)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+class InjectedFailure(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _failing(translator, step):
+    """translator's method `step` raises InjectedFailure (_replace_service: on its second call,
+    the first Service already replaced) for the duration."""
+    real, calls = getattr(translator, step), []
+
+    def fail(*args):
+        calls.append(1)
+        if len(calls) == (2 if step == "_replace_service" else 1):
+            raise InjectedFailure(step)
+        return real(*args)
+
+    setattr(translator, step, fail)
+    try:
+        yield
+    finally:
+        delattr(translator, step)
+
+
+class FailingProgram:
+    """A steering program that applies `calls` changes to `maps`, then raises."""
+
+    def __init__(self, maps, calls):
+        self.maps, self.calls = maps, calls
+
+    def __getattr__(self, name):
+        method = getattr(self.maps, name)
+
+        def call(*args):
+            if not self.calls:
+                raise InjectedFailure("steering")
+            self.calls -= 1
+            return method(*args)
+        return call
+
+
+def _publish(translator, maps, state, network, oldest, failure):
+    """One publish as control/agent.py does it, with `failure` (FAILURES) injected: a failed
+    attempt replaces the Translator by its successor, and the sync loop's next attempt
+    translates the same state. Returns (the Translator to go on with, the Translation)."""
+    unapplied = None
+    if failure == "steering":
+        result = translator.translate(state, network, oldest_in_use=oldest)
+        changes = sum(map(len, (result.steering.add_frontends, result.steering.remove_frontends,
+                                result.steering.add_backends, result.steering.remove_backends)))
+        try:
+            apply_steering_changes(FailingProgram(maps, changes // 2), result.steering)
+            return translator, result
+        except InjectedFailure:
+            unapplied = result.steering
+    elif failure not in (None, "reset"):
+        try:
+            with _failing(translator, failure):
+                result = translator.translate(state, network, oldest_in_use=oldest)
+            apply_steering_changes(maps, result.steering)
+            return translator, result
+        except InjectedFailure:
+            pass
+    if failure is not None:
+        translator = translator.successor(unapplied)
+    result = translator.translate(state, network, oldest_in_use=oldest)
+    apply_steering_changes(maps, result.steering)
+    return translator, result
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(first=_first_update, updates=st_.lists(_updates, min_size=2, max_size=8), proxy_all=st_.booleans(), default_mode=st_.sampled_from(("nat", "dsr")))
 def test_incremental_translation_equals_a_fresh_one_after_any_updates(first, updates, proxy_all, default_mode):
     """After each of a random sequence of updates (Nodes, Services, EndpointSlices and the
     node's network added, changed, replaced by equal objects and removed, any number of each
     at once), the incremental translate does not raise, its tables equal a fresh Translator's
     for the same state field by field (ids aside), its rings name live backends only, and the
-    steering maps written from its changes hold what the fresh one's contents say."""
+    steering maps written from its changes hold what the fresh one's contents say; the same
+    when a publish failed on the way (translate or the steering changes raising part-way) and
+    the Translator's successor took over."""
     options = ProxyOptions(node_name="n1", proxy_all=proxy_all, default_load_balancer_mode=default_mode,
                            transport_interface="eth0", gateway_interface="antrea-gw0")
     translator, maps = Translator(options), MapsProgram()
@@ -292,8 +435,7 @@ def test_incremental_translation_equals_a_fresh_one_after_any_updates(first, upd
         slices = _apply(slices, update["slices"], _build_slice)
         state, network = ClusterState(services, slices, nodes), _network(update["network"])
         oldest = max(translator.generation - update["retired"], 0)
-        result = translator.translate(state, network, oldest_in_use=oldest)
-        apply_steering_changes(maps, result.steering)
+        translator, result = _publish(translator, maps, state, network, oldest, update["failure"])
         fresh_translator = Translator(options)
         fresh = fresh_translator.translate(state, network)
         assert canonical_tables(result) == canonical_tables(fresh)
