@@ -3,7 +3,8 @@
 notify() may be called from any thread, as often as events arrive; after a short quiet period
 (debounce, bounded by max_delay) the loop collects one snapshot and, if it differs from the last
 published one, calls publish(snapshot). A failing collect or publish is logged and retried with
-back-off; nothing a callback raises ends the loop.
+capped back-off (notifications arriving meanwhile do not shorten it); nothing a callback raises
+ends the loop, and status() shows the failures.
 """
 import contextlib
 import gc
@@ -94,18 +95,31 @@ class SyncLoop:
         self.retry_max = retry_max
         self.published = None                    # the last snapshot publish() accepted
         self.counters = {"notifications": 0, "syncs": 0, "publishes": 0, "unchanged": 0, "failures": 0}
-        self.last_error = None
+        self.consecutive_failures = 0            # > 0: the last attempt failed
+        self.last_error = None                   # "Type: message" of the last failure (kept after recovery)
+        self.last_error_type = None
+        self.last_error_time = None              # time.time() of the last failure
         self.last_publish_time = None            # time.time() of the last publish
         self.last_sync_seconds = None            # collect + publish duration of the last publish
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._retry_delay = 0.0                  # > 0: the last attempt failed
+        self._retry_at = 0.0                     # time.monotonic() before which no attempt is made
         self._thread = None
 
     def notify(self):
         """Something changed: sync soon. Cheap and thread-safe."""
         self.counters["notifications"] += 1
         self._wake.set()
+
+    def status(self):
+        """The counters and the state of publishing as a JSON-able dict (stats.json, metrics)."""
+        return dict(self.counters, consecutive_failures=self.consecutive_failures,
+                    last_error=self.last_error, last_error_type=self.last_error_type,
+                    last_error_time=self.last_error_time, last_publish_time=self.last_publish_time,
+                    last_sync_seconds=self.last_sync_seconds,
+                    retry_in_seconds=round(max(0.0, self._retry_at - time.monotonic()), 3)
+                    if self._retry_delay else 0.0)
 
     def sync_once(self):
         """Collect and publish if changed, now, on the caller's thread. Returns True if published;
@@ -136,13 +150,18 @@ class SyncLoop:
             published = self.sync_once()
         except Exception as e:
             self.counters["failures"] += 1
-            self.last_error = f"{type(e).__name__}: {e}"
+            self.consecutive_failures += 1
+            self.last_error, self.last_error_type = f"{type(e).__name__}: {e}", type(e).__name__
+            self.last_error_time = time.time()
             self._retry_delay = min(self.retry_max, max(self.retry_initial, self._retry_delay * 2))
-            log.exception("event=publish_failed error=%r retry_in=%.2fs", self.last_error[:300], self._retry_delay)
+            self._retry_at = time.monotonic() + self._retry_delay
+            log.exception("event=publish_failed error=%r failures_in_a_row=%d retry_in=%.2fs",
+                          self.last_error[:300], self.consecutive_failures, self._retry_delay)
             return
         if self._retry_delay:
-            log.info("event=publish_recovered")
+            log.info("event=publish_recovered after_failures=%d", self.consecutive_failures)
         self._retry_delay = 0.0
+        self.consecutive_failures = 0
         if published:
             log.debug("event=published seconds=%.4f", self.last_sync_seconds)
 
@@ -157,11 +176,14 @@ class SyncLoop:
 
     def _run(self):
         while not self._stop.is_set():
-            woke = self._wake.wait(self._retry_delay or None)
+            woke = self._wake.wait(max(0.0, self._retry_at - time.monotonic()) if self._retry_delay else None)
             if self._stop.is_set():
                 break
             if woke:
                 self._debounce()
+                # after a failure, no attempt before the back-off is over, notified or not
+                if self._retry_delay and self._stop.wait(max(0.0, self._retry_at - time.monotonic())):
+                    break
                 if self._stop.is_set():
                     break
             self._attempt()

@@ -1,4 +1,5 @@
 """The coalescing sync loop: bursts publish once, unchanged snapshots never, failures retry."""
+import argparse
 import threading
 import time
 
@@ -75,6 +76,59 @@ def test_publish_failure_is_retried_and_the_loop_survives():
         state.bump()
         loop.notify()
         assert wait_for(lambda: published == [0, 1])
+    finally:
+        loop.stop()
+
+
+def test_back_off_holds_while_notifications_keep_coming():
+    """A publish that keeps failing is attempted once per back-off delay, not once per burst of
+    notifications: a busy cluster does not turn a failing (full) translate into a busy loop."""
+    attempts, stop = [], threading.Event()
+
+    def publish(snapshot):
+        attempts.append(time.monotonic())
+        raise RuntimeError("still broken")
+
+    loop = SyncLoop(lambda: object(), publish, debounce=0.005, max_delay=0.02,
+                    retry_initial=0.2, retry_max=0.2).start()
+
+    def chatter():
+        while not stop.is_set():
+            loop.notify()
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=chatter)
+    thread.start()
+    try:
+        time.sleep(0.7)
+    finally:
+        stop.set()
+        thread.join()
+        loop.stop()
+    assert 2 <= len(attempts) <= 5
+    assert all(b - a >= 0.19 for a, b in zip(attempts, attempts[1:]))
+
+
+def test_status_shows_a_failing_publish_until_it_recovers():
+    """status() says how many attempts in a row failed, with what, and when the next one is;
+    after a success nothing is failing but the last error stays for whoever looks later."""
+    outcomes = [RuntimeError("table full"), None]
+
+    def publish(snapshot):
+        outcome = outcomes.pop(0)
+        if outcome:
+            raise outcome
+
+    loop = SyncLoop(lambda: 1, publish, retry_initial=0.3).start()
+    try:
+        assert wait_for(lambda: loop.counters["failures"] == 1)
+        status = loop.status()
+        assert status["consecutive_failures"] == 1 and status["last_error"] == "RuntimeError: table full"
+        assert status["last_error_type"] == "RuntimeError" and 0 < status["retry_in_seconds"] <= 0.3
+        assert wait_for(lambda: loop.counters["publishes"] == 1)
+        status = loop.status()
+        assert status["consecutive_failures"] == 0 and status["retry_in_seconds"] == 0.0
+        assert status["last_error"] == "RuntimeError: table full" and status["last_publish_time"]
     finally:
         loop.stop()
 
@@ -200,3 +254,59 @@ def test_gc_paused_freezes_the_survivors_of_a_bulk_load_only():
     finally:
         gc.unfreeze()
     del small, bulk
+
+
+# --- the agent's publish (no XDP: the steering program is not ready) ----------------------------
+
+def test_a_failing_translate_is_retried_by_a_fresh_translator_and_shown(tmp_path, capsys):
+    """A Translator whose incremental state makes every translate raise (issue 13) is replaced
+    after the failed attempt: the sync loop's retry translates everything anew and publishes.
+    While it fails, `xskproxy stats` and the metrics say so, with the error."""
+    from control import agent, cli
+    from control.config import parse_config
+    from control.model import ClusterState, Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
+    from control.sync import Snapshot
+    from control.translate import ProxyOptions, Translator
+
+    def state(endpoint):
+        svc = Service("default", "web", cluster_ips=("10.96.0.10",), ports=(ServicePort("", "TCP", 80),))
+        sl = EndpointSlice("default", "web-1", "web", endpoints=(Endpoint((endpoint,)),),
+                           ports=(EndpointPort("", "TCP", 8080),))
+        return ClusterState(services={svc.key: svc}, endpoint_slices={sl.key: sl})
+
+    node = agent.Agent(parse_config({"stateDir": str(tmp_path)}))
+    node.translator = broken = Translator(ProxyOptions(node_name="n1"))
+    node._publish(Snapshot(cluster=state("10.1.0.5")))
+
+    def wedged(*args):
+        raise KeyError(("default", "web-1"))
+
+    broken._slices_by_service = wedged
+    current = [Snapshot(cluster=state("10.1.0.6"))]
+    node.sync = SyncLoop(lambda: current[0], node._publish, retry_initial=0.5)
+    node.sync.published = Snapshot(cluster=state("10.1.0.5"))
+    node.sync.start()
+    try:
+        assert wait_for(lambda: node.sync.counters["failures"] == 1)
+        node.write_stats()
+        assert cli.cmd_stats(argparse.Namespace(state_dir=str(tmp_path), json=False)) == 0
+        out = capsys.readouterr().out
+        assert "PUBLISH FAILING: 1 attempts in a row" in out and "KeyError" in out
+        metrics = {m.name: m for m in agent.publish_metrics(node.snapshot())}
+        assert metrics["xskproxy_publish_failures"].samples[0].value == 1
+        failing = metrics["xskproxy_publish_failing"].samples[0]
+        assert failing.value == 1 and failing.labels == {"error": "KeyError"}
+        assert node.translator is not broken and node.translator_resets == 1
+
+        assert wait_for(lambda: node.sync.counters["publishes"] == 1)
+        tables = node.store.current.tables
+        described = agent.describe_tables(tables, node._to_describe[2])
+        assert set(described["default/web:/TCP"]["backends"]) == {"10.1.0.6:8080"}
+        metrics = {m.name: m for m in agent.publish_metrics(node.snapshot())}
+        assert metrics["xskproxy_publish_failing"].samples[0].value == 0
+        assert metrics["xskproxy_translator_resets"].samples[0].value == 1
+        current[0] = Snapshot(cluster=state("10.1.0.7"))        # later changes publish again
+        node.sync.notify()
+        assert wait_for(lambda: node.sync.counters["publishes"] == 2)
+    finally:
+        node.sync.stop()
