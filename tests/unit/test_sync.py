@@ -283,7 +283,7 @@ def test_a_failing_translate_is_retried_by_a_fresh_translator_and_shown(tmp_path
 
     broken._slices_by_service = wedged
     current = [Snapshot(cluster=state("10.1.0.6"))]
-    node.sync = SyncLoop(lambda: current[0], node._publish, retry_initial=0.5)
+    node.sync = SyncLoop(lambda: current[0], node._publish, retry_initial=1.5)   # time to look
     node.sync.published = Snapshot(cluster=state("10.1.0.5"))
     node.sync.start()
     try:
