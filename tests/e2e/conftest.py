@@ -34,6 +34,23 @@ def service_lab(tmp_path_factory):
     shutil.rmtree(workdir, ignore_errors=True)
 
 
+# What test_offload_labs.py measured, one line per transfer, printed after the run (pass or fail).
+BULK_REPORT = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if BULK_REPORT:
+        terminalreporter.section("bulk transfers through xskproxy (test_offload_labs.py)")
+        for line in BULK_REPORT:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def bulk_report():
+    """Appends a line to the bulk-transfer summary printed at the end of the run."""
+    return BULK_REPORT.append
+
+
 # The labs of test_offload_labs.py: Pods with default offloads behind gateways that hand
 # xskproxy what real nodes do. veth is today's lab (native XDP on every interface), the baseline.
 OFFLOAD_LABS = {

@@ -1,7 +1,8 @@
 """Bulk TCP through xskproxy from Pods that keep their default offloads, on the labs of
 conftest.OFFLOAD_LABS: today's veth gateways, a Linux-bridge gateway (generic XDP: Pods' GSO
 super-frames reach the agent whole) and MTU 9000 on every link. Each path runs iperf3 both
-ways and a curl of a few MB, prints what it measured, and checks that the agents carried it."""
+ways and a curl of a few MB, reports what it measured (a section at the end of the run), and
+checks that the agents carried it."""
 import time
 from dataclasses import dataclass
 
@@ -60,7 +61,7 @@ def _drops(sl, moment):
     return {node.name: scenarios.socket_drops(sl, node, moment) for node in sl.cluster.nodes}
 
 
-def test_lab_shape(bulk_lab):
+def test_lab_shape(bulk_lab, bulk_report):
     """The variant is what it claims: Pods keep TSO and GSO on; a bridge gateway is served in
     generic (skb) mode; MTU 9000 is on every Pod and transport link."""
     sl, lab = bulk_lab, bulk_lab.lab
@@ -68,7 +69,7 @@ def test_lab_shape(bulk_lab):
         features = lab.run(node.pods[0].ns, ["ethtool", "-k", "eth0"]).stdout
         assert "tcp-segmentation-offload: on" in features and "generic-segmentation-offload: on" in features
         started = [line for line in sl.node_log(node).splitlines() if "event=started" in line][-1]
-        print(f"\n{sl.variant} {node.name}: {started.split('xdp=')[1].split()[0]}")
+        bulk_report(f"{sl.variant} {node.name} XDP attach modes: {started.split('xdp=')[1].split()[0]}")
         if sl.variant == "bridge":
             kind = lab.ip(node.ns, ["-d", "-j", "link", "show", "dev", "gw0"])
             assert '"info_kind":"bridge"' in kind.replace(" ", "")
@@ -80,7 +81,7 @@ def test_lab_shape(bulk_lab):
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["client_sends", "server_sends"])
 @pytest.mark.parametrize("path", PATHS, ids=[p.name for p in PATHS])
-def test_iperf3(bulk_lab, path, reverse):
+def test_iperf3(bulk_lab, bulk_report, path, reverse):
     """iperf3 over the path completes above MIN_BITS_PER_SECOND, and the agents of the nodes on
     the data's way forwarded at least one packet per 64 KB it moved."""
     sl = bulk_lab
@@ -96,10 +97,10 @@ def test_iperf3(bulk_lab, path, reverse):
     dropped = {name: {ifname: count - drops_before[name].get(ifname, 0)
                       for ifname, count in drops_after[name].items() if count > drops_before[name].get(ifname, 0)}
                for name in drops_after}
-    print(f"\n{sl.variant} {path.name} {'server' if reverse else 'client'} sends: "
-          f"{_mbit(result['bits_per_second'])}, {result['bytes']:,} bytes, retransmits {result['retransmits']}, "
-          f"longest stall {result['stall']}s, error {result['error']}; packets forwarded by agents {carried}, "
-          f"AF_XDP rx drops {dropped}")
+    bulk_report(f"{sl.variant} {path.name} iperf3 {'server' if reverse else 'client'} sends: "
+                f"{_mbit(result['bits_per_second'])}, {result['bytes']:,} bytes, retransmits "
+                f"{result['retransmits']}, longest stall {result['stall']}s, error {result['error']}; "
+                f"packets forwarded by agents {carried}, AF_XDP rx drops {dropped}")
     assert result["exit"] == 0 and result["error"] is None, f"iperf3 did not complete: {result}"
     assert result["bits_per_second"] >= MIN_BITS_PER_SECOND, \
         f"stalled: {_mbit(result['bits_per_second'])} (floor {_mbit(MIN_BITS_PER_SECOND)}): {result}"
@@ -110,12 +111,12 @@ def test_iperf3(bulk_lab, path, reverse):
 
 
 @pytest.mark.parametrize("path", PATHS, ids=[p.name for p in PATHS])
-def test_curl(bulk_lab, path):
+def test_curl(bulk_lab, bulk_report, path):
     """curl fetches a few MB over the path: HTTP 200 and the whole body within the time limit."""
     sl = bulk_lab
     cluster = sl.cluster
     url = f"http://{path.address(cluster)}:{path.http_port}/bytes/{scenarios.BULK_BODY_BYTES}"
     result = scenarios.http_fetch(sl, path.client(cluster), url)
-    print(f"\n{sl.variant} {path.name} curl: HTTP {result['code']}, {result['bytes']:,} bytes, "
-          f"{_mbit(result['bits_per_second'])}, exit {result['exit']}")
+    bulk_report(f"{sl.variant} {path.name} curl: HTTP {result['code']}, {result['bytes']:,} bytes, "
+                f"{_mbit(result['bits_per_second'])}, exit {result['exit']}")
     assert result["code"] == 200 and result["bytes"] == scenarios.BULK_BODY_BYTES, result
