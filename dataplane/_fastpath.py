@@ -8,9 +8,11 @@ fast_path_step, called by the worker loop on every pass, sweeps the flow table, 
   completes the handshake, FIN half-closes, FIN both ways or RST closes). Then it
   - removes the flow (conntrack and fast path) when its backend is gone or changed
     (XSKP_CNT_CT_STALE) or it has expired (XSKP_CNT_CT_EXPIRED), as the pipeline does at a hit;
+  - re-resolves its egress and MACs in place when the FIB generation changed (a recall would
+    send the flow's next frames to userspace, and a GSO super-frame cannot go there);
   - recalls it to userspace (XSKP_CNT_FLOW_RECALLED) when it is closing, so that the last
-    segments, TIME_WAIT reuse and close timeouts are userspace's as before, or when the FIB
-    generation changed (its next frame in userspace re-resolves the MACs and offloads again);
+    segments, TIME_WAIT reuse and close timeouts are userspace's as before, or when its next
+    hop no longer resolves (userspace then drops and counts, and has the kernel resolve it);
   - drops an entry whose conntrack entry no longer matches (removed meanwhile).
 So a fast-path entry never outlives its flow by more than one sweep period. Cached routing
 decisions (XSKP_FLOW_ROUTE, untracked bypass flows) go when idle for ROUTE_IDLE_NS, at a FIN or
@@ -23,7 +25,7 @@ from dataplane import abi
 from dataplane._conntrack import (ct_delete_flow, ct_flow_expired, ct_set_state, idle_ns, CT_IN_USE,
                                   NO_PEER)
 from dataplane._flowtable import flow_clear_slot, flow_remove, FLOW_IN_USE, FLOW_ROUTE
-from dataplane.pipeline import entry_backend_valid
+from dataplane.pipeline import entry_backend_valid, ct_resolve
 
 L = abi.lib
 SWEEP_PERIOD_NS = 250_000_000          # a whole pass over the flow table this often
@@ -40,6 +42,7 @@ ST_CLOSING = L.XSKP_CT_CLOSING
 CNT_CT_EXPIRED = L.XSKP_CNT_CT_EXPIRED
 CNT_CT_STALE = L.XSKP_CNT_CT_STALE
 CNT_FLOW_RECALLED = L.XSKP_CNT_FLOW_RECALLED
+CNT_FIB_REFRESH = L.XSKP_CNT_FIB_REFRESH
 IPPROTO_TCP = 6
 TCP_FIN = 0x01
 TCP_RST = 0x04
@@ -59,6 +62,17 @@ def recall_flow(ct, flows, idx):
         if (p.flags & CT_OFFLOADED) != 0 and np.int64(p.peer) == idx:
             flow_remove(flows, p.src_addr, p.dst_addr, p.src_port, p.dst_port, p.proto)
             p.flags &= np.uint8(~CT_OFFLOADED & 0xff)
+
+
+@packet_njit
+def refresh_flow_egress(f, e, out_ifindex):
+    """Give a fast-path entry its conntrack entry's re-resolved egress and MACs, in place: the
+    BPF side may read a mix of old and new MACs for a packet or two, both valid next hops."""
+    f.out_ifindex = out_ifindex
+    for k in range(6):
+        f.dst_mac[k] = e.dst_mac[k]
+        f.src_mac[k] = e.src_mac[k]
+    f.fib_generation = e.fib_generation
 
 
 @packet_njit
@@ -121,10 +135,22 @@ def sweep_flow(st, ft, slot, now_ns, counters):
         ct_delete_flow(ct, flows, ci)
         counters[CNT_CT_EXPIRED] += 1
         return
-    if ((e.proto == IPPROTO_TCP and e.state == ST_CLOSING)
-            or f.fib_generation != node.fib_generation):
+    if e.proto == IPPROTO_TCP and e.state == ST_CLOSING:
         recall_flow(ct, flows, ci)
         counters[CNT_FLOW_RECALLED] += 1
+        return
+    if f.fib_generation != node.fib_generation:
+        if e.fib_generation != node.fib_generation and ct_resolve(st, ct, ci, counters) != 0:
+            recall_flow(ct, flows, ci)
+            counters[CNT_FLOW_RECALLED] += 1
+            return
+        out_ifindex = ft.fast_state[0].ifindex[e.out_iface]
+        if out_ifindex == 0:
+            recall_flow(ct, flows, ci)
+            counters[CNT_FLOW_RECALLED] += 1
+            return
+        refresh_flow_egress(f, e, out_ifindex)
+        counters[CNT_FIB_REFRESH] += 1
 
 
 @packet_njit

@@ -152,7 +152,12 @@ enum steer_counter {
 	STEER_DROP_HELD,            /* redirect found no socket during a handover hold: dropped */
 	STEER_PASS_FAST_FLOW,       /* an offloaded flow: passed on to the tc fast path */
 	STEER_PASS_FAST_BYPASS,     /* Pod-CIDR traffic passed on to the tc fast path (bypass) */
-	STEER_PASS_TOO_BIG,         /* owned, but larger than a UMEM chunk holds: never to a socket */
+	STEER_PASS_TOO_BIG,         /* larger than a UMEM chunk holds, no agent (or Pod-CIDR traffic):
+				     * the kernel's */
+	STEER_DROP_TOO_BIG,         /* larger than a UMEM chunk holds, of a flow the running agent
+				     * translates but has not offloaded (yet): dropped, as the kernel
+				     * would deliver it untranslated (a reset); TCP retransmits it
+				     * smaller */
 	/* the tc fast path (xskp_fast), per packet it sees */
 	FAST_FLOW,                  /* rewritten by an offloaded flow's entry and redirected */
 	FAST_BYPASS,                /* routed untracked to a Pod CIDR (kernel FIB) and redirected */

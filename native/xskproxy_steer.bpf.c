@@ -161,11 +161,18 @@ flow_lookup_v4(const struct xskp_fast_config *cfg, __u32 saddr, __u32 daddr, __u
 	return NULL;
 }
 
-/* The fast path runs while a worker's heartbeat is fresh or the interface's handover hold lasts. */
+/* Translated flows run in the fast path while the agent's heartbeat is fresh or the interface's
+ * handover hold lasts; plain routing (the bypass, cached routes) only while the heartbeat is:
+ * during a handover Pod-CIDR traffic is the kernel's, as it is for the steering program. */
 static __always_inline int fast_live(const struct xskp_fast_config *cfg,
 				     const struct steer_iface *iface, __u64 now)
 {
 	return cfg->flow_mask && (cfg->alive_until_ns > now || iface->hold_until_ns > now);
+}
+
+static __always_inline int fast_routing_live(const struct xskp_fast_config *cfg, __u64 now)
+{
+	return cfg->flow_mask && cfg->bypass && cfg->alive_until_ns > now;
 }
 
 static __always_inline const struct xskp_fast_config *fast_config(void)
@@ -192,15 +199,26 @@ static __always_inline int pass(__u32 decision)
 static __always_inline int redirect(struct xdp_md *ctx, const struct steer_iface *iface,
 				    __u32 decision)
 {
-	__u32 queue = ctx->rx_queue_index;
+	__u32 queue = ctx->rx_queue_index, index = iface->xsk_base + queue;
 	long action;
 
-	if (ctx->data_end - ctx->data > SOCKET_FRAME_MAX)
-		return pass(STEER_PASS_TOO_BIG);
-	count(decision);
-	if (queue >= STEER_MAX_QUEUES)
+	if (queue >= STEER_MAX_QUEUES) {
+		count(decision);
 		return pass(STEER_REDIRECT_FAILED);
-	action = bpf_redirect_map(&xskp_xsks, iface->xsk_base + queue, XDP_PASS);
+	}
+	if (ctx->data_end - ctx->data > SOCKET_FRAME_MAX) {
+		/* no socket can take it; the kernel would pass a translated flow's frame on
+		 * untranslated, so while an agent serves (or holds) the queue it is dropped */
+		if (decision != STEER_REDIRECT_PREFIX &&
+		    (bpf_map_lookup_elem(&xskp_xsks, &index) ||
+		     iface->hold_until_ns > bpf_ktime_get_ns())) {
+			count(STEER_DROP_TOO_BIG);
+			return XDP_DROP;
+		}
+		return pass(STEER_PASS_TOO_BIG);
+	}
+	count(decision);
+	action = bpf_redirect_map(&xskp_xsks, index, XDP_PASS);
 	if (action == XDP_REDIRECT)
 		return action;
 	if (decision != STEER_REDIRECT_PREFIX && iface->hold_until_ns > bpf_ktime_get_ns()) {
@@ -231,7 +249,8 @@ int xskp_steer(struct xdp_md *ctx)
 	struct iphdr *ip;
 	__u16 sport = 0, dport = 0;
 	__u8 tcp_flags = 0;
-	int live = 0;
+	int live = 0, routing_live = 0;
+	__u64 now;
 	__u32 *roles;
 
 	iface = bpf_map_lookup_elem(&xskp_ifaces, &ifindex);
@@ -265,11 +284,17 @@ int xskp_steer(struct xdp_md *ctx)
 		}
 	}
 
-	live = cfg && fast_live(cfg, iface, bpf_ktime_get_ns());
+	now = bpf_ktime_get_ns();
+	live = cfg && fast_live(cfg, iface, now);
+	routing_live = cfg && fast_routing_live(cfg, now);
 	if (live && (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) &&
-	    (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN &&
-	    flow_lookup_v4(cfg, ip->saddr, ip->daddr, sport, dport, ip->protocol))
-		return pass(STEER_PASS_FAST_FLOW);
+	    (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN) {
+		struct xskp_flow_v4 *f = flow_lookup_v4(cfg, ip->saddr, ip->daddr, sport, dport,
+							ip->protocol);
+
+		if (f && (routing_live || !(f->flags & XSKP_FLOW_ROUTE)))
+			return pass(STEER_PASS_FAST_FLOW);
+	}
 	if (live && ip->protocol == IPPROTO_IPIP) {
 		/* DSR to this node: the flow is keyed by the inner 5-tuple */
 		struct iphdr *inner = (void *)ip + ip->ihl * 4;
@@ -320,7 +345,7 @@ int xskp_steer(struct xdp_md *ctx)
 	prefix_key.addr = ip->daddr;
 	roles = bpf_map_lookup_elem(&xskp_v4_pfxs, &prefix_key);
 	if (steered_on(roles, iface)) {
-		if (live && cfg->bypass)
+		if (routing_live)
 			return pass(STEER_PASS_FAST_BYPASS);
 		return redirect(ctx, iface, STEER_REDIRECT_PREFIX);
 	}
@@ -591,13 +616,14 @@ int xskp_fast(struct __sk_buff *skb)
 		}
 		if ((tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN) {
 			f = flow_lookup_v4(cfg, ip->saddr, ip->daddr, sport, dport, ip->protocol);
-			if (f && !(f->flags & XSKP_FLOW_DECAP))
+			if (f && !(f->flags & XSKP_FLOW_DECAP) &&
+			    (!(f->flags & XSKP_FLOW_ROUTE) || fast_routing_live(cfg, now)))
 				return fast_execute_flow(skb, cfg, f, ip, l4_off, sport, dport, tcp_flags, now);
 		}
 	} else if (ip->protocol == IPPROTO_IPIP) {
 		return fast_decapsulate(skb, cfg, ip, now);
 	}
-	if (cfg->bypass) {
+	if (fast_routing_live(cfg, now)) {
 		prefix_key.prefixlen = 32;
 		prefix_key.addr = ip->daddr;
 		roles = bpf_map_lookup_elem(&xskp_v4_pfxs, &prefix_key);
