@@ -81,6 +81,7 @@ class Agent:
         self.store = store.GenerationStore()
         self.translator = None
         self.steering = None
+        self.fast_config = None                         # the fast path's switches (mmapped)
         self.workers = []
         self.flow_tables = []
         self.source = None
@@ -258,6 +259,11 @@ class Agent:
             except OSError as e:
                 log.error("event=hold_failed error=%r fallback=detach", str(e))
                 handover = False
+        if self.steering is not None and self.fast_config is not None:
+            # a stopping agent is not alive: the bypass goes back to the kernel at once, and
+            # offloaded flows keep running only through a handover's hold
+            self.steering.stop_heartbeat()
+            self.fast_config[0]["alive_until_ns"] = 0
         if self.steering is not None and not handover:
             self._detach_fast_path()
             for ifname in list(self.steering.ifaces):
