@@ -1189,7 +1189,8 @@ class Translator:
             macs[lib.XSKP_IFACE_TRANSPORT] = bytes.fromhex(transport.mac.replace(":", ""))
         if gateway is not None and gateway.mac:
             macs[lib.XSKP_IFACE_GATEWAY] = bytes.fromhex(gateway.mac.replace(":", ""))
-        fib_parts = (tuple(routes), tuple(neighbours), tuple(macs), transport_addr)
+        transport_mtu = transport.mtu if transport is not None else 0
+        fib_parts = (tuple(routes), tuple(neighbours), tuple(macs), transport_addr, transport_mtu)
         if fib_parts != self._fib_parts:
             self._fib_parts = fib_parts
             self.fib_generation += 1
@@ -1272,7 +1273,7 @@ class Translator:
         for i, (net, mask) in enumerate(ranges):
             source_ranges[i]["net"], source_ranges[i]["mask"] = net, mask
 
-        routes_spec, neighbour_spec, macs, transport_addr = self._fib_parts
+        routes_spec, neighbour_spec, macs, transport_addr, transport_mtu = self._fib_parts
         if prev is not None and prev.node[0]["fib_generation"] == self.fib_generation:
             routes, neighbours = prev.routes, prev.neighbours
             route_count = int(prev.node[0]["route_count"])
@@ -1289,6 +1290,8 @@ class Translator:
         node[0]["node_addr"] = transport_addr or 0
         node[0]["snat_port_min"], node[0]["snat_port_max"] = self.options.snat_port_range
         node[0]["iface_mac"] = np.frombuffer(b"".join(macs), np.uint8).reshape(2, 6)
+        # DSR clients' segments are tunnelled (IPIP, 20 bytes) to this node: MTU - 60
+        node[0]["dsr_mss"] = transport_mtu - 60 if transport_mtu >= 576 else 0
         node[0]["generation"] = generation
         node[0]["fib_generation"] = self.fib_generation
         node[0]["route_count"] = route_count

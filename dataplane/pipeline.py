@@ -53,7 +53,9 @@ Decisions:
   plain NAT. The backend node decapsulates IPIP addressed to node_addr arriving on the
   transport, looks the inner frontend up, picks from the Service's LOCAL ring, DNATs, tracks
   (XSKP_CT_DSR_LOCAL) and its reply entry rewrites the source back to the VIP and routes the
-  reply straight to the client. No SNAT on DSR flows. MTU is not adjusted (20 bytes).
+  reply straight to the client. No SNAT on DSR flows. The tunnel adds 20 bytes the path MTU
+  does not know about: the backend node lowers the MSS its backend announces in the SYN+ACK to
+  node.dsr_mss (transport MTU - 60), so that clients' full-sized segments fit once tunnelled.
 - TCP states: SYN -> SYN_SENT, SYN+ACK reply -> SYN_RECV, ACK -> ESTABLISHED, FIN from one side
   -> FIN_WAIT, from both or RST -> CLOSING; a non-SYN segment with no entry is picked up as
   SYN_RECV (becomes ESTABLISHED at its next original-direction ACK; a stray ACK expires in
@@ -419,6 +421,32 @@ def track_tcp(ct, idx, tcp_flags):
 
 
 @packet_njit(inline="always")
+def clamp_mss(umem, l4, ip_end, csum_off, mss_max):
+    """Lower a TCP MSS option above mss_max to it (checksum updated incrementally)."""
+    end = min(l4 + np.int64(umem[l4 + 12] >> 4) * 4, ip_end)
+    o = l4 + 20
+    while o < end:
+        kind = np.int64(umem[o])
+        if kind == 0:
+            return
+        if kind == 1:
+            o += 1
+            continue
+        if o + 1 >= end:
+            return
+        length = np.int64(umem[o + 1])
+        if length < 2 or o + length > end:
+            return
+        if kind == 2 and length == 4:
+            mss = load16(umem, o + 2)
+            if mss > mss_max:
+                store16(umem, o + 2, mss_max)
+                store16(umem, csum_off, csum_apply(load16(umem, csum_off), csum_diff16(mss, mss_max)))
+            return
+        o += length
+
+
+@packet_njit(inline="always")
 def forget_cached_route(flows, src, dst, sport, dport, proto):
     """A tracked flow now owns this key: a routing decision cached for it goes."""
     if flows.shape[0] != 0:
@@ -506,6 +534,10 @@ def conntrack_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
         ct_set_state(ct, idx, ST_ESTABLISHED)
     e.last_seen_ns = now_ns
     counters[CNT_CT_HIT] += 1
+    if (proto == IPPROTO_TCP and (tcp_flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)
+            and (e.flags & (CT_DSR_LOCAL | CT_REPLY)) == (CT_DSR_LOCAL | CT_REPLY)
+            and st.node[0].dsr_mss != 0):
+        clamp_mss(umem, l4, ip_end, csum_off, np.int64(st.node[0].dsr_mss))
     verdict, reason = apply_entry(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
                                   src, dst, sport, dport, chunk, st, ct, idx, counters)
     if verdict != V_DROP and ft.flows.shape[0] != 0 and (e.flags & CT_OFFLOADED) == 0:

@@ -410,7 +410,9 @@ struct xskp_node {
 	__u16 snat_port_min;            /* SNAT port range, inclusive */
 	__u16 snat_port_max;
 	__u8 iface_mac[2][6];           /* own MAC per enum xskp_iface */
-	__u16 pad;
+	__u16 dsr_mss;                  /* a DSR backend's SYN+ACK announces at most this MSS (the
+					 * transport MTU less IPIP, IPv4 and TCP headers), so that
+					 * its clients' segments still fit once tunnelled; 0: none */
 	__u32 generation;               /* increases with every publish */
 	__u32 fib_generation;           /* increases when routes or neighbours change */
 	__u32 route_count;              /* used entries of the routes array */

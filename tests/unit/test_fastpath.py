@@ -308,3 +308,31 @@ def test_a_tracked_flow_replaces_a_cached_route_with_the_same_key():
                       np.zeros(6, np.uint8), np.zeros(6, np.uint8), fx.FIB_GENERATION, T0, 0)
     send(st, ft, syn, fx.GATEWAY, T0 + 31 * S)     # the SYN_SENT flow expired: a new one
     assert flow_entry(ft, *key) is None or not flow_entry(ft, *key)["flags"] & L.XSKP_FLOW_ROUTE
+
+
+def test_a_dsr_backends_syn_ack_announces_an_mss_that_fits_the_tunnel():
+    """On the backend's node, the SYN+ACK of a DSR flow leaves with its MSS lowered to
+    node.dsr_mss (checksum still valid), so the client's segments fit once encapsulated; other
+    flows' SYN+ACKs keep theirs."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    st, ft = topology()
+    st.node[0]["dsr_mss"] = 1440
+    syn = (fx.eth(fx.MAC_NODE_B, fx.MAC_TRANSPORT) / IP(src=fx.NODE_B, dst=fx.NODE_A, proto=4, ttl=64)
+           / fx.tcp(fx.CLIENT, "198.51.100.13", 51008, 80, "S", ttl=63))
+    assert send(st, ft, syn, fx.TRANSPORT)[0] == fx.TX_G
+    syn_ack = (fx.from_pod(fx.MAC_POD_A9) / IP(src=fx.POD_A9, dst=fx.CLIENT)
+               / TCP(sport=80, dport=51008, flags="SA", options=[("MSS", 1460), ("SAckOK", b"")]))
+    verdicts, outs, _ = fx.run([bytes(syn_ack)], fx.GATEWAY, st, ft, now_ns=T0)
+    assert verdicts[0] == fx.TX_T
+    out = Ether(outs[0])
+    assert dict(out["TCP"].options)["MSS"] == 1440 and out["IP"].src == "198.51.100.13"
+    check = out["TCP"].chksum
+    del out["TCP"].chksum
+    assert Ether(bytes(out))["TCP"].chksum == check
+    # a plain NAT flow's SYN+ACK is left alone
+    send(st, ft, pod_segment(44100, "S"), fx.GATEWAY)
+    plain = (fx.from_pod(fx.MAC_POD_A1) / IP(src=fx.POD_A1, dst=fx.NODE_A)
+             / TCP(sport=8080, dport=snat_port(ft, 44100), flags="SA", options=[("MSS", 1460)]))
+    _, outs, _ = fx.run([bytes(plain)], fx.GATEWAY, st, ft, now_ns=T0)
+    assert dict(Ether(outs[0])["TCP"].options)["MSS"] == 1460
