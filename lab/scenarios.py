@@ -32,6 +32,11 @@ class Result:
     detail: str
 
 
+# agent options (ServiceLab.agent_options) that are top-level config keys; the rest are
+# antreaProxy keys
+TOP_LEVEL_OPTIONS = {"flowOffload", "xdpMode", "handoverSeconds", "queues"}
+
+
 class ServiceLab:
     """A cluster lab with Services, servers, kernel fallback rules and (optionally) agents."""
 
@@ -72,13 +77,14 @@ class ServiceLab:
     def agent_config(self, node):
         options = {"proxyAll": True, "skipServices": ["default/skipped"], "proxyLoadBalancerIPs": True,
                    "defaultLoadBalancerMode": "nat"}
-        options.update(self.agent_options)
+        top = {k: v for k, v in self.agent_options.items() if k in TOP_LEVEL_OPTIONS}
+        options.update({k: v for k, v in self.agent_options.items() if k not in TOP_LEVEL_OPTIONS})
         return {"nodeName": node.name, "transportInterface": node.transport.name,
                 "gatewayInterface": node.gateway.name, "source": "files",
                 "manifestPath": self.manifest_dir,
                 "stateDir": os.path.join(self.workdir, f"state-{node.name}"),
                 "tables": {"conntrackEntries": 1 << 16, "affinityEntries": 1 << 12},
-                "antreaProxy": options}
+                "antreaProxy": options, **top}
 
     def start_agent(self, node, wait=True):
         path = os.path.join(self.workdir, f"{node.name}.yaml")
@@ -269,12 +275,26 @@ SCENARIOS = [clusterip_tcp, clusterip_udp, nodeport_cluster, nodeport_local, loa
 
 
 def run_scenarios(sl, scenarios=SCENARIOS, keep_going=True, report=print):
+    """Run each scenario on `sl` and report its row; [Result]. A scenario that fails or raises is a
+    FAIL row and the next one runs (keep_going=False: stop at the first failure). Before each
+    scenario, an agent a previous one left stopped or dead is started again (and said so), so
+    that one failure does not fail the rows after it for a reason of its own."""
     results = []
     for scenario in scenarios:
+        for node in sl.cluster.nodes:
+            proc = sl.agents.get(node.name)
+            if proc is not None and proc.poll() is None:
+                continue
+            sl.agents.pop(node.name, None)
+            report(f"  ({node.name}'s agent was not running: starting it before {scenario.__name__})")
+            try:
+                sl.start_agent(node)
+            except Exception as e:  # the scenario then fails on its own and says why
+                report(f"  ({node.name}'s agent did not start: {e})")
         try:
             result = scenario(sl)
         except Exception as e:  # a broken scenario is a failed row, not a crashed demo
-            result = Result(scenario.__name__, False, f"error: {e}")
+            result = Result(scenario.__name__, False, f"error: {type(e).__name__}: {e}")
         report(f"  {'PASS' if result.ok else 'FAIL'}  {result.name}: {result.detail}")
         results.append(result)
         if not result.ok and not keep_going:
