@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 from control import netlink
+from control.config import check_snat_port_range, read_local_port_range
 from control.sync import SyncLoop, collector
 from control.translate import (ProxyOptions, Translator, apply_backend_steering, apply_steering_changes,
                                describe_tables)
@@ -106,6 +107,7 @@ class Agent:
         from dataplane import xsk
         cfg = self.config
         self.started_at = time.time()
+        check_snat_port_range(cfg.snat_port_range, read_local_port_range())
         for ifname in (cfg.transport_interface, cfg.gateway_interface):
             xsk.ifindex_of(ifname)                 # one clear OSError when an interface is missing
         store.make_state_dir(cfg.state_dir)        # one OSError naming stateDir and the path
@@ -160,10 +162,15 @@ class Agent:
             self._attach_fast_path([ifname for ifname, _ in served])
         modes = {ifname: self.steering.attach(ifname, mode=self._xdp_mode(ifname))
                  for ifname, _ in served}
-        log.info("event=started node=%s xdp=%s sockets=%s queues=%d generation=%d flow_offload=%s",
+        if not cfg.flow_offload:
+            self._remove_stale_fast_path([ifname for ifname, _ in served])
+        ids = self.steering.object_ids()
+        log.info("event=started node=%s xdp=%s sockets=%s queues=%d generation=%d flow_offload=%s "
+                 "bpf_progs=%s bpf_maps=%s",
                  cfg.node_name, ",".join(f"{k}:{v}" for k, v in modes.items()),
                  ",".join(s.mode_name for w in self.workers for s in w.sockets if s is not None),
-                 cfg.queues, self.store.current.number, cfg.flow_offload)
+                 cfg.queues, self.store.current.number, cfg.flow_offload,
+                 ",".join(map(str, ids["prog"])), ",".join(map(str, ids["map"])))
         # changes between the last read and the watcher's start gave no notification: re-read
         self.network.start(self.sync.notify)
         self.network.mark_dirty()
@@ -201,6 +208,20 @@ class Agent:
                 created.add(ifname)
         self._fast_path_qdiscs = created
         _write_json(os.path.join(self.config.state_dir, FAST_PATH_QDISCS), sorted(created))
+
+    def _remove_stale_fast_path(self, ifnames):
+        """Without the fast path, a predecessor's (left by a handover) goes once our XDP program
+        has replaced its steering, with the clsact qdisc if an agent created it."""
+        path = os.path.join(self.config.state_dir, FAST_PATH_QDISCS)
+        created = set(_read_json(path, []))
+        for ifname in ifnames:
+            try:
+                if self.steering.remove_fast_path(ifname, destroy_qdisc=ifname in created):
+                    log.info("event=stale_fast_path_removed iface=%s", ifname)
+                created.discard(ifname)
+            except OSError as e:
+                log.error("event=stale_fast_path_failed iface=%s error=%r", ifname, str(e))
+        _write_json(path, sorted(created))
 
     def _detach_fast_path(self):
         created = getattr(self, "_fast_path_qdiscs", set())

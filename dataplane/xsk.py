@@ -269,6 +269,13 @@ def attached_program(ifname):
     return int(prog_id[0]), ATTACH_MODE_NAMES.get(mode[0], "none"), px.ffi.string(name).decode()
 
 
+def bpf_object_exists(kind, object_id):
+    """Whether the BPF 'map' or 'prog' with this kernel id still exists."""
+    px = _pyxdp()
+    return bool(_raise_if_error(px.lib.xskp_bpf_object_exists(int(kind == "map"), int(object_id)),
+                                f"looking up BPF {kind} {object_id}"))
+
+
 def fast_path_attached(ifname):
     """What sits at the fast path's tc handle on ifname's ingress: (prog_id (0: nothing), name)."""
     px = _pyxdp()
@@ -413,6 +420,14 @@ class SteeringProgram:
         config = self._mmap_array(abi.lib.STEER_MAP_FAST_CONFIG, FAST_CONFIG_DTYPE, 1)
         return flows, config
 
+    def object_ids(self):
+        """{'prog': [steering, fast path], 'map': [...]}: the kernel ids of what this loaded."""
+        progs = self._px.ffi.new("uint32_t[2]")
+        maps = self._px.ffi.new(f"uint32_t[{abi.lib.STEER_MAP_MAX}]")
+        _raise_if_error(self._px.lib.xskp_steer_object_ids(self.handle, progs, maps),
+                        "reading the BPF object ids")
+        return {"prog": list(progs), "map": list(maps)}
+
     def start_heartbeat(self, config, period_ns=100_000_000,
                         liveness_ns=abi.lib.XSKP_FAST_LIVENESS_NS):
         """Keep the fast path live while this process lives (config: from fast_tables())."""
@@ -438,6 +453,16 @@ class SteeringProgram:
                         f"attaching the tc fast path to {ifname}")
         self.tc_ifaces[ifname] = (ifindex, bool(created[0]))
         return bool(created[0])
+
+    def remove_fast_path(self, ifname, destroy_qdisc=False):
+        """Remove whatever xskp_fast sits at our tc handle on ifname (a predecessor's, when this
+        agent runs without the fast path); any other program there is left alone."""
+        prog_id, name = fast_path_attached(ifname)
+        if not prog_id or name != "xskp_fast":
+            return False
+        _raise_if_error(self._px.lib.xskp_tc_detach(self.handle, ifindex_of(ifname), int(destroy_qdisc)),
+                        f"removing a previous agent's tc fast path from {ifname}")
+        return True
 
     def detach_fast_path(self, ifname, destroy_qdisc=False):
         ifindex, _ = self.tc_ifaces.pop(ifname)

@@ -130,27 +130,34 @@ def _iperf_result(proc, timeout):
             "retransmits": end.get("sum_sent", {}).get("retransmits")}
 
 
-def restart_without_loss(sl):
-    """SIGTERM + start of node0's agent, as a DaemonSet upgrade does it (the handover): a TCP echo
-    connection through a ClusterIP, iperf3 through a ClusterIP from a Pod and through a NodePort
-    from the external client survive without a reset, and the new agent adopts their flows."""
+def _restart_without_loss(sl, tier):
+    """The handover checks of restart_without_loss with node0's agent carrying the streams on
+    `tier`: "kernel" (flowOffload, the default) or "userspace" (flowOffload false)."""
     check = _Checks()
     node0 = sl.cluster.nodes[0]
-    stream = sl.start_client(node0.pods[1].ns, "echo-stream", "10.96.0.20", 7000, 25)
-    iperfs = {"iperf3 ClusterIP": _iperf(sl, node0.pods[0].ns, "10.96.0.21", 5201, 20),
-              "iperf3 NodePort": _iperf(sl, sl.cluster.client, node0.ip, 30522, 20)}
+    options = {} if tier == "kernel" else {"flowOffload": False}
+    if options:
+        sl.stop_agent(node0, signal.SIGTERM, timeout=2.0)
+        _restart(sl, node0, **options)
     try:
+        stream = sl.start_client(node0.pods[1].ns, "echo-stream", "10.96.0.20", 7000, 25)
+        iperfs = {"iperf3 ClusterIP": _iperf(sl, node0.pods[0].ns, "10.96.0.21", 5201, 20),
+                  "iperf3 NodePort": _iperf(sl, sl.cluster.client, node0.ip, 30522, 20)}
         time.sleep(3.0)
-        tracked = {f["dst"] for f in read_conntrack(f"{sl.workdir}/state-{node0.name}")
-                   if f["state"] == "ESTABLISHED"}
-        check({"10.96.0.20:7000", "10.96.0.21:5201", f"{node0.ip}:30522"} <= tracked,
-              f"the agent does not carry every stream before the restart: {sorted(tracked)}")
+        streams = {"10.96.0.20:7000", "10.96.0.21:5201", f"{node0.ip}:30522"}
+        carried = {f["dst"]: f["tier"] for f in read_conntrack(f"{sl.workdir}/state-{node0.name}")
+                   if f["state"] == "ESTABLISHED" and f["dst"] in streams}
+        check(set(carried) == streams and set(carried.values()) == {tier},
+              f"the agent does not carry every stream on the {tier} tier before the restart: {carried}")
         code = sl.stop_agent(node0, signal.SIGTERM, timeout=2.0)
         check(code == 0, f"SIGTERM: exit {code}")
-        _restart(sl, node0)
+        _restart(sl, node0, **options)
         echo = sl.client_result(stream, 60)
         results = {name: _iperf_result(proc, 60) for name, proc in iperfs.items()}
     finally:
+        if options and node0.name in sl.agents:
+            sl.stop_agent(node0, signal.SIGTERM, timeout=2.0)
+            _restart(sl, node0)
         _ensure_running(sl, node0)
     check(echo["error"] is None and echo["received"] >= echo["sent"] - 1, f"echo stream: {echo}")
     for name, r in results.items():
@@ -161,8 +168,61 @@ def restart_without_loss(sl):
     check("in_use={'ct': 0" not in log.split("event=stopped")[-1], "the new agent adopted no flow")
     gaps = [f"echo {echo['max_gap']:.1f}s"] + [f"{name.split()[1]} {r['stall']:.1f}s "
                                                 f"({r['retransmits']} retransmits)" for name, r in results.items()]
-    return check.result("restart without loss (SIGTERM handover + start)",
+    return check.result(f"restart without loss, streams on the {tier} tier (SIGTERM handover + start)",
                         f"no reset, no lost echo; longest gaps: {', '.join(gaps)}")
+
+
+def restart_without_loss(sl):
+    """SIGTERM + start of node0's agent, as a DaemonSet upgrade does it (the handover): a TCP echo
+    connection through a ClusterIP, iperf3 through a ClusterIP from a Pod and through a NodePort
+    from the external client, all carried by the kernel fast path, survive without a reset, and
+    the new agent adopts their flows (and the fast path's flow table)."""
+    return _restart_without_loss(sl, "kernel")
+
+
+def restart_without_loss_userspace(sl):
+    """The same handover with flowOffload false: the streams carried by the AF_XDP path survive
+    without a reset and the new agent adopts their flows."""
+    return _restart_without_loss(sl, "userspace")
+
+
+def _bpf_ids(log):
+    started = [line for line in log.splitlines() if "event=started" in line][-1]
+    fields = dict(word.split("=", 1) for word in started.split() if "=" in word)
+    return {"prog": [int(i) for i in fields["bpf_progs"].split(",")],
+            "map": [int(i) for i in fields["bpf_maps"].split(",")]}
+
+
+def sigint_removes_everything(sl):
+    """SIGINT stops node0's agent and takes away what it added: the XDP programs, the tc fast
+    path (its filter and the clsact qdisc the agent created), every BPF program and map it loaded
+    (by kernel id, the fast path's flow table included); the kernel path serves the ClusterIP."""
+    from dataplane.xsk import bpf_object_exists
+    check = _Checks()
+    node0 = sl.cluster.nodes[0]
+    ids = _bpf_ids(sl.node_log(node0))
+    try:
+        code = sl.stop_agent(node0, signal.SIGINT, timeout=3.0)
+        check(code == 0, f"SIGINT: exit {code}")
+        for ifname in ("tr0", "gw0"):
+            link = sl.lab.run(node0.ns, ["ip", "-d", "link", "show", "dev", ifname]).stdout
+            check("prog/xdp" not in link, f"{ifname} keeps an XDP program: {link}")
+            qdiscs = sl.lab.run(node0.ns, ["tc", "qdisc", "show", "dev", ifname]).stdout
+            check("clsact" not in qdiscs, f"{ifname} keeps the clsact qdisc: {qdiscs}")
+        deadline = time.monotonic() + 3.0           # the kernel frees them after an RCU grace period
+        left = ids
+        while time.monotonic() < deadline:
+            left = {kind: [i for i in found if bpf_object_exists(kind, i)] for kind, found in ids.items()}
+            if not left["prog"] and not left["map"]:
+                break
+            time.sleep(0.1)
+        check(not left["prog"] and not left["map"], f"BPF objects left behind: {left} of {ids}")
+        check(sl.http(node0.pods[0].ns, "http://10.96.0.10/") is not None,
+              "the kernel path does not serve the ClusterIP after SIGINT")
+    finally:
+        _ensure_running(sl, node0)
+    return check.result("SIGINT removes everything the agent added",
+                        f"{len(ids['prog'])} programs and {len(ids['map'])} maps gone, no XDP, no clsact")
 
 
 def _phase_pods(attempts, start, end):
@@ -259,5 +319,6 @@ def proxy_load_balancer_ips_false(sl):
                         "served by the kernel's rules, no frontend redirect")
 
 
-SCENARIOS = [netfilter_bypass, fail_open_on_kill, restart_without_loss, endpoint_churn,
+SCENARIOS = [netfilter_bypass, fail_open_on_kill, restart_without_loss,
+             restart_without_loss_userspace, sigint_removes_everything, endpoint_churn,
              proxy_load_balancer_ips_false]

@@ -671,6 +671,42 @@ int xskp_tc_query(uint32_t ifindex, uint32_t *prog_id, char *name, uint32_t name
 	return prog_name_of(query.prog_id, name, name_size);
 }
 
+int xskp_steer_object_ids(uint64_t steer, uint32_t *prog_ids, uint32_t *map_ids)
+{
+	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;
+	struct bpf_prog_info prog;
+	struct bpf_map_info map;
+	uint32_t len;
+	int i, fds[2] = { st->prog_fd, st->fast_prog_fd };
+
+	for (i = 0; i < 2; i++) {
+		memset(&prog, 0, sizeof(prog));
+		len = sizeof(prog);
+		if (bpf_obj_get_info_by_fd(fds[i], &prog, &len))
+			return -errno;
+		prog_ids[i] = prog.id;
+	}
+	for (i = 0; i < STEER_MAP_MAX; i++) {
+		memset(&map, 0, sizeof(map));
+		len = sizeof(map);
+		if (bpf_obj_get_info_by_fd(st->map_fds[i], &map, &len))
+			return -errno;
+		map_ids[i] = map.id;
+	}
+	return 0;
+}
+
+int xskp_bpf_object_exists(uint32_t is_map, uint32_t id)
+{
+	int fd = is_map ? bpf_map_get_fd_by_id(id) : bpf_prog_get_fd_by_id(id);
+
+	if (fd >= 0) {
+		close(fd);
+		return 1;
+	}
+	return errno == ENOENT ? 0 : -errno;
+}
+
 /* ---- the fast path's heartbeat ------------------------------------------------------- */
 
 struct xskp_heartbeat {

@@ -76,6 +76,11 @@ int xskp_tc_attach(uint64_t steer, uint32_t ifindex, uint32_t *created_qdisc_out
 int xskp_tc_detach(uint64_t steer, uint32_t ifindex, uint32_t destroy_qdisc);
 /* What sits at our tc handle/priority on ifindex: prog id (0: nothing) and name. 0 or -errno. */
 int xskp_tc_query(uint32_t ifindex, uint32_t *prog_id, char *name, uint32_t name_size);
+/* The kernel ids of the object's two programs (steering, fast path) and of its maps (indexed by
+ * enum steer_map): what an agent added, for checks that a stop removed it all. */
+int xskp_steer_object_ids(uint64_t steer, uint32_t *prog_ids, uint32_t *map_ids);
+/* 1 if a BPF map (is_map 1) or program (0) with this id still exists, 0 if not, -errno. */
+int xskp_bpf_object_exists(uint32_t is_map, uint32_t id);
 /* The fast path's heartbeat: a thread of its own (no GIL, no worker loop) that every period_ns
  * sets config->alive_until_ns (the mmapped struct xskp_fast_config at config_addr) to now +
  * liveness_ns, for as long as the process lives; the BPF programs execute offloaded flows only
