@@ -143,6 +143,32 @@ def _port_range(value, path):
     return (lo, hi)
 
 
+LOCAL_PORT_RANGE_SYSCTL = "/proc/sys/net/ipv4/ip_local_port_range"
+
+
+def read_local_port_range(path=LOCAL_PORT_RANGE_SYSCTL):
+    """net.ipv4.ip_local_port_range of the calling thread's network namespace, as (lo, hi)."""
+    with open(path) as f:
+        lo, hi = f.read().split()
+    return int(lo), int(hi)
+
+
+def check_snat_port_range(snat_range, local_range):
+    """Refuse a snatPortRange that overlaps net.ipv4.ip_local_port_range: the steering program
+    takes every packet to a node address + SNAT port, so the node's own outgoing connections
+    with an ephemeral port in the range would lose their replies (XSKP_DROP_NOT_OURS). Refused
+    rather than reserved through net.ipv4.ip_local_reserved_ports: that sysctl is host-wide and
+    shared with other software, only autobind honours it (not an explicit bind, not the kernel's
+    NAT), and a crashed agent could not give it back."""
+    lo, hi = snat_range
+    local_lo, local_hi = local_range
+    if lo <= local_hi and local_lo <= hi:
+        raise ConfigError("snatPortRange",
+                          f"{lo}-{hi} overlaps net.ipv4.ip_local_port_range {local_lo}-{local_hi} "
+                          "(the node's own connections would lose their replies); choose a range "
+                          "outside it or narrow the sysctl")
+
+
 @dataclass(frozen=True)
 class AntreaProxyConfig:
     """The keys of antrea-agent.conf's `antreaProxy:` section that xskproxy honours."""

@@ -82,3 +82,15 @@ def test_a_state_above_the_table_limits_is_refused_and_the_last_tables_stay(tmp_
     assert node.store.current is good
     node._publish(Snapshot(cluster=_state(services - 1)))     # back under: published again
     assert node.store.current.number > good.number
+
+
+def test_snat_port_range_overlapping_the_nodes_local_ports_stops_start_up(tmp_path, monkeypatch, capsys):
+    """snatPortRange overlapping this namespace's net.ipv4.ip_local_port_range: run() exits 1
+    naming snatPortRange and the sysctl's value, before any interface is looked at."""
+    monkeypatch.setattr(agent, "read_local_port_range", lambda: (32768, 65000))
+    config = parse_config({"transportInterface": "no-such-if0", "gatewayInterface": "no-such-if1",
+                           "metricsAddress": "", "stateDir": str(tmp_path),
+                           "snatPortRange": "61000-65535"})
+    assert agent.run(config) == 1
+    err = capsys.readouterr().err
+    assert "snatPortRange: 61000-65535 overlaps net.ipv4.ip_local_port_range 32768-65000" in err

@@ -155,3 +155,25 @@ def test_unknown_key_of_a_megabyte_is_shown_shortened():
     with pytest.raises(ConfigError) as err:
         parse_config({"k" * 1_000_000: 1})
     assert "(1000000 characters): unknown key" in str(err.value) and len(str(err.value)) < 500
+
+
+def test_snat_port_range_overlapping_the_local_port_range_is_refused_naming_both():
+    """snatPortRange inside net.ipv4.ip_local_port_range is refused with the field, the range and
+    the sysctl's value; a range beside it is accepted."""
+    from control.config import check_snat_port_range
+    with pytest.raises(ConfigError) as err:
+        check_snat_port_range((40000, 40999), (32768, 60999))
+    assert err.value.path == "snatPortRange"
+    assert "40000-40999" in str(err.value) and "ip_local_port_range 32768-60999" in str(err.value)
+    with pytest.raises(ConfigError):
+        check_snat_port_range((60999, 61999), (32768, 60999))     # one port in common
+    check_snat_port_range((61000, 65535), (32768, 60999))
+    check_snat_port_range((20000, 32767), (32768, 60999))
+
+
+def test_local_port_range_is_read_from_the_sysctl_file(tmp_path):
+    """The sysctl's two tab-separated numbers are read as (lo, hi)."""
+    from control.config import read_local_port_range
+    path = tmp_path / "ip_local_port_range"
+    path.write_text("32768\t60999\n")
+    assert read_local_port_range(str(path)) == (32768, 60999)
