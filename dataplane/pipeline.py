@@ -4,8 +4,9 @@ allocation per packet, never raises; it writes only inside each frame's UMEM chu
 tables and the counters.
 
 Stages (Katran style: each returns a verdict >= 0, or XSKP_VERDICT_CONTINUE = -1):
-  descriptor check -> L2 (Ethernet, one 802.1Q/802.1ad tag) -> IPv4 -> DSR decapsulation (IPIP
-  to the node address, then the inner packet goes through once more) -> L4 (TCP, UDP, ICMP)
+  descriptor check -> L2 (untagged Ethernet) -> IPv4 (header checksum verified, TTL <= 1
+  answered with ICMP time exceeded) -> DSR decapsulation (IPIP to the node address, then the
+  inner packet goes through once more) -> L4 (TCP, UDP, ICMP)
   -> partial checksum completion -> ICMP error translation -> conntrack -> Service (new flow)
   -> netfilter bypass -> XSKP_DROP_NOT_OURS.
 
@@ -25,6 +26,13 @@ Decisions:
   arrive here through stale steering.
 - IPv6 is recognised and counted as XSKP_DROP_UNSUPPORTED (steering does not redirect it yet).
   Other ethertypes and ARP: XSKP_DROP_NOT_OURS.
+- VLANs: a frame with an 802.1Q/802.1ad tag is XSKP_DROP_VLAN. xskproxy serves the untagged
+  interfaces it is attached to; a tagged frame belongs to a VLAN device (or to nobody: Linux
+  drops a tag no VLAN device claims), and translating it would deliver it untagged to a backend.
+  The steering program passes tagged frames to the kernel (STEER_PASS_VLAN); this is the
+  backstop, and no state is touched before it.
+- The IPv4 header checksum is verified (20-60 bytes) before anything else reads the header or
+  touches state: a bad one is XSKP_DROP_BAD_CSUM (an IPIP packet's inner header too).
 - Checksums: RFC 1624 incremental updates of the IPv4 header and TCP/UDP checksums; a UDP
   checksum of 0 (none) stays 0 and a computed 0 is sent as 0xffff. Partial (CHECKSUM_PARTIAL)
   checksums from local veth senders: the field then holds the folded pseudo-header sum. A
@@ -34,7 +42,17 @@ Decisions:
   request and its receiver would drop a partial checksum. Only partial frames pay the O(len)
   sum; full ones pay a pseudo-header sum and a compare. (A full checksum that happens to equal
   the pseudo-header sum verifies and is left alone.)
-- TTL is decremented on every forwarded frame (we route); TTL <= 1 is XSKP_DROP_TTL_EXCEEDED.
+- TTL is decremented on every forwarded frame (we route). Every frame the pipeline accepts is
+  forwarded, so a frame arriving with TTL <= 1 (after DSR decapsulation: the inner TTL) is
+  answered before any state is touched, as the kernel's ip_forward does (icmp_send): the frame
+  is rewritten in place into an ICMP time exceeded (type 11, code 0) from node.node_addr to its
+  source, quoting the datagram as received up to 576 bytes in all (RFC 1812 4.3.2.3, as
+  Linux), TTL 64, TOS 0xc0, routed by the route to the source (XSKP_CNT_ICMP_TIME_EXCEEDED,
+  sent under TX_*). Like the kernel it never answers a non-first fragment, an ICMP error, a
+  multicast/broadcast/zero/loopback source or a non-unicast destination, and rate-limits
+  (XSKP_ICMP_ERROR_INTERVAL_NS, burst XSKP_ICMP_ERROR_BURST, per worker, GCRA state in
+  counters[XSKP_SLOT_ICMP_TAT]); those frames are XSKP_DROP_TTL_EXCEEDED. (Cilium drops IPv4
+  with DROP_TTL_EXCEEDED; the kernel answers, and traceroute through a node needs it.)
 - SNAT: external frontends (NodePort, LB IP, externalIP) with externalTrafficPolicy Cluster and a
   remote backend are SNATed to node.node_addr, with a port in [snat_port_min, snat_port_max]
   chosen from the flow hash and probed against the conntrack table (the reply key
@@ -130,6 +148,8 @@ DROP_NO_HEADROOM = L.XSKP_DROP_NO_HEADROOM
 DROP_UNSUPPORTED = L.XSKP_DROP_UNSUPPORTED
 DROP_TCP_INVALID = L.XSKP_DROP_TCP_INVALID
 DROP_BAD_DESC = L.XSKP_DROP_BAD_DESC
+DROP_VLAN = L.XSKP_DROP_VLAN
+DROP_BAD_CSUM = L.XSKP_DROP_BAD_CSUM
 
 CNT_TX_TRANSPORT = L.XSKP_CNT_TX_TRANSPORT
 CNT_TX_GATEWAY = L.XSKP_CNT_TX_GATEWAY
@@ -154,6 +174,10 @@ CNT_FLOW_OFFLOAD_FULL = L.XSKP_CNT_FLOW_OFFLOAD_FULL
 COUNTER_MAX = L.XSKP_COUNTER_MAX
 COUNTER_SLOTS = L.XSKP_COUNTER_SLOTS
 SLOT_NEIGH_MISS = L.XSKP_SLOT_NEIGH_MISS
+SLOT_ICMP_TAT = L.XSKP_SLOT_ICMP_TAT
+CNT_ICMP_TIME_EXCEEDED = L.XSKP_CNT_ICMP_TIME_EXCEEDED
+ICMP_ERROR_INTERVAL_NS = L.XSKP_ICMP_ERROR_INTERVAL_NS
+ICMP_ERROR_BURST = L.XSKP_ICMP_ERROR_BURST
 
 FE_LOAD_BALANCER = L.XSKP_FE_LOAD_BALANCER
 BE_TERMINATING = L.XSKP_BE_TERMINATING
@@ -186,6 +210,10 @@ TCP_SYN = 0x02
 TCP_RST = 0x04
 TCP_ACK = 0x10
 IPIP_OUTER_TTL = 64
+ICMP_TIME_EXCEEDED = 11
+ICMP_ERROR_TTL = 64              # net.ipv4.ip_default_ttl
+ICMP_ERROR_TOS = 0xc0            # IPTOS_PREC_INTERNETCONTROL, as icmp_send
+ICMP_ERROR_MAX_LEN = 576         # an ICMP error's IPv4 datagram, quote included (RFC 1812)
 
 
 # --- forwarding helpers ---------------------------------------------------------------------
@@ -832,6 +860,81 @@ def icmp_error_stage(umem, base, l3, ihl, ip_end, l4, src, dst, st, ft, counters
     return verdict_of_iface(e.out_iface), 0
 
 
+@packet_njit(inline="always")
+def icmp_error_allowed(counters, now_ns):
+    """The ICMP error rate limit (GCRA over counters[XSKP_SLOT_ICMP_TAT]): True and the state
+    advanced when one more error may be sent now."""
+    now = np.int64(now_ns)
+    tat = np.int64(counters[SLOT_ICMP_TAT])
+    if tat < now:
+        tat = now
+    if tat - now > ICMP_ERROR_INTERVAL_NS * (ICMP_ERROR_BURST - 1):
+        return False
+    counters[SLOT_ICMP_TAT] = np.uint64(tat + ICMP_ERROR_INTERVAL_NS)
+    return True
+
+
+@packet_njit(inline="always")
+def unicast_v4(addr):
+    """addr (host order) may be an ICMP error's destination: not 0/8, loopback, multicast,
+    class E or broadcast."""
+    first = addr >> 24
+    return first != 0 and first != 127 and first < 224
+
+
+@packet_njit
+def answer_time_exceeded(umem, lens, i, base, l3, ihl, ip_end, chunk, st, counters, now_ns):
+    """Rewrite the frame at base (untagged, IPv4 at l3 with TTL <= 1) in place into an ICMP
+    time exceeded to its source (see the module docstring). Reads the routes and neighbours;
+    writes the frame, lens[i], counters. Returns (verdict, drop reason)."""
+    src = load32(umem, l3 + 12)
+    dst = load32(umem, l3 + 16)
+    proto = np.int64(umem[l3 + 9])
+    if (load16(umem, l3 + 6) & 0x1fff) != 0 or (umem[base] & 1) != 0:
+        return V_DROP, DROP_TTL_EXCEEDED
+    if not unicast_v4(src) or not unicast_v4(dst):
+        return V_DROP, DROP_TTL_EXCEEDED
+    if proto == IPPROTO_ICMP:
+        l4 = l3 + ihl
+        if l4 + 1 > ip_end:
+            return V_DROP, DROP_TTL_EXCEEDED
+        icmp_type = np.int64(umem[l4])
+        if icmp_type == 3 or icmp_type == 4 or icmp_type == 5 or icmp_type == 11 or icmp_type == 12:
+            return V_DROP, DROP_TTL_EXCEEDED
+    reason, iface, nb = resolve_next_hop(st, src, counters)
+    if reason != 0:
+        return V_DROP, DROP_TTL_EXCEEDED
+    if not icmp_error_allowed(counters, now_ns):
+        return V_DROP, DROP_TTL_EXCEEDED
+    quote = min(ip_end - l3, ICMP_ERROR_MAX_LEN - 28, chunk + FRAME_SIZE - (l3 + 28))
+    for k in range(quote - 1, -1, -1):
+        umem[l3 + 28 + k] = umem[l3 + k]
+    node = st.node[0]
+    umem[l3] = 0x45
+    umem[l3 + 1] = ICMP_ERROR_TOS
+    store16(umem, l3 + 2, 28 + quote)
+    store32(umem, l3 + 4, 0)
+    umem[l3 + 8] = ICMP_ERROR_TTL
+    umem[l3 + 9] = IPPROTO_ICMP
+    store16(umem, l3 + 10, 0)
+    store32(umem, l3 + 12, np.int64(node.node_addr))
+    store32(umem, l3 + 16, src)
+    store16(umem, l3 + 10, ipv4_header_checksum(umem, l3, 20))
+    icmp = l3 + 20
+    umem[icmp] = ICMP_TIME_EXCEEDED
+    umem[icmp + 1] = 0
+    store16(umem, icmp + 2, 0)
+    store32(umem, icmp + 4, 0)
+    store16(umem, icmp + 2, ~csum_fold(csum_sum_bytes(umem, icmp, icmp + 8 + quote, 0)) & 0xffff)
+    neighbour = st.neighbours[nb]
+    for k in range(6):
+        umem[base + k] = neighbour.mac[k]
+        umem[base + 6 + k] = node.iface_mac[iface, k]
+    lens[i] = l3 + 28 + quote - base
+    counters[CNT_ICMP_TIME_EXCEEDED] += 1
+    return verdict_of_iface(iface), 0
+
+
 # --- per frame ------------------------------------------------------------------------------
 
 @packet_njit(inline="always")
@@ -848,10 +951,7 @@ def process_frame(umem, addrs, lens, i, ingress_iface, st, ft, counters, now_ns)
     ethertype = load16(umem, base + 12)
     l3 = base + 14
     if ethertype == ETH_P_8021Q or ethertype == ETH_P_8021AD:
-        if length < 18:
-            return V_DROP, DROP_TRUNCATED
-        ethertype = load16(umem, base + 16)
-        l3 = base + 18
+        return V_DROP, DROP_VLAN
     if ethertype == ETH_P_IPV6:
         return V_DROP, DROP_UNSUPPORTED
     if ethertype != ETH_P_IP:
@@ -874,6 +974,8 @@ def process_frame(umem, addrs, lens, i, ingress_iface, st, ft, counters, now_ns)
             return V_DROP, DROP_BAD_IP
         if l3 + total_len > end:
             return V_DROP, DROP_TRUNCATED
+        if csum_fold(csum_sum_bytes(umem, l3, l3 + ihl, 0)) != 0xffff:
+            return V_DROP, DROP_BAD_CSUM
         ip_end = l3 + total_len
         is_fragment = (load16(umem, l3 + 6) & 0x3fff) != 0
         proto = np.int64(umem[l3 + 9])
@@ -896,6 +998,9 @@ def process_frame(umem, addrs, lens, i, ingress_iface, st, ft, counters, now_ns)
             decapsulated = True
             continue
         break
+    if umem[l3 + 8] <= 1:
+        return answer_time_exceeded(umem, lens, i, base, l3, ihl, ip_end, chunk, st, counters,
+                                    now_ns)
     l4 = l3 + ihl
     if is_fragment:
         if decapsulated:

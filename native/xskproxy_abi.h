@@ -158,6 +158,12 @@ enum steer_counter {
 				     * translates but has not offloaded (yet): dropped, as the kernel
 				     * would deliver it untranslated (a reset); TCP retransmits it
 				     * smaller */
+	STEER_PASS_VLAN,            /* an 802.1Q/802.1ad tag in the frame: a VLAN device's, or nobody's
+				     * (the kernel delivers or drops it); xskproxy serves untagged
+				     * frames only. A tag the NIC stripped into metadata is not seen
+				     * here (xdp_md has no VLAN field): see the program's comment */
+	STEER_PASS_KERNEL_NAT,      /* to a node address + SNAT port, but of a flow in the kernel's
+				     * conntrack (its masquerade, e.g. --random-fully): the kernel's */
 	/* the tc fast path (xskp_fast), per packet it sees */
 	FAST_FLOW,                  /* rewritten by an offloaded flow's entry and redirected */
 	FAST_BYPASS,                /* routed untracked to a Pod CIDR (kernel FIB) and redirected */
@@ -278,6 +284,11 @@ enum xskp_drop_reason {
 	XSKP_DROP_UNSUPPORTED,          /* a protocol or option the pipeline does not handle (IPv6 for now) */
 	XSKP_DROP_TCP_INVALID,          /* TCP segment that fits no tracked flow and opens none (RST) */
 	XSKP_DROP_BAD_DESC,             /* descriptor outside the UMEM or longer than its frame */
+	XSKP_DROP_VLAN,                 /* an 802.1Q/802.1ad-tagged frame: no VLAN is configured (the
+					 * pipeline serves untagged frames only; the kernel drops a tag
+					 * no VLAN device claims) */
+	XSKP_DROP_BAD_CSUM,             /* IPv4 header checksum does not verify (checked before any
+					 * state is touched) */
 	XSKP_DROP_REASON_MAX,
 };
 
@@ -304,16 +315,26 @@ enum xskp_counter {
 	XSKP_CNT_FLOW_OFFLOADED,        /* flows handed to the kernel fast path (both directions) */
 	XSKP_CNT_FLOW_OFFLOAD_FULL,     /* flows kept in userspace: fast-path probe window full */
 	XSKP_CNT_FLOW_RECALLED,         /* flows taken back from the fast path (closing, FIB change) */
+	XSKP_CNT_ICMP_TIME_EXCEEDED,    /* frames with TTL <= 1 answered in place with an ICMP time
+					 * exceeded to their source (sent under TX_*, not dropped) */
 	XSKP_COUNTER_MAX,
 };
 
 /* Slots of the counter array after the counters: values, not counts. XSKP_SLOT_NEIGH_MISS
  * holds the last next hop the pipeline found no neighbour entry for (iface << 32 | IPv4
- * address, host order; 0: none); the agent has the kernel resolve it and clears the slot. */
+ * address, host order; 0: none); the agent has the kernel resolve it and clears the slot.
+ * XSKP_SLOT_ICMP_TAT is the ICMP error rate limit's state (GCRA theoretical arrival time, ns
+ * of the caller's clock): per worker, never summed. */
 enum xskp_counter_slot {
 	XSKP_SLOT_NEIGH_MISS = XSKP_COUNTER_MAX,
+	XSKP_SLOT_ICMP_TAT,
 	XSKP_COUNTER_SLOTS,             /* length of the counter array */
 };
+
+/* ICMP errors the pipeline sends itself (time exceeded), per worker: as the kernel's
+ * net.ipv4.icmp_msgs_per_sec (1000) and icmp_msgs_burst (50) defaults. */
+#define XSKP_ICMP_ERROR_INTERVAL_NS 1000000
+#define XSKP_ICMP_ERROR_BURST 50
 
 /* Service flags (struct xskp_service.flags). Read them through predicates in dataplane/tables.py. */
 #define XSKP_SVC_DSR 1                  /* load-balancer mode dsr (else nat); LB and external IPs only */

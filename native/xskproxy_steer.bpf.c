@@ -19,6 +19,26 @@
  * next agent. Prefix traffic (plain routing) still falls back to the kernel. Each decision is
  * counted in a per-CPU array indexed by enum steer_counter.
  *
+ * VLANs: xskproxy serves untagged frames. A frame whose tag is in its data (802.1Q/802.1ad) is
+ * the kernel's (STEER_PASS_VLAN): it delivers it to its VLAN device, or drops a tag none claims.
+ * A tag carried outside the data is invisible here: a NIC's rx VLAN offload (rxvlan on) or a
+ * veth peer's tx VLAN offload puts it in skb->vlan_tci / the rx descriptor, xdp_md has no VLAN
+ * field, generic (skb) XDP shows the untagged data (it runs before the kernel looks at the
+ * tag), and so does native XDP on veth (measured: a tag pushed by the peer's tc is redirected
+ * as untagged in both modes). Seeing it needs bpf_xdp_metadata_rx_vlan_tag (6.8+, native mode,
+ * a device-bound program per interface), or the NIC's rxvlan off. xskp_fast (tc) checks
+ * skb->vlan_present itself.
+ *
+ * Kernel-NATed flows: the kernel's own masquerade (kube-proxy --random-fully over 1024-65535,
+ * a CNI's egress SNAT) may pick a port inside the SNAT range. Before decision 2 redirects, a
+ * TCP/UDP packet is looked up in the kernel's conntrack (bpf_xdp_ct_lookup); a flow the
+ * kernel tracks is the kernel's (STEER_PASS_KERNEL_NAT). Frames xskproxy translates never
+ * enter the kernel's conntrack, so its own replies are never found there.
+ *
+ * TTL: a frame with TTL <= 1 is never passed to the fast path (which would leave it to the
+ * kernel, and the kernel would deliver a NodePort's or SNAT reply's frame to a local socket):
+ * it follows the decisions below, and the pipeline answers ICMP time exceeded.
+ *
  * Two-tier dataplane: before those decisions, a packet of a flow the userspace engine has
  * offloaded (found in xskp_flows_v4) is passed to the kernel, where xskp_fast at tc ingress
  * rewrites and redirects it; so is Pod-CIDR traffic when the fast path routes the bypass. A pure
@@ -106,6 +126,29 @@ struct {
 	__type(value, struct xskp_fast_config);
 } xskp_fast_cfg SEC(".maps");
 
+/* The kernel's conntrack lookup (net/netfilter/nf_conntrack_bpf.c); weak: a kernel without it
+ * leaves the SNAT range decision to the range alone. opts in its 12-byte form, accepted by every
+ * kernel that has the kfunc. */
+struct nf_conn {                /* opaque here: a struct, as the kernel's BTF has it, not a
+				 * forward declaration (libbpf 1.1 holds the kinds incompatible) */
+	__u64 opaque;
+};
+struct xskp_ct_opts {
+	__s32 netns_id;
+	__s32 error;
+	__u8 l4proto;
+	__u8 dir;
+	__u8 reserved[2];
+};
+#define XSKP_CT_OPTS_SIZE 12
+#define CT_CURRENT_NETNS (-1)
+extern struct nf_conn *bpf_xdp_ct_lookup(struct xdp_md *ctx, struct bpf_sock_tuple *tuple,
+					 __u32 tuple_size, struct xskp_ct_opts *opts,
+					 __u32 opts_size) __ksym __weak;
+extern void bpf_ct_release(struct nf_conn *ct) __ksym __weak;
+
+#define ETH_P_8021Q_ 0x8100     /* 802.1Q tag */
+#define ETH_P_8021AD_ 0x88a8    /* 802.1ad (QinQ) outer tag */
 #define IP_FRAGMENT_BITS 0x3fff /* MF flag and fragment offset, host order */
 #define AF_INET 2
 #define TCP_FLAGS_OFFSET 13     /* byte of the TCP header holding FIN/SYN/RST/PSH/ACK/URG */
@@ -234,6 +277,31 @@ static __always_inline int steered_on(const __u32 *roles, const struct steer_ifa
 	return roles && (*roles & iface->roles);
 }
 
+/* The kernel's conntrack tracks this TCP/UDP packet's flow (either direction). */
+static __always_inline int kernel_tracks_v4(struct xdp_md *ctx, const struct iphdr *ip,
+					    __u16 sport, __u16 dport)
+{
+	struct bpf_sock_tuple tuple = {};
+	struct xskp_ct_opts opts = {};
+	struct nf_conn *ct;
+
+	if (!bpf_xdp_ct_lookup || !bpf_ct_release)
+		return 0;
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return 0;
+	tuple.ipv4.saddr = ip->saddr;
+	tuple.ipv4.daddr = ip->daddr;
+	tuple.ipv4.sport = sport;
+	tuple.ipv4.dport = dport;
+	opts.netns_id = CT_CURRENT_NETNS;
+	opts.l4proto = ip->protocol;
+	ct = bpf_xdp_ct_lookup(ctx, &tuple, sizeof(tuple.ipv4), &opts, XSKP_CT_OPTS_SIZE);
+	if (!ct)
+		return 0;
+	bpf_ct_release(ct);
+	return 1;
+}
+
 SEC("xdp")
 int xskp_steer(struct xdp_md *ctx)
 {
@@ -258,6 +326,8 @@ int xskp_steer(struct xdp_md *ctx)
 		return pass(STEER_PASS_NO_IFACE);
 	if ((void *)(eth + 1) > data_end)
 		return pass(STEER_PASS_MALFORMED);
+	if (eth->h_proto == bpf_htons(ETH_P_8021Q_) || eth->h_proto == bpf_htons(ETH_P_8021AD_))
+		return pass(STEER_PASS_VLAN);
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return pass(STEER_PASS_NOT_IPV4);
 	ip = (void *)(eth + 1);
@@ -285,7 +355,7 @@ int xskp_steer(struct xdp_md *ctx)
 	}
 
 	now = bpf_ktime_get_ns();
-	live = cfg && fast_live(cfg, iface, now);
+	live = cfg && fast_live(cfg, iface, now) && ip->ttl > 1;
 	routing_live = cfg && fast_routing_live(cfg, now);
 	if (live && (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) &&
 	    (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN) {
@@ -330,8 +400,11 @@ int xskp_steer(struct xdp_md *ctx)
 	node = bpf_map_lookup_elem(&xskp_v4_nodes, &ip->daddr);
 	if (node && (node->roles & iface->roles)) {
 		if (dport && bpf_ntohs(dport) >= node->snat_port_min &&
-		    bpf_ntohs(dport) <= node->snat_port_max)
+		    bpf_ntohs(dport) <= node->snat_port_max) {
+			if (kernel_tracks_v4(ctx, ip, sport, dport))
+				return pass(STEER_PASS_KERNEL_NAT);
 			return redirect(ctx, iface, STEER_REDIRECT_SNAT_REPLY);
+		}
 		return pass(STEER_PASS_NODE_ADDRESS);
 	}
 

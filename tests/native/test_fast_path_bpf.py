@@ -188,6 +188,22 @@ def test_an_expiring_ttl_is_left_to_the_kernel(fast):
     assert action == TC_ACT_OK
 
 
+def test_an_offloaded_flows_expiring_ttl_goes_to_the_pipeline_not_the_fast_path(fast):
+    """A TTL 1 frame of an offloaded flow is steered as a frontend's (the pipeline answers ICMP
+    time exceeded) instead of going to the fast path, which would leave it to the kernel."""
+    from dataplane import xsk
+    topo, program, flows, config = fast
+    with in_netns(topo.node):
+        offload(flows, CLIENT, VIP, 40004, 80, 6, NODE, BACKEND, 61004, 8080, xsk.ifindex_of("gw0"))
+        live(config)
+        before = program.counters()
+        assert program.test_run(frame(sport=40004, ttl=1), "tr0") == XDP_PASS   # no socket bound
+        assert program.test_run(frame(sport=40004, ttl=2), "tr0") == XDP_PASS
+        after = program.counters()
+    assert after["STEER_REDIRECT_FRONTEND"] == before["STEER_REDIRECT_FRONTEND"] + 1    # TTL 1
+    assert after["STEER_PASS_FAST_FLOW"] == before["STEER_PASS_FAST_FLOW"] + 1          # TTL 2
+
+
 def test_every_slot_of_a_probe_chain_is_found_by_the_bpf_lookup(fast):
     """Flows whose hashes collide fill consecutive slots; the BPF lookup walks the same chain."""
     from dataplane import xsk

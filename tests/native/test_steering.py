@@ -50,6 +50,12 @@ def _udp(src, dst, sport, dport):
                  UDP(sport=sport, dport=dport) / b"x")
 
 
+def _tagged(vlan_type=0x8100):
+    from scapy.all import IP, TCP, Dot1Q, Ether
+    return bytes(Ether(dst="02:00:00:00:00:01", src="02:00:00:00:00:02", type=vlan_type) / Dot1Q(vlan=10) /
+                 IP(src=CLIENT, dst=NODE) / TCP(sport=1234, dport=30080, flags="S"))
+
+
 def _arp():
     from scapy.all import ARP, Ether
     return bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src="02:00:00:00:00:02") / ARP(pdst=NODE))
@@ -58,6 +64,9 @@ def _arp():
 CASES = [
     # (what must happen, frame, ingress interface, decision counted)
     ("ARP goes to the kernel", _arp, "tr0", "STEER_PASS_NOT_IPV4"),
+    ("a SYN tagged VLAN 10 to a NodePort goes to the kernel (its VLAN device, or a drop)", _tagged, "tr0",
+     "STEER_PASS_VLAN"),
+    ("an 802.1ad-tagged frame goes to the kernel", lambda: _tagged(0x88a8), "tr0", "STEER_PASS_VLAN"),
     ("a truncated IPv4 header goes to the kernel", lambda: _tcp(CLIENT, CLUSTER_IP, 1234, 80)[:24], "tr0",
      "STEER_PASS_MALFORMED"),
     ("a fragment (ports unknown) goes to the kernel", lambda: _tcp(CLIENT, CLUSTER_IP, 1234, 80, flags="MF"),
@@ -177,3 +186,25 @@ def test_a_held_program_drops_translated_traffic_until_the_next_agent_replaces_i
         finally:
             new.close()
         assert xsk.attached_program("hv0")[0] == 0
+
+
+def test_a_reply_of_a_kernel_nated_flow_in_the_snat_range_is_the_kernels(steering):
+    """The kernel's masquerade (kube-proxy --random-fully) picked a port in the SNAT range: a
+    reply to it, whose flow is in the kernel's conntrack, goes to the kernel (STEER_PASS_KERNEL_NAT);
+    the same reply without that conntrack entry is steered as a SNAT reply."""
+    import subprocess
+    topo, program = steering
+    entry = ["-p", "tcp", "-s", NODE, "-d", CLIENT, "--sport", "40600", "--dport", "443"]
+    subprocess.run(["ip", "netns", "exec", topo.node, "conntrack", "-I", *entry, "--state", "ESTABLISHED",
+                    "--timeout", "120", "-u", "ASSURED"], check=True, capture_output=True)
+    try:
+        with in_netns(topo.node):
+            before = program.counters()
+            assert program.test_run(_tcp(CLIENT, NODE, 443, 40600), "tr0") == XDP_PASS
+            middle = program.counters()
+            assert program.test_run(_tcp(CLIENT, NODE, 443, 40601), "tr0") == XDP_PASS  # no socket bound
+            after = program.counters()
+    finally:
+        subprocess.run(["ip", "netns", "exec", topo.node, "conntrack", "-D", *entry], capture_output=True)
+    assert {k for k in middle if middle[k] != before[k]} == {"STEER_PASS_KERNEL_NAT"}
+    assert {k for k in after if after[k] != middle[k]} == {"STEER_REDIRECT_SNAT_REPLY", "STEER_REDIRECT_FAILED"}

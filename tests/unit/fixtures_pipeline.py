@@ -451,9 +451,24 @@ def scenarios():
              / (b"\x01" * 16), TX_T,
              to_transport(MAC_NODE_B) / IP(src=POD_A2, dst=POD_B7, flags="MF", frag=0, proto=17,
                                            ttl=63) / (b"\x01" * 16)),
-        Step("a frame with TTL 1 is dropped (the kernel would answer with ICMP)", GATEWAY,
-             from_pod(MAC_POD_A2) / tcp(POD_A2, POD_B7, 43006, 8080, "S", ttl=1), DROP,
+        Step("a frame with TTL 1 is answered, as the kernel's forwarding does, with an ICMP time "
+             "exceeded from the node address to its source, quoting it as received", GATEWAY,
+             from_pod(MAC_POD_A2) / tcp(POD_A2, POD_B7, 43006, 8080, "S", ttl=1), TX_G,
+             to_gateway(MAC_POD_A2) / IP(src=NODE_A, dst=POD_A2, ttl=64, tos=0xc0, id=0)
+             / ICMP(type=11, code=0) / tcp(POD_A2, POD_B7, 43006, 8080, "S", ttl=1)),
+        Step("a TTL 0 SYN to a NodePort is answered from the node out the route to the client, "
+             "before any flow is created", TRANSPORT,
+             from_transport() / tcp(CLIENT, NODE_A, 51020, 30011, "S", ttl=0, payload=b"x" * 600),
+             TX_T, to_transport(MAC_ROUTER) / IP(src=NODE_A, dst=CLIENT, ttl=64, tos=0xc0, id=0)
+             / ICMP(type=11, code=0)
+             / bytes(tcp(CLIENT, NODE_A, 51020, 30011, "S", ttl=0, payload=b"x" * 600))[:548]),
+        Step("an ICMP error with TTL 1 is dropped, never answered with another", GATEWAY,
+             from_pod(MAC_POD_A2) / IP(src=POD_A2, dst=POD_B7, ttl=1) / ICMP(type=3, code=3)
+             / IP(src=POD_B7, dst=POD_A2) / UDP(sport=53, dport=40000), DROP,
              reason="XSKP_DROP_TTL_EXCEEDED"),
+        Step("a non-first fragment with TTL 1 is dropped unanswered", GATEWAY,
+             from_pod(MAC_POD_A2) / IP(src=POD_A2, dst=POD_B7, frag=100, proto=17, ttl=1)
+             / (b"\x02" * 16), DROP, reason="XSKP_DROP_TTL_EXCEEDED"),
         Step("a destination outside every bypass route and Service is not ours", GATEWAY,
              from_pod(MAC_POD_A2) / tcp(POD_A2, "8.8.8.8", 43007, 443, "S"), DROP,
              reason="XSKP_DROP_NOT_OURS"),
@@ -477,14 +492,23 @@ def scenarios():
         Step("a non-first fragment to a Service cannot be port-matched and is dropped", GATEWAY,
              from_pod(MAC_POD_A2) / IP(src=POD_A2, dst="10.96.0.53", frag=100, proto=17)
              / (b"\x02" * 16), DROP, reason="XSKP_DROP_FRAGMENT"),
-        Step("IPv4 options are skipped and a 802.1Q tag is kept while NATing", GATEWAY,
-             Ether(src=MAC_POD_A2, dst=MAC_GATEWAY) / Dot1Q(vlan=7)
+        Step("IPv4 options are skipped while NATing", GATEWAY,
+             Ether(src=MAC_POD_A2, dst=MAC_GATEWAY)
              / IP(src=POD_A2, dst="10.96.0.10", options=b"\x94\x04\x00\x00")
              / TCP(sport=43009, dport=80, flags="S", seq=1000), TX_G,
-             Ether(src=MAC_GATEWAY, dst=MAC_POD_A1) / Dot1Q(vlan=7)
+             Ether(src=MAC_GATEWAY, dst=MAC_POD_A1)
              / IP(src=NODE_A, dst=POD_A1, ttl=63, options=b"\x94\x04\x00\x00")
              / TCP(sport=expected_snat_port(POD_A2, "10.96.0.10", 43009, 80, TCP_P), dport=8080,
                    flags="S", seq=1000)),
+        Step("a SYN tagged VLAN 10 to a NodePort is not translated (no VLAN is configured)",
+             TRANSPORT, from_transport() / Dot1Q(vlan=10) / tcp(CLIENT, NODE_A, 51021, 30011, "S"),
+             DROP, reason="XSKP_DROP_VLAN"),
+        Step("an 802.1ad (QinQ) tagged frame is not translated either", GATEWAY,
+             Ether(src=MAC_POD_A2, dst=MAC_GATEWAY, type=0x88a8) / Dot1Q(vlan=20)
+             / tcp(POD_A2, "10.96.0.10", 43011, 80, "S"), DROP, reason="XSKP_DROP_VLAN"),
+        Step("a SYN whose IPv4 header checksum does not verify is dropped", TRANSPORT,
+             from_transport() / IP(src=CLIENT, dst=NODE_A, chksum=0x1234)
+             / TCP(sport=51022, dport=30011, flags="S"), DROP, reason="XSKP_DROP_BAD_CSUM"),
         Step("an RST for no tracked flow is invalid", GATEWAY,
              from_pod(MAC_POD_A2) / tcp(POD_A2, "10.96.0.10", 43010, 80, "R"), DROP,
              reason="XSKP_DROP_TCP_INVALID"),
