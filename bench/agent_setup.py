@@ -49,18 +49,22 @@ def service_objects(index, vip, clusterip, protocols, service_port, backend_port
     return service, endpoint_slice
 
 
-def node_object(node_ip, pod_cidr):
-    """The bench node: its transport address as InternalIP, the Pod's network as its podCIDR."""
+def node_object(node_ip, pod_cidr, name=NODE_NAME):
+    """A Node (by default the bench node): its transport address as InternalIP, its Pods' network as
+    its podCIDR."""
     return {"apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": NODE_NAME, "labels": {"kubernetes.io/hostname": NODE_NAME}},
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
             "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
             "status": {"addresses": [{"type": "InternalIP", "address": node_ip},
-                                     {"type": "Hostname", "address": NODE_NAME}]}}
+                                     {"type": "Hostname", "address": name}]}}
 
 
-def manifest(services, node_ip, pod_cidr):
-    """One `kind: List` document. `services`: [(Service, EndpointSlice)] from service_objects()."""
+def manifest(services, node_ip, pod_cidr, other_nodes=()):
+    """One `kind: List` document. `services`: [(Service, EndpointSlice)] from service_objects();
+    `other_nodes`: [(name, InternalIP, podCIDR)] of the cluster's other Nodes (the agent steers traffic
+    to their podCIDRs through its netfilter bypass)."""
     items = [obj for pair in services for obj in pair] + [node_object(node_ip, pod_cidr)]
+    items += [node_object(ip, cidr, name) for name, ip, cidr in other_nodes]
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
 

@@ -4,6 +4,8 @@ the path), CPU time per packet (or per transaction) from /proc/stat deltas.
 
 Never asserts a speed; it reports what it saw, including what the generator offered.
 """
+import ipaddress
+import json
 import os
 import re
 import shutil
@@ -11,13 +13,21 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from lab import Lab, forwarder_lab
+from lab import ForwarderLab, Lab, forwarder_lab
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAFFICGEN = os.environ.get("XSKP_TRAFFICGEN") or os.path.join(REPO, "build", "bench", "xskp-trafficgen")
 BENCH_SOURCE_NET = "198.18.0.0/15"   # RFC 2544 benchmark range: the generator's source addresses
 BENCH_SOURCE_FIRST = "198.18.0.1"
 TCP_SERVER_PORT = 5201
+# Cross-node Pod-to-Pod (issue 12, must-show 4): the client namespace also holds a Pod of another node
+# (PEER_POD_IP in PEER_POD_CIDR, that node's podCIDR, routed via the client by the rows that need it);
+# its server port is no Service's backend port, so that no path treats the flow as a Service's
+PEER_POD_CIDR = "10.244.1.0/24"
+PEER_POD_IP = "10.244.1.2"
+POD_TO_POD_PORT = 5301
+GATEWAYS = ("veth", "bridge")   # the node's gateway: a veth to the Pod, or a Linux bridge with the Pod's veth
+XDP_ATTACH_MODES = {1: "native", 2: "skb", 3: "hw", 4: "multi"}   # `ip -j -d link`'s xdp.mode
 
 
 @dataclass
@@ -34,6 +44,17 @@ class Workload:
     connections: int = 16      # wrk, ab: concurrent connections
     offloads: bool = True      # tcp: checksum/segmentation offloads of client and Pod as veth defaults them
     every_service_count: bool = True   # False: run at the smallest N only (established connections skip the rules)
+    pod_to_pod: bool = False   # tcp: from PEER_POD_IP (a Pod of another node) to the Pod's own address
+
+    @property
+    def server_port(self):
+        """The Pod's TCP server port for this workload."""
+        return POD_TO_POD_PORT if self.pod_to_pod else TCP_SERVER_PORT
+
+    @property
+    def bulk_tcp(self):
+        """iperf3 towards the path's usual target (a Service or the Pod), not Pod-to-Pod."""
+        return self.tool == "iperf3" and not self.pod_to_pod
 
     @property
     def unit(self):
@@ -75,8 +96,16 @@ RR_KEEPALIVE = Workload("http_keepalive", "HTTP requests/s, keep-alive (wrk)", p
 RR_NEW_CONNECTIONS = Workload("http_new_connections", "HTTP new connections/s, no keep-alive (ab)", proto="tcp",
                               tool="ab", new_flows=True)
 REQUEST_RESPONSE_WORKLOADS = [RR_LATENCY, RR_KEEPALIVE, RR_NEW_CONNECTIONS]
-WORKLOADS = [UDP_ESTABLISHED, UDP_NEW_FLOWS] + TCP_WORKLOADS + REQUEST_RESPONSE_WORKLOADS
-QUICK_WORKLOADS = [UDP_ESTABLISHED, UDP_NEW_FLOWS, TCP_WORKLOADS[2]] + REQUEST_RESPONSE_WORKLOADS
+# Cross-node Pod-to-Pod TCP (issue 12, must-show 4): Pods with their default offloads, as on a node
+POD_TO_POD_WORKLOADS = [
+    Workload("p2p_tcp1", "cross-node Pod-to-Pod TCP, 1 stream", proto="tcp", tool="iperf3", streams=1,
+             offloads=True, every_service_count=False, pod_to_pod=True),
+    Workload("p2p_tcp4", "cross-node Pod-to-Pod TCP, 4 streams", proto="tcp", tool="iperf3", streams=4,
+             offloads=True, every_service_count=False, pod_to_pod=True),
+]
+WORKLOADS = [UDP_ESTABLISHED, UDP_NEW_FLOWS] + TCP_WORKLOADS + REQUEST_RESPONSE_WORKLOADS + POD_TO_POD_WORKLOADS
+QUICK_WORKLOADS = ([UDP_ESTABLISHED, UDP_NEW_FLOWS, TCP_WORKLOADS[2]] + REQUEST_RESPONSE_WORKLOADS
+                   + POD_TO_POD_WORKLOADS[:1])
 TCP_OFFLOADS = ("tx", "tso", "gso")
 
 # nginx for the HTTP workloads: one worker (pinned with the clients to the generator core), no logs, a
@@ -144,6 +173,59 @@ def own_cpu(before, after, cpu, forwarded, worker_user_s):
             "noise_share": max(0.0, d["user"] + d["nice"] - worker_user_s) / total if total else 0.0}
 
 
+def cpu_per_gb(busy_s, own_s, received_bytes):
+    """The path core's CPU per GB (10^9 bytes) received, in ms: all its busy time and its own time."""
+    gb = received_bytes / 1e9 if received_bytes else 0
+    return {"ms_per_gb": busy_s / gb * 1e3 if gb else None, "own_ms_per_gb": own_s / gb * 1e3 if gb else None}
+
+
+def xdp_attach_mode(link):
+    """'native', 'skb', ... for one entry of `ip -j -d link show`, or None when no XDP program is attached."""
+    xdp = link.get("xdp")
+    if not xdp:
+        return None
+    return XDP_ATTACH_MODES.get(xdp.get("mode"), f"mode {xdp.get('mode')}")
+
+
+BRIDGE_POD_PORT = "p0"   # bridge_gateway_lab: the Pod's veth peer in the node namespace, a port of gw0
+
+
+def bridge_gateway_lab(lab, transport_net="10.0.0.0/24", pod_net="10.244.0.0/24"):
+    """forwarder_lab's topology and addresses with the gateway as lab.cluster_lab(gateway="bridge") builds
+    it: gw0 is a Linux bridge in the node namespace holding the node's gateway address, the Pod's veth
+    peer BRIDGE_POD_PORT is enslaved to it; gw0's MAC pinned, bridged frames past iptables
+    (bridge-nf-call-*=0). An agent serving gw0 attaches there in generic (skb) mode: a bridge has no
+    native XDP, as Antrea's antrea-gw0 (an OVS internal port) has none. Permanent neighbours everywhere,
+    as forwarder_lab's static_neighbours. Returns a lab.ForwarderLab (gateway = the bridge)."""
+    tnet, pnet = ipaddress.ip_network(transport_net), ipaddress.ip_network(pod_net)
+    node_ip, client_ip, gw_ip, pod_ip = str(tnet[1]), str(tnet[100]), str(pnet[1]), str(pnet[2])
+    client, node, pods = (lab.add_namespace(role) for role in ("client", "node", "pods"))
+    lab.add_veth(client, "eth0", node, "tr0")
+    lab.ip(node, "link add gw0 type bridge")
+    mac = json.loads(lab.ip(node, ["-j", "link", "show", "dev", "gw0"]))[0]["address"]
+    lab.ip(node, ["link", "set", "dev", "gw0", "address", mac])   # set, not random: it stays
+    for family in ("iptables", "ip6tables", "arptables"):
+        lab.sysctl(node, f"net.bridge.bridge-nf-call-{family}", 0)
+    lab.ip(node, "link set dev gw0 up")
+    lab.add_veth(pods, "eth0", node, BRIDGE_POD_PORT)
+    lab.ip(node, f"link set dev {BRIDGE_POD_PORT} master gw0")
+    lab.add_address(client, "eth0", f"{client_ip}/{tnet.prefixlen}")
+    lab.add_address(node, "tr0", f"{node_ip}/{tnet.prefixlen}")
+    lab.add_address(node, "gw0", f"{gw_ip}/{pnet.prefixlen}")
+    lab.add_address(pods, "eth0", f"{pod_ip}/{pnet.prefixlen}")
+    lab.add_route(client, "default", via=node_ip)
+    lab.add_route(pods, "default", via=gw_ip)
+    lab.sysctl(node, "net.ipv4.ip_forward", 1)
+    topo = ForwarderLab(lab=lab, client=client, node=node, pods=pods,
+                        client_if=lab.iface(client, "eth0"), transport=lab.iface(node, "tr0"),
+                        gateway=lab.iface(node, "gw0"), pod_if=lab.iface(pods, "eth0"))
+    lab.set_neighbour(client, "eth0", node_ip, topo.transport.mac)
+    lab.set_neighbour(node, "tr0", client_ip, topo.client_if.mac)
+    lab.set_neighbour(node, "gw0", pod_ip, topo.pod_if.mac)
+    lab.set_neighbour(pods, "eth0", gw_ip, topo.gateway.mac)
+    return topo
+
+
 # A sample is "clean" when other processes used less than this share of either core.
 CLEAN_NOISE_SHARE = 0.05
 
@@ -165,14 +247,19 @@ class BenchLab:
 
     RX_MODES = ("rps", "napi")
 
-    def __init__(self, prefix="xlb", gen_cpu=0, path_cpu=1, rx_mode="rps"):
+    def __init__(self, prefix="xlb", gen_cpu=0, path_cpu=1, rx_mode="rps", gateway="veth"):
         """rx_mode "rps": the transport's NAPI (skb build, GRO; XDP and the UMEM copy for AF_XDP paths)
         runs on the generator core, RPS moves the kernel's forwarding to the path core (issue 5's
         method). "napi": the transport's NAPI runs threaded, pinned to the path core, so the path core
-        pays for receiving too and the generator core only generates."""
+        pays for receiving too and the generator core only generates.
+        gateway "veth": the node's gw0 is a veth to the Pod (lab.forwarder_lab); "bridge": gw0 is a Linux
+        bridge in the node namespace with the Pod's veth peer enslaved (bridge_gateway_lab), as
+        lab.cluster_lab(gateway="bridge") builds it and as Antrea's antrea-gw0 is an L3 port to the Pods."""
         if rx_mode not in self.RX_MODES:
             raise ValueError(f"rx_mode: {rx_mode!r} is not one of {', '.join(self.RX_MODES)}")
-        self.gen_cpu, self.path_cpu, self.rx_mode = gen_cpu, path_cpu, rx_mode
+        if gateway not in GATEWAYS:
+            raise ValueError(f"gateway: {gateway!r} is not one of {', '.join(GATEWAYS)}")
+        self.gen_cpu, self.path_cpu, self.rx_mode, self.gateway = gen_cpu, path_cpu, rx_mode, gateway
         self.lab = Lab(prefix)
         self.topo = None
         self.sink = None
@@ -191,7 +278,9 @@ class BenchLab:
 
     def build(self):
         lab = self.lab
-        self.topo = t = forwarder_lab(lab)
+        self.topo = t = forwarder_lab(lab) if self.gateway == "veth" else bridge_gateway_lab(lab)
+        # the client namespace is also a Pod of another node (cross-node Pod-to-Pod rows)
+        lab.add_address(t.client, "eth0", f"{PEER_POD_IP}/32")
         # replies and flowtable reverse routes for the generator's sources
         lab.add_route(t.node, BENCH_SOURCE_NET, via=t.client_if.ip)
         # frames sent by XDP_TX reach the stack (and RPS) only through veth's NAPI path: GRO on
@@ -202,8 +291,9 @@ class BenchLab:
         else:
             lab.write_file(t.node, "/sys/class/net/tr0/threaded", "1")
         # replies from the Pod (TCP ACKs, responses) are forwarded on the path core too, not inside the
-        # Pod's send on the generator core
-        lab.set_rps(t.node, "gw0", 1 << self.path_cpu)
+        # Pod's send on the generator core (bridge: on the Pod's port, the bridge passes frames up to gw0
+        # on the core that received them)
+        lab.set_rps(t.node, "gw0" if self.gateway == "veth" else BRIDGE_POD_PORT, 1 << self.path_cpu)
         # ab opens tens of thousands of connections to one VIP:port: more source ports than the default
         lab.sysctl(t.client, "net.ipv4.ip_local_port_range", "1024 65535")
         self.pin_rx()
@@ -247,6 +337,17 @@ class BenchLab:
             self.lab.stop(self.sink)
             self.sink = None
 
+    def attach_modes(self):
+        """{interface: XDP attach mode} of the node's transport and gateway now (no entry: no program),
+        and which of them have a tc ingress filter (a path's fast path): {"xdp": {...}, "tc": [...]}."""
+        t, lab = self.topo, self.lab
+        links = json.loads(lab.ip(t.node, ["-j", "-d", "link", "show"]))
+        xdp = {link["ifname"]: xdp_attach_mode(link) for link in links
+               if link.get("ifname") in ("tr0", "gw0") and xdp_attach_mode(link)}
+        tc = [ifname for ifname in ("tr0", "gw0")
+              if lab.run(t.node, ["tc", "filter", "show", "dev", ifname, "ingress"], check=False).stdout.strip()]
+        return {"xdp": xdp, "tc": tc}
+
     def set_ip_forward(self, on):
         self.lab.sysctl(self.topo.node, "net.ipv4.ip_forward", 1 if on else 0)
 
@@ -274,38 +375,53 @@ class BenchLab:
         if workload.request_response:
             return self.measure_request_response(dst_ip, dst_port, workload, seconds, worker_pid)
         if workload.proto == "tcp":
-            return self.measure_tcp(dst_ip, dst_port, workload, seconds)
+            return self.measure_tcp(dst_ip, dst_port, workload, seconds, worker_pid)
         return self.measure_udp(dst_ip, dst_port, workload, seconds, worker_pid)
 
-    def measure_tcp(self, dst_ip, dst_port, workload, seconds):
-        """iperf3 client (client ns) -> server (Pod ns), both on the generator core; Gbit/s received.
+    def measure_tcp(self, dst_ip, dst_port, workload, seconds, worker_pid=None):
+        """iperf3 client (client ns) -> server (Pod ns, on workload.server_port), both on the generator core;
+        Gbit/s received, and the path core's CPU time per GB received (all its busy time, and its own
+        time as for the other workloads: system + softirq + the worker's user time). A Pod-to-Pod workload
+        binds the client to PEER_POD_IP.
 
         A transfer that fails (e.g. a path that cannot carry offloaded frames) gives rate 0 and its error."""
         import json
         t, lab = self.topo, self.lab
         self.stop_sink()
         self.set_tcp_offloads(workload.offloads)
-        server = lab.popen(t.pods, ["iperf3", "-s", "-1", "-p", str(TCP_SERVER_PORT)], cpu=self.gen_cpu)
-        time.sleep(0.3)
-        cpu0 = read_cpu_times()
-        proc = lab.run(t.client, ["iperf3", "-c", dst_ip, "-p", str(dst_port), "-t", str(max(1, round(seconds))),
-                                  "-P", str(workload.streams), "-J", "--connect-timeout", "3000"],
+        port = str(workload.server_port)
+        server = lab.popen(t.pods, ["iperf3", "-s", "-1", "-p", port], cpu=self.gen_cpu)
+        deadline = time.monotonic() + 5
+        while f":{port}" not in lab.run(t.pods, ["ss", "-Hltn", f"sport = :{port}"]).stdout:
+            if server.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        bind = ["-B", PEER_POD_IP] if workload.pod_to_pod else []
+        worker0, cpu0 = process_user_seconds(worker_pid), read_cpu_times()
+        proc = lab.run(t.client, ["iperf3", "-c", dst_ip, "-p", str(dst_port), *bind,
+                                  "-t", str(max(1, round(seconds))), "-P", str(workload.streams), "-J",
+                                  "--connect-timeout", "3000"],
                        cpu=self.gen_cpu, check=False, timeout=seconds + 20)
-        cpu1 = read_cpu_times()
+        cpu1, worker1 = read_cpu_times(), process_user_seconds(worker_pid)
         lab.stop(server)
         self.set_tcp_offloads(True)
-        error, gbps, retransmits = None, 0.0, None
+        error, gbps, retransmits, received = None, 0.0, None, None
         try:
             report = json.loads(proc.stdout)
             error = report.get("error")
             end = report.get("end", {})
             gbps = end.get("sum_received", {}).get("bits_per_second", 0.0) / 1e9
+            received = end.get("sum_received", {}).get("bytes")
             retransmits = end.get("sum_sent", {}).get("retransmits")
         except ValueError:
             error = (proc.stderr or proc.stdout).strip()[:200] or f"iperf3 exited {proc.returncode}"
+        received = received if received is not None else int(gbps * 1e9 * seconds / 8)
+        path_cpu = cpu_delta(cpu0, cpu1, self.path_cpu, 0)
+        path_cpu.update(own_cpu(cpu0, cpu1, self.path_cpu, 0, worker1 - worker0))
+        path_cpu.update(cpu_per_gb(path_cpu["busy_s"], path_cpu["own_s"], received))
         return {"rate": gbps, "gbit_s": gbps, "retransmits": retransmits, "error": error,
-                "forwarded": int(gbps * 1e9 * seconds / 8), "seconds": seconds,
-                "path_cpu": cpu_delta(cpu0, cpu1, self.path_cpu, 0),
+                "forwarded": received, "seconds": seconds, "path_cpu": path_cpu,
+                "noise_share": path_cpu["noise_share"],   # informational: TCP cells keep every run
                 "generator_cpu": cpu_delta(cpu0, cpu1, self.gen_cpu, 0)}
 
     def start_tcp_server(self, tool, workdir):

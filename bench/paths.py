@@ -37,19 +37,39 @@ class Path:
     per_service_count = False   # True: measured once for every N in the Service counts
     kernel_forwards = True      # ip_forward in the node namespace while this path runs
     serves_services = False     # True: target() is a Service VIP the path translates (request/response rows)
-    label_extra = ""
+    pod_to_pod = False          # True: a cross-node Pod-to-Pod row (carries the Pod-to-Pod workloads only)
+    label_extra = ""            # added to the name in the label (e.g. a setting)
+    id_extra = ""               # added to row_id
 
-    def __init__(self, services=None):
+    def __init__(self, services=None, gateway="veth"):
+        """gateway: the lab the row runs on (bench.measure.GATEWAYS): "veth", or "bridge" (the node's gw0
+        a Linux bridge, generic XDP for an agent), whose rows carry the TCP workloads only."""
         self.services = services
+        self.gateway = gateway
+        self.attach = None      # what run.py saw attached after setup (BenchLab.attach_modes)
 
     @property
     def label(self):
         suffix = f" N={self.services}" if self.per_service_count else ""
-        return f"({self.key}) {self.name}{suffix}"
+        bridge = ", bridge gateway" if self.gateway == "bridge" else ""
+        return f"({self.key}) {self.name}{self.label_extra}{suffix}{bridge}"
 
     @property
     def row_id(self):
-        return f"{self.key}{self.services}" if self.per_service_count else self.key
+        base = f"{self.key}{self.services}" if self.per_service_count else self.key
+        return f"{base}{self.id_extra}{'-bridge' if self.gateway == 'bridge' else ''}"
+
+    comparison = False          # True: a comparison row (another agent setting), established-flow workloads only
+
+    def carries(self, workload):
+        """Whether `workload` belongs to this row's part of the matrix at all (no cell otherwise): the
+        Pod-to-Pod workloads only on Pod-to-Pod rows and only there; on the bridge lab only TCP bulk; on
+        a comparison row only what rides established flows through the path (UDP established, TCP bulk)."""
+        if workload.pod_to_pod != self.pod_to_pod:
+            return False
+        if self.comparison and not (workload.bulk_tcp or (workload.proto == "udp" and not workload.new_flows)):
+            return False
+        return self.gateway == "veth" or workload.tool == "iperf3"
 
     def unavailable(self, bench):
         """None when this path can run here, else the reason it cannot (shown in the report)."""
@@ -87,7 +107,8 @@ class Path:
 
     def describe(self):
         return {"key": self.key, "name": self.name, "services": self.services if self.per_service_count else None,
-                "label": self.label, "row_id": self.row_id}
+                "label": self.label, "row_id": self.row_id, "gateway": self.gateway, "pod_to_pod": self.pod_to_pod,
+                "attach": self.attach}
 
 
 class KernelRouting(Path):
@@ -340,22 +361,20 @@ class XskproxyAgent(_AfxdpWorker):
     stop_timeout = 20.0          # stop flushes the flow tables
     METRICS_ADDRESS = ""         # disabled: the bench reads stats.json
 
-    def __init__(self, services=None, flow_offload=None):
+    def __init__(self, services=None, flow_offload=None, gateway="veth"):
         """flow_offload: the agent's `flowOffload` (kernel fast path for established flows) as True or
         False, or None to leave it out of the config (the agent's default); the rows of different
         settings are told apart by their label and row_id."""
-        super().__init__(services)
+        super().__init__(services, gateway)
         self.flow_offload = flow_offload
 
     @property
-    def label(self):
-        setting = "" if self.flow_offload is None else f", flowOffload {str(self.flow_offload).lower()}"
-        return f"({self.key}) {self.name}{setting} N={self.services}"
+    def label_extra(self):
+        return "" if self.flow_offload is None else f", flowOffload {str(self.flow_offload).lower()}"
 
     @property
-    def row_id(self):
-        suffix = "" if self.flow_offload is None else ("-offload" if self.flow_offload else "-no-offload")
-        return f"{super().row_id}{suffix}"
+    def id_extra(self):
+        return "" if self.flow_offload is None else ("-offload" if self.flow_offload else "-no-offload")
 
     def describe(self):
         return {**super().describe(), "flow_offload": self.flow_offload}
@@ -375,7 +394,12 @@ class XskproxyAgent(_AfxdpWorker):
         services = [agent_setup.service_objects(i, service_vip(i), agent_setup.cluster_ip(SERVICE_NET, service_vip(i)),
                                                 self.protocols(i), SERVICE_PORT, BACKEND_PORT, t.pod_if.ip)
                     for i in range(self.services)]
-        return agent_setup.manifest(services, node_ip=t.transport.ip, pod_cidr=t.pod_if.network)
+        return agent_setup.manifest(services, node_ip=t.transport.ip, pod_cidr=t.pod_if.network,
+                                    other_nodes=self.other_nodes(bench))
+
+    def other_nodes(self, bench):
+        """[(name, InternalIP, podCIDR)] of the cluster's other Nodes in the manifest (none here)."""
+        return []
 
     def write_files(self, bench):
         """config.yaml, manifests/services.json (the agent parses .json manifests as JSON: 10,000
@@ -466,6 +490,8 @@ class XskproxyAgent(_AfxdpWorker):
                     for mode in ("xdp", "xdpgeneric"):
                         bench.lab.run(bench.topo.node, ["ip", "link", "set", "dev", ifname, mode, "off"],
                                       check=False)
+                # the fast path's clsact qdisc (the agent removes the one it created when it stops)
+                bench.lab.run(bench.topo.node, ["tc", "qdisc", "del", "dev", ifname, "clsact"], check=False)
         finally:
             workdir = getattr(self, "workdir", None)
             if workdir:
@@ -474,13 +500,170 @@ class XskproxyAgent(_AfxdpWorker):
                 shutil.rmtree(workdir, ignore_errors=True)
 
 
-def all_paths(service_counts, agent_flow_offload=(None,)):
-    """Every path row of the matrix, (b), (c) and (f) once per Service count; (f) also once per
-    `agent_flow_offload` setting (None: the agent's default, True/False: flowOffload set)."""
-    rows = [KernelRouting()]
-    rows += [IptablesKubeProxy(n) for n in service_counts]
-    rows += [NftablesKubeProxy(n) for n in service_counts]
-    rows += [NftablesFlowtable(), TcRedirect()]
-    rows += [XskproxyAgent(n, flow_offload) for flow_offload in agent_flow_offload for n in service_counts]
-    rows += [CForwarder()]
+class NodeNetfilter:
+    """What a node's netfilter holds besides the Service rules, as kube-proxy (iptables mode) and Antrea
+    (noEncap) install it: the filter FORWARD chains (conntrack state INVALID dropped, marked and
+    ESTABLISHED accepted, Pod gateway traffic accepted) and nat POSTROUTING (kube-proxy's mark-based
+    masquerade, Antrea's masquerade of Pod traffic leaving the Pod network), on top of path (b)'s
+    KUBE-SERVICES for N Services with its KUBE-NODEPORTS jump. Every forwarded packet crosses
+    conntrack and the filter chains; a new connection also the nat chains. Loaded with
+    iptables-restore (iptables-nft, as (b)); removed with every table it created."""
+
+    def __init__(self, services):
+        self.services_rules = IptablesKubeProxy(services)
+
+    def ruleset(self, pod_ip, pod_cidr, gateway="gw0", pod_supernet="10.244.0.0/16"):
+        nat = self.services_rules.ruleset(pod_ip).splitlines()
+        commit = nat.index("COMMIT")
+        nat[commit:commit] = [
+            ":KUBE-NODEPORTS - [0:0]", ":KUBE-POSTROUTING - [0:0]", ":ANTREA-POSTROUTING - [0:0]",
+            "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports\" -m addrtype "
+            "--dst-type LOCAL -j KUBE-NODEPORTS",
+            "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
+            "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
+            "-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0",
+            "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" "
+            "-j MASQUERADE --random-fully",
+            "-A POSTROUTING -m comment --comment \"Antrea: jump to Antrea postrouting rules\" -j ANTREA-POSTROUTING",
+            f"-A ANTREA-POSTROUTING -s {pod_cidr} ! -d {pod_supernet} ! -o {gateway} -m comment "
+            "--comment \"Antrea: masquerade Pod to external packets\" -j MASQUERADE"]
+        filter_table = [
+            "*filter", ":KUBE-FORWARD - [0:0]", ":ANTREA-FORWARD - [0:0]",
+            "-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD",
+            "-A FORWARD -m comment --comment \"Antrea: jump to Antrea forwarding rules\" -j ANTREA-FORWARD",
+            "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
+            "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 "
+            "-j ACCEPT",
+            "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack "
+            "--ctstate RELATED,ESTABLISHED -j ACCEPT",
+            f"-A ANTREA-FORWARD -i {gateway} -m comment --comment \"Antrea: accept packets from local Pods\" "
+            "-j ACCEPT",
+            f"-A ANTREA-FORWARD -o {gateway} -m comment --comment \"Antrea: accept packets to local Pods\" "
+            "-j ACCEPT",
+            "COMMIT"]
+        return "\n".join(filter_table + nat) + "\n"
+
+    def install(self, bench):
+        t = bench.topo
+        bench.lab.run(t.node, ["iptables-restore"], input=self.ruleset(t.pod_if.ip, t.pod_if.network), timeout=300)
+
+    def remove(self, bench):
+        node = bench.topo.node
+        bench.lab.run(node, ["iptables-restore"], input="*filter\nCOMMIT\n*nat\nCOMMIT\n", check=False)
+        for table in ("filter", "nat"):
+            bench.lab.run(node, ["iptables", "-t", table, "-F"], check=False)
+            bench.lab.run(node, ["iptables", "-t", table, "-X"], check=False)
+            # iptables-nft keeps empty tables whose hooks keep conntrack on: remove them
+            bench.lab.run(node, ["nft", "delete", "table", "ip", table], check=False)
+
+
+def route_peer_pods(bench):
+    """The node routes the other node's podCIDR (PEER_POD_CIDR) via that node: the client namespace."""
+    from bench.measure import PEER_POD_CIDR
+    bench.lab.add_route(bench.topo.node, PEER_POD_CIDR, via=bench.topo.client_if.ip)
+
+
+def unroute_peer_pods(bench):
+    from bench.measure import PEER_POD_CIDR
+    bench.lab.run(bench.topo.node, ["ip", "route", "del", PEER_POD_CIDR], check=False)
+
+
+class CrossNodeKernel(Path):
+    """Cross-node Pod-to-Pod through the kernel (issue 12, must-show 4): a Pod of another node (the
+    client namespace, PEER_POD_IP) to the Pod's own address; the node routes with ip_forward, conntrack
+    and a node's netfilter rules (NodeNetfilter with the Services of (b) N = `services`)."""
+    key, name = "h", "cross-node Pod-to-Pod: kernel routing + kube-proxy/Antrea iptables, conntrack"
+    pod_to_pod = True
+
+    def unavailable(self, bench):
+        return None if shutil.which("iptables-restore") else "iptables-restore is not installed"
+
+    @property
+    def label_extra(self):
+        return f" ({self.services} Services)"
+
+    def target(self, bench, proto="tcp"):
+        from bench.measure import POD_TO_POD_PORT
+        return bench.topo.pod_if.ip, POD_TO_POD_PORT
+
+    def setup(self, bench):
+        route_peer_pods(bench)
+        NodeNetfilter(self.services).install(bench)
+
+    def teardown(self, bench):
+        NodeNetfilter(self.services).remove(bench)
+        unroute_peer_pods(bench)
+
+
+class CrossNodeBypass(XskproxyAgent):
+    """Cross-node Pod-to-Pod through xskproxy's netfilter bypass (issue 12, must-show 4): the same
+    traffic, routes and netfilter rules as CrossNodeKernel, and the agent with flowOffload true whose
+    manifest also has the other node (InternalIP: the client, podCIDR: PEER_POD_CIDR). Its tc fast path
+    routes Pod-CIDR traffic with the kernel FIB and redirects it (counter FAST_BYPASS), so the node's
+    netfilter and conntrack never see it. ip_forward stays on: bpf_fib_lookup refuses to route for an
+    interface that does not forward (and a packet the bypass passes, the kernel then forwards: the
+    counters tell the two apart)."""
+    key, name = "i", "cross-node Pod-to-Pod: xskproxy netfilter bypass (tc fast path), same iptables loaded"
+    pod_to_pod = True
+    kernel_forwards = True
+    per_service_count = False
+
+    def __init__(self, services=None, gateway="veth"):
+        super().__init__(services, flow_offload=True, gateway=gateway)
+
+    @property
+    def label_extra(self):
+        return f" ({self.services} Services)"
+
+    @property
+    def id_extra(self):
+        return ""
+
+    def target(self, bench, proto="tcp"):
+        from bench.measure import POD_TO_POD_PORT
+        return bench.topo.pod_if.ip, POD_TO_POD_PORT
+
+    def other_nodes(self, bench):
+        from bench.measure import PEER_POD_CIDR
+        return [("bench-peer", bench.topo.client_if.ip, PEER_POD_CIDR)]
+
+    def setup(self, bench):
+        route_peer_pods(bench)
+        NodeNetfilter(self.services).install(bench)
+        super().setup(bench)
+
+    def teardown(self, bench):
+        try:
+            super().teardown(bench)
+        finally:
+            NodeNetfilter(self.services).remove(bench)
+            unroute_peer_pods(bench)
+
+
+# the paths the bridge lab can run: the Service paths' TCP bulk rows and the Pod-to-Pod rows
+BRIDGE_PATH_KEYS = "bcfhi"
+
+
+def all_paths(service_counts, agent_flow_offload=(None,), gateway="veth"):
+    """Every path row of the matrix for the lab with `gateway`, (b), (c) and (f) once per Service count;
+    (f) also once per `agent_flow_offload` setting (None: the agent's default, True/False: flowOffload
+    set): the first setting at every N, the others at the smallest N only as comparison rows (UDP
+    established and TCP bulk only: what the setting changes, cheaply); then the cross-node Pod-to-Pod
+    rows (h), (i) with the smallest N's rules. The bridge lab (gateway "bridge") can run (b), (c), (f) at
+    the smallest N only (they carry only TCP bulk there, which runs at the smallest N anyway; (f) with the
+    first setting only) and (h), (i)."""
+    smallest = min(service_counts)
+    rows = [KernelRouting(gateway=gateway)]
+    rows += [IptablesKubeProxy(n, gateway) for n in service_counts]
+    rows += [NftablesKubeProxy(n, gateway) for n in service_counts]
+    rows += [NftablesFlowtable(gateway=gateway), TcRedirect(gateway=gateway)]
+    for i, flow_offload in enumerate(agent_flow_offload):
+        for n in (service_counts if i == 0 else [smallest]):
+            row = XskproxyAgent(n, flow_offload, gateway)
+            row.comparison = i > 0
+            rows.append(row)
+    rows += [CForwarder(gateway=gateway)]
+    rows += [CrossNodeKernel(smallest, gateway), CrossNodeBypass(smallest, gateway)]
+    if gateway == "bridge":
+        rows = [r for r in rows if r.key in BRIDGE_PATH_KEYS and r.services in (None, smallest) and not r.comparison]
     return rows

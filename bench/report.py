@@ -26,8 +26,9 @@ def _fmt(value, unit):
 
 
 def reference_row(results, row):
-    """The (b) row a row is compared with: (b) with the same N, or (b) with the smallest N."""
+    """The (b) row a row is compared with: (b) of the same lab (gateway) with the same N, or with the smallest N."""
     b_rows = [r for r in results["rows"] if r["key"] == "b"]
+    b_rows = [r for r in b_rows if r.get("gateway", "veth") == row.get("gateway", "veth")] or b_rows
     same = [r for r in b_rows if row["services"] is not None and r["services"] == row["services"]]
     if same:
         return same[0]
@@ -44,10 +45,32 @@ def _request_response(workload):
     return workload.get("request_response", workload["unit"] not in ("pps", "Gbit/s"))
 
 
+def _carries(row, workload_key):
+    """Whether the row's part of the matrix has the workload (rows written before rows listed theirs: all)."""
+    return workload_key in row.get("workloads", [workload_key])
+
+
+def attach_text(attach):
+    """What was attached on the node's transport and gateway while a row ran, e.g. 'XDP skb on tr0, gw0 +
+    tc on tr0, gw0'; '' when nothing was (kernel paths)."""
+    if not attach:
+        return ""
+    parts = []
+    modes = {}
+    for ifname, mode in sorted((attach.get("xdp") or {}).items(), key=lambda item: item[0] != "tr0"):
+        modes.setdefault(mode, []).append(ifname)
+    parts += [f"XDP {mode} on {', '.join(ifnames)}" for mode, ifnames in modes.items()]
+    if attach.get("tc"):
+        parts.append(f"tc on {', '.join(attach['tc'])}")
+    return " + ".join(parts)
+
+
 def markdown(results):
     """Markdown: forwarded pps (median [min-max], ratio to (b)), then CPU ns per packet on the path core."""
     meta = results["meta"]
-    workloads = [w for w in results["workloads"] if not _request_response(w)]
+    workloads = [w for w in results["workloads"] if not _request_response(w) and not w.get("pod_to_pod")]
+    main_rows = [r for r in results["rows"]
+                 if not r.get("pod_to_pod") and any(_carries(r, w["key"]) for w in workloads)]
     lines = [f"Forwarded packets per second at the sink (UDP) or Gbit/s received by iperf3 (TCP), median of "
              f"{meta['runs']} run(s) of {meta['seconds_per_measurement']:g} s [min-max], x ratio to (b) "
              f"(same N, else the smallest N); UDP cells are medians of the clean runs (other processes below "
@@ -55,13 +78,18 @@ def markdown(results):
              f"{meta['generator_cpu']}, path on CPU {meta['path_cpu']} (rx mode {meta.get('rx_mode', 'rps')}); "
              f"kernel {meta['kernel']}, "
              f"load average at start {' '.join(meta['loadavg_at_start'])}"
-             f"{' (quick run)' if meta['quick'] else ''}.", ""]
-    lines.append("| path | " + " | ".join(f"{w['name']} ({w['unit']})" for w in workloads) + " |")
-    lines.append("|---|" + "---|" * len(workloads))
-    for row in results["rows"]:
-        cells = []
+             f"{' (quick run)' if meta['quick'] else ''}. `attached` = what the path had attached on the node's "
+             f"transport and gateway while it ran (XDP mode: native or skb = generic; tc = a tc ingress program); "
+             f"rows marked `bridge gateway` ran on the lab whose gw0 is a Linux bridge (TCP bulk only).", ""]
+    lines.append("| path | attached | " + " | ".join(f"{w['name']} ({w['unit']})" for w in workloads) + " |")
+    lines.append("|---|---|" + "---|" * len(workloads))
+    for row in main_rows:
+        cells = [attach_text(row.get("attach")) or "-"]
         for w in workloads:
             cell = row["cells"].get(w["key"])
+            if not _carries(row, w["key"]):
+                cells.append("")
+                continue
             if row["unavailable"] or (row["error"] and not cell):
                 cells.append(f"n/a: {row['unavailable'] or row['error']}"[:90])
                 continue
@@ -84,15 +112,50 @@ def markdown(results):
                 text += f" ({len(cell['errors'])} failed: {cell['errors'][0]})"[:80]
             cells.append(text)
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
-    lines += ["", "CPU per forwarded packet on the path core (medians): `ns/pkt` = all busy time of the core; "
-              "`own` = the path's own time only (system + softirq on that core + its worker's user time; other "
-              "processes' user time left out, so it holds under load); `1-core` = 1e9/own, the pps the path "
-              "would reach with the whole core; `busy` = core utilisation (user share in brackets: for kernel "
-              "paths that is other processes); `offered` = what the generator sent.", ""]
     udp = [w for w in workloads if w["unit"] == "pps"]
-    lines.append("| path | " + " | ".join(f"{w['key']} ns/pkt | own | 1-core | busy | offered" for w in udp) + " |")
-    lines.append("|---|" + "---|---|---|---|---|" * len(udp))
-    for row in results["rows"]:
+    if not main_rows:
+        lines = lines[:1]
+    if main_rows and udp:
+        lines += ["", "CPU per forwarded packet on the path core (medians): `ns/pkt` = all busy time of the core; "
+                  "`own` = the path's own time only (system + softirq on that core + its worker's user time; other "
+                  "processes' user time left out, so it holds under load); `1-core` = 1e9/own, the pps the path "
+                  "would reach with the whole core; `busy` = core utilisation (user share in brackets: for kernel "
+                  "paths that is other processes); `offered` = what the generator sent.", ""]
+        lines += udp_cpu_lines(main_rows, udp)
+    call = results.get("batch_call") or {}
+    tcp = [w for w in workloads if w["unit"] == "Gbit/s"]
+    if tcp and main_rows:
+        lines += ["", "TCP: path core utilisation, the path core's own CPU time per GB received (ms/GB: system + "
+                  "softirq + its worker's user time; includes the Pod's receive processing, which runs where the "
+                  "path delivers) and TCP retransmits (medians):", "",
+                  "| path | " + " | ".join(f"{w['key']} busy | own ms/GB | retr" for w in tcp) + " |",
+                  "|---|" + "---|---|---|" * len(tcp)]
+        for row in main_rows:
+            cells = []
+            for w in tcp:
+                cell = row["cells"].get(w["key"])
+                util = cell and cell["path_cpu_utilisation"]
+                per_gb = cell and cell.get("path_own_ms_per_gb")
+                retr = cell and cell["retransmits"]
+                cells += [f"{util['median'] * 100:.0f}%" if util else "-",
+                          f"{per_gb['median']:.0f}" if per_gb else "-", f"{retr['median']:.0f}" if retr else "-"]
+            if any(c != "-" for c in cells):
+                lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    lines += request_response_lines(results)
+    lines += pod_to_pod_lines(results)
+    lines += path_counter_lines(results)
+    lines += ["", ("One numba->cffi batch call: " + (f"{call['ns']:.1f} ns" if "ns" in call
+               else f"not measured ({call.get('unavailable', 'unknown')})")), ""]
+    return "\n".join(lines)
+
+
+def udp_cpu_lines(rows, udp):
+    """The UDP CPU table's header and one line per row carrying a UDP workload."""
+    lines = ["| path | " + " | ".join(f"{w['key']} ns/pkt | own | 1-core | busy | offered" for w in udp) + " |",
+             "|---|" + "---|---|---|---|---|" * len(udp)]
+    for row in rows:
+        if not any(_carries(row, w["key"]) for w in udp):
+            continue
         cells = []
         for w in udp:
             cell = row["cells"].get(w["key"])
@@ -108,26 +171,7 @@ def markdown(results):
             cells += [busy,
                       _k(cell["offered_pps"]["median"])]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
-    call = results.get("batch_call") or {}
-    tcp = [w for w in workloads if w["unit"] == "Gbit/s"]
-    if tcp:
-        lines += ["", "TCP: path core utilisation and TCP retransmits (medians):", "",
-                  "| path | " + " | ".join(f"{w['key']} busy | retr" for w in tcp) + " |",
-                  "|---|" + "---|---|" * len(tcp)]
-        for row in results["rows"]:
-            cells = []
-            for w in tcp:
-                cell = row["cells"].get(w["key"])
-                util = cell and cell["path_cpu_utilisation"]
-                retr = cell and cell["retransmits"]
-                cells += [f"{util['median'] * 100:.0f}%" if util else "-", f"{retr['median']:.0f}" if retr else "-"]
-            if any(c != "-" for c in cells):
-                lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
-    lines += request_response_lines(results)
-    lines += path_counter_lines(results)
-    lines += ["", ("One numba->cffi batch call: " + (f"{call['ns']:.1f} ns" if "ns" in call
-               else f"not measured ({call.get('unavailable', 'unknown')})")), ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _rate(value):
@@ -145,7 +189,7 @@ def request_response_lines(results):
     meta = results["meta"]
     rr = {w["tool"]: w for w in results["workloads"] if _request_response(w)}
     rows = [r for r in results["rows"]
-            if any(w["key"] not in (r.get("unsupported") or {}) for w in rr.values())]
+            if any(_carries(r, w["key"]) and w["key"] not in (r.get("unsupported") or {}) for w in rr.values())]
     if not rr or not rows:
         return []
     latency, keepalive, new_conns = rr.get("sockperf"), rr.get("wrk"), rr.get("ab")
@@ -211,9 +255,89 @@ def request_response_lines(results):
     return lines
 
 
+# the cross-node Pod-to-Pod rows (issue 12, must-show 4): kernel routing + netfilter, and xskproxy's bypass
+POD_TO_POD_KERNEL, POD_TO_POD_BYPASS = "h", "i"
+
+
+def pod_to_pod_comparison(results):
+    """Per lab (gateway) and Pod-to-Pod workload: kernel (h) and bypass (i) medians of Gbit/s and of the path
+    core's CPU per GB (all busy time, own time), and the ratios bypass / kernel. Goes to latest.json."""
+    out = []
+    for gateway in results["meta"].get("gateways", ["veth"]):
+        rows = {r["key"]: r for r in results["rows"] if r.get("pod_to_pod") and r.get("gateway", "veth") == gateway}
+        kernel, bypass = rows.get(POD_TO_POD_KERNEL), rows.get(POD_TO_POD_BYPASS)
+        if not kernel and not bypass:
+            continue
+        for w in [w for w in results["workloads"] if w.get("pod_to_pod")]:
+            entry = {"gateway": gateway, "workload": w["key"], "name": w["name"]}
+            for side, row in (("kernel", kernel), ("bypass", bypass)):
+                for metric in ("gbit_s", "path_ms_per_gb", "path_own_ms_per_gb", "path_cpu_utilisation"):
+                    entry[f"{side}_{metric}"] = _median(row, w["key"], metric) if row else None
+            for metric in ("gbit_s", "path_ms_per_gb", "path_own_ms_per_gb"):
+                k, b = entry[f"kernel_{metric}"], entry[f"bypass_{metric}"]
+                entry[f"ratio_{metric}"] = b / k if k and b is not None else None
+            out.append(entry)
+    return out
+
+
+def _median_counters(cell, names):
+    """'NAME=n ...' of the medians over a cell's samples of those counters any sample has."""
+    import statistics
+    samples = [s for s in cell["samples"] if s.get("path_counters") is not None]
+    return " ".join(f"{n}={_count(statistics.median(s['path_counters'].get(n, 0) for s in samples))}"
+                    for n in names if any(n in s["path_counters"] for s in samples))
+
+
+def pod_to_pod_lines(results):
+    """The must-show-4 table: throughput and path-core CPU per GB, kernel vs bypass, ratios."""
+    rows = [r for r in results["rows"] if r.get("pod_to_pod")]
+    if not rows:
+        return []
+    meta = results["meta"]
+    lines = ["", f"Cross-node Pod-to-Pod TCP (issue 12, must-show 4; the TCManager design promised ~20% more "
+             f"throughput through the bypass): a Pod of another node (the client namespace, 10.244.1.2, routed "
+             f"via it) to the Pod's own address, iperf3 on CPU {meta['generator_cpu']} with the Pods' default "
+             f"offloads; (h) the node routes with its kube-proxy/Antrea iptables rules and conntrack, (i) the same "
+             f"rules loaded and xskproxy's tc fast path routing the Pod CIDRs past them. Median of {meta['runs']} "
+             f"run(s) [min-max]; `ms/GB` = the path core's busy time per GB received (`own`: system + softirq + "
+             f"the agent's user time; both include the Pod's receive processing, alike for both rows).", "",
+             "| path | attached | workload | Gbit/s | path busy | ms/GB | own ms/GB | counters |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        for w in [w for w in results["workloads"] if w.get("pod_to_pod")]:
+            cell = row["cells"].get(w["key"])
+            if row["unavailable"] or (row["error"] and not cell):
+                lines.append(f"| {row['label']} | - | {w['key']} | "
+                             + f"n/a: {row['unavailable'] or row['error']}"[:120] + " | | | | |")
+                continue
+            if not cell:
+                continue
+            rate = cell["rate"]
+            util, per_gb, own = (cell.get(k) for k in ("path_cpu_utilisation", "path_ms_per_gb", "path_own_ms_per_gb"))
+            text = f"{rate['median']:.2f} [{rate['min']:.2f}-{rate['max']:.2f}]" if rate else "-"
+            if cell.get("errors"):
+                text += f" ({len(cell['errors'])} failed: {cell['errors'][0]})"[:80]
+            cells = [row["label"], attach_text(row.get("attach")) or "-", w["key"], text,
+                     f"{util['median'] * 100:.0f}%" if util else "-",
+                     f"{per_gb['median']:.0f}" if per_gb else "-", f"{own['median']:.0f}" if own else "-",
+                     _median_counters(cell, ("FAST_BYPASS", "FAST_PASS_NO_NEIGHBOUR")) or "-"]
+            lines.append("| " + " | ".join(cells) + " |")
+    comparison = results.get("pod_to_pod") or pod_to_pod_comparison(results)
+    if comparison:
+        lines += ["", "Bypass / kernel (ratio of medians; throughput above 1 and CPU per GB below 1 favour the "
+                  "bypass):", "",
+                  "| lab | workload | Gbit/s (i)/(h) | ms/GB (i)/(h) | own ms/GB (i)/(h) |", "|---|---|---|---|---|"]
+        for entry in comparison:
+            cells = [f"x{entry[f'ratio_{m}']:.2f}" if entry[f"ratio_{m}"] is not None else "-"
+                     for m in ("gbit_s", "path_ms_per_gb", "path_own_ms_per_gb")]
+            lines.append(f"| {entry['gateway']} gateway | {entry['workload']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 # pipeline and fast path counters shown per cell (the rest of them are in latest.json); every drop is shown
 SHOWN_COUNTERS = ("XSKP_CNT_TX_GATEWAY", "XSKP_CNT_TX_TRANSPORT", "XSKP_CNT_CT_HIT", "XSKP_CNT_CT_CREATED",
                   "XSKP_CNT_DNAT", "XSKP_CNT_CSUM_COMPLETED", "XSKP_CNT_CT_EVICTED", "FAST_FLOW", "FAST_BYPASS",
+                  "FAST_PASS_NO_NEIGHBOUR", "STEER_PASS_FAST_BYPASS", "STEER_REDIRECT_PREFIX",
                   "STEER_REDIRECT_FAILED", "STEER_PASS_TOO_BIG")
 SHOWN_COUNTER_PREFIXES = ("XSKP_DROP_", "STEER_DROP_", "FAST_DROP_")
 
