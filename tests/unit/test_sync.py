@@ -289,7 +289,8 @@ def test_a_failing_translate_is_retried_by_a_fresh_translator_and_shown(tmp_path
     try:
         assert wait_for(lambda: node.sync.counters["failures"] == 1)
         node.write_stats()
-        assert cli.cmd_stats(argparse.Namespace(state_dir=str(tmp_path), json=False)) == 0
+        assert cli.cmd_stats(argparse.Namespace(state_dir=str(tmp_path), json=False, explain=False,
+                                                all=False)) == 0
         out = capsys.readouterr().out
         assert "PUBLISH FAILING: 1 attempts in a row" in out and "KeyError" in out
         metrics = {m.name: m for m in agent.publish_metrics(node.snapshot())}
