@@ -1,6 +1,7 @@
 /* xskproxy_steer.bpf.c — the XDP steering classifier (seam 1 of DESIGN.md) and the tc fast path
  * that executes the userspace engine's decisions for established flows (xskp_fast, below).
- * The classifier never rewrites a packet, and drops one only while an agent hands over.
+ * The classifier never rewrites a packet; it drops one only while an agent hands over, or when a
+ * frame too big for a socket belongs to a flow the running agent translates (below).
  *
  * It redirects to the interface's AF_XDP socket for the receiving queue only IPv4 packets that
  * xskproxy owns, judged on the interface's roles (steer_ifaces):
@@ -43,8 +44,13 @@
  * offloaded (found in xskp_flows_v4) is passed to the kernel, where xskp_fast at tc ingress
  * rewrites and redirects it; so is Pod-CIDR traffic when the fast path routes the bypass. A pure
  * TCP SYN always goes to userspace (a new connection on an old tuple is userspace's to decide).
- * Both only while the fast path is live (a worker's heartbeat, or a handover hold). A packet
- * larger than a UMEM chunk is never redirected to a socket (it could only be dropped there).
+ * Translated flows only while the fast path is live (the agent's heartbeat, or a handover
+ * hold); the bypass and cached routes only on the heartbeat (Pod-CIDR traffic is the kernel's
+ * during a handover). A packet larger than a socket's chunk is never redirected to a socket (it
+ * could only be dropped there): Pod-CIDR traffic, and anything while no agent serves the queue,
+ * goes to the kernel (STEER_PASS_TOO_BIG); a translated flow's frame is dropped
+ * (STEER_DROP_TOO_BIG), as the kernel would deliver it untranslated, and TCP sends it again
+ * smaller, or by then through the fast path.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
