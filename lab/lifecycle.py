@@ -7,7 +7,7 @@ import signal
 import time
 
 from control.agent import read_conntrack
-from lab.scenarios import Result, _pods_of
+from lab.scenarios import Result, _pods_of, iperf3_longest_stall
 
 CHURN_SETTLE = 1.5    # seconds after a manifest write before new connections must follow it
 CHURN_STREAMS = 6     # long-lived echo connections through the echo Service
@@ -119,11 +119,7 @@ def _iperf_result(proc, timeout):
     """{exit, error, stall (longest run of empty 0.1 s intervals), received, retransmits}."""
     out, _ = proc.communicate(timeout=timeout)
     data = json.loads(out) if out.strip() else {"error": "no output"}
-    stall = longest = 0.0
-    for interval in data.get("intervals", []):
-        step = interval["sum"]
-        stall = stall + step["seconds"] if step["bytes"] == 0 else 0.0
-        longest = max(longest, stall)
+    longest = iperf3_longest_stall(data)
     end = data.get("end", {})
     return {"exit": proc.returncode, "error": data.get("error"), "stall": round(longest, 2),
             "received": end.get("sum_received", {}).get("bytes", 0),

@@ -34,7 +34,7 @@ class Result:
 
 # agent options (ServiceLab.agent_options) that are top-level config keys; the rest are
 # antreaProxy keys
-TOP_LEVEL_OPTIONS = {"flowOffload", "xdpMode", "handoverSeconds", "queues"}
+TOP_LEVEL_OPTIONS = {"flowOffload", "xdpMode", "handoverSeconds", "queues", "snatPortRange"}
 
 
 class ServiceLab:
@@ -346,6 +346,16 @@ def write_bulk_manifest(sl):
     os.replace(path + ".tmp", path)
 
 
+def iperf3_longest_stall(data):
+    """The longest run of seconds in which an iperf3 -J report's intervals moved no byte."""
+    stall = longest = 0.0
+    for interval in data.get("intervals", []):
+        step = interval["sum"]
+        stall = stall + step["seconds"] if step["bytes"] == 0 else 0.0
+        longest = max(longest, stall)
+    return longest
+
+
 def iperf3(sl, ns, address, port, seconds=3, reverse=False):
     """Run an iperf3 client in `ns` (unlimited rate; reverse: the server sends) and wait.
 
@@ -362,11 +372,7 @@ def iperf3(sl, ns, address, port, seconds=3, reverse=False):
         data = json.loads(proc.stdout)
     except ValueError:
         data = {"error": f"no JSON (exit {proc.returncode}): {proc.stderr.strip()[:200]}"}
-    stall = longest = 0.0
-    for interval in data.get("intervals", []):
-        step = interval["sum"]
-        stall = stall + step["seconds"] if step["bytes"] == 0 else 0.0
-        longest = max(longest, stall)
+    longest = iperf3_longest_stall(data)
     end = data.get("end", {})
     received = end.get("sum_received", {})
     return {"exit": proc.returncode, "error": data.get("error"),
