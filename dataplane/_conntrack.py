@@ -8,7 +8,10 @@ at an empty slot (flags == 0) or at the end of the window; deleted slots become 
 original and reply, keyed by the 5-tuple each direction arrives with and linked by `peer`
 (DSR ingress flows are one entry, peer XSKP_NO_PEER). The TCP/UDP state is mirrored in both
 entries; each entry has its own last_seen and a flow expires when both are older than the
-state's timeout. Inserting into a full window first reuses tombstones and expired flows, then
+state's timeout; a TCP flow closed by FINs both ways keeps nf_conntrack's TIME_WAIT (120 s),
+one closed by an RST its CLOSE (10 s), so that late segments still match, while its tuple is
+free for a new connection at once (a SYN on the same tuple: the pipeline's conntrack stage; its
+SNAT port: ct_flow_is_closed_snat, the pipeline's allocate_snat_port). Inserting into a full window first reuses tombstones and expired flows, then
 evicts the oldest flow in the window that is not ESTABLISHED; if every one is, the insert
 fails (XSKP_DROP_CT_FULL).
 
@@ -27,6 +30,8 @@ CT_IN_USE = abi.lib.XSKP_CT_IN_USE
 CT_REPLY = abi.lib.XSKP_CT_REPLY
 CT_TOMBSTONE = abi.lib.XSKP_CT_TOMBSTONE
 CT_OFFLOADED = abi.lib.XSKP_CT_OFFLOADED
+CT_SNAT = abi.lib.XSKP_CT_SNAT
+CT_FIN_SEEN = abi.lib.XSKP_CT_FIN_SEEN
 CT_MAX_PROBE = abi.lib.XSKP_CT_MAX_PROBE
 NO_PEER = abi.lib.XSKP_NO_PEER
 
@@ -41,22 +46,27 @@ NS_PER_S = 1000000000
 _TCP_SYN_NS = abi.lib.XSKP_CT_TIMEOUT_TCP_SYN_S * NS_PER_S
 _TCP_ESTABLISHED_NS = abi.lib.XSKP_CT_TIMEOUT_TCP_ESTABLISHED_S * NS_PER_S
 _TCP_FIN_WAIT_NS = abi.lib.XSKP_CT_TIMEOUT_TCP_FIN_WAIT_S * NS_PER_S
-_TCP_CLOSING_NS = abi.lib.XSKP_CT_TIMEOUT_TCP_CLOSING_S * NS_PER_S
+_TCP_TIME_WAIT_NS = abi.lib.XSKP_CT_TIMEOUT_TCP_TIME_WAIT_S * NS_PER_S
+_TCP_CLOSE_NS = abi.lib.XSKP_CT_TIMEOUT_TCP_CLOSE_S * NS_PER_S
 _UDP_NS = abi.lib.XSKP_CT_TIMEOUT_UDP_S * NS_PER_S
 _UDP_ESTABLISHED_NS = abi.lib.XSKP_CT_TIMEOUT_UDP_ESTABLISHED_S * NS_PER_S
 IPPROTO_TCP = 6
 
 
 @packet_njit(inline="always")
-def ct_timeout_ns(proto, state):
-    """Idle timeout of a flow in state (enum xskp_ct_state) for proto, in ns (uint64)."""
+def ct_timeout_ns(proto, state, fin_both_ways):
+    """Idle timeout of a flow in state (enum xskp_ct_state) for proto, in ns (uint64). A TCP
+    CLOSING flow is in TIME_WAIT when both directions sent a FIN (fin_both_ways), else it was
+    reset (CLOSE)."""
     if proto == IPPROTO_TCP:
         if state == ST_ESTABLISHED:
             return np.uint64(_TCP_ESTABLISHED_NS)
         if state == ST_FIN_WAIT:
             return np.uint64(_TCP_FIN_WAIT_NS)
         if state == ST_CLOSING:
-            return np.uint64(_TCP_CLOSING_NS)
+            if fin_both_ways:
+                return np.uint64(_TCP_TIME_WAIT_NS)
+            return np.uint64(_TCP_CLOSE_NS)
         return np.uint64(_TCP_SYN_NS)
     if state == ST_ESTABLISHED:
         return np.uint64(_UDP_ESTABLISHED_NS)
@@ -123,19 +133,51 @@ def ct_delete_flow(ct, flows, idx):
             _ct_clear_slot(ct, flows, peer)
 
 
+@packet_njit(inline="always")
+def _ct_live_peer(ct, idx):
+    """Index of entry idx's peer when it is in use and points back, else -1."""
+    peer = np.int64(ct[idx].peer)
+    if peer == NO_PEER or peer >= ct.shape[0] or peer == idx:
+        return np.int64(-1)
+    p = ct[peer]
+    if (p.flags & CT_IN_USE) == 0 or np.int64(p.peer) != idx:
+        return np.int64(-1)
+    return peer
+
+
 @packet_njit
 def ct_flow_expired(ct, idx, now_ns):
     """True when the flow of entry idx has been idle (both directions) past its state's timeout."""
     e = ct[idx]
-    timeout = ct_timeout_ns(e.proto, e.state)
+    peer = _ct_live_peer(ct, idx)
+    fin_both_ways = (peer >= 0 and (e.flags & CT_FIN_SEEN) != 0
+                     and (ct[peer].flags & CT_FIN_SEEN) != 0)
+    timeout = ct_timeout_ns(e.proto, e.state, fin_both_ways)
     if idle_ns(now_ns, e.last_seen_ns) <= timeout:
         return False
-    peer = np.int64(e.peer)
-    if peer != NO_PEER and peer < ct.shape[0]:
-        p = ct[peer]
-        if (p.flags & CT_IN_USE) != 0 and idle_ns(now_ns, p.last_seen_ns) <= timeout:
-            return False
+    if peer >= 0 and idle_ns(now_ns, ct[peer].last_seen_ns) <= timeout:
+        return False
     return True
+
+
+@packet_njit
+def ct_flow_last_seen(ct, idx):
+    """The latest last_seen_ns of entry idx and its peer (uint64)."""
+    seen = np.uint64(ct[idx].last_seen_ns)
+    peer = _ct_live_peer(ct, idx)
+    if peer >= 0 and np.uint64(ct[peer].last_seen_ns) > seen:
+        seen = np.uint64(ct[peer].last_seen_ns)
+    return seen
+
+
+@packet_njit
+def ct_flow_is_closed_snat(ct, idx):
+    """Entry idx is the reply entry of a SNATed TCP flow that is closed (CLOSING: FINs both ways,
+    or an RST), whose tuple a new connection may take over: nf_nat's rule for a tuple in
+    TIME_WAIT or CLOSE (nf_nat_core.c nf_nat_may_kill)."""
+    e = ct[idx]
+    return ((e.flags & (CT_IN_USE | CT_REPLY | CT_SNAT)) == (CT_IN_USE | CT_REPLY | CT_SNAT)
+            and e.proto == IPPROTO_TCP and e.state == ST_CLOSING)
 
 
 @packet_njit

@@ -54,9 +54,12 @@ Decisions:
   counters[XSKP_SLOT_ICMP_TAT]); those frames are XSKP_DROP_TTL_EXCEEDED. (Cilium drops IPv4
   with DROP_TTL_EXCEEDED; the kernel answers, and traceroute through a node needs it.)
 - SNAT: external frontends (NodePort, LB IP, externalIP) with externalTrafficPolicy Cluster and a
-  remote backend are SNATed to node.node_addr, with a port in [snat_port_min, snat_port_max]
-  chosen from the flow hash and probed against the conntrack table (the reply key
-  (backend, node_addr, backend port, port) must be free), up to XSKP_SNAT_MAX_TRIES ports.
+  remote backend are SNATed to node.node_addr, with a port in [snat_port_min, snat_port_max]:
+  the pool is the whole range per destination (backend, backend port, proto), since only the
+  reply key (backend, node_addr, backend port, port) must be unique. A port is found from the
+  flow hash; when the first XSKP_SNAT_MAX_TRIES are held, a TCP SYN takes over the port of a
+  closed flow (FINs both ways or RST) as nf_nat does in TIME_WAIT, else the rest of the range
+  is searched (see allocate_snat_port). Only flows not closed hold ports for good.
 - Hairpin (a frame from the gateway whose chosen backend is local, the client itself included):
   SNATed to node.node_addr with a SNAT port, like the case above. Pods of a node share a
   switch (OVS, a bridge), so a local backend would answer its client directly, past
@@ -78,8 +81,9 @@ Decisions:
   -> FIN_WAIT, from both or RST -> CLOSING; a non-SYN segment with no entry is picked up as
   SYN_RECV (becomes ESTABLISHED at its next original-direction ACK; a stray ACK expires in
   30 s); an RST with no entry is XSKP_DROP_TCP_INVALID. UDP: NEW until a reply, then
-  ESTABLISHED. Timeouts: XSKP_CT_TIMEOUT_* in the header (30 s SYN, 6 h established, 60 s
-  FIN_WAIT, 10 s CLOSING, UDP 30 s / 120 s).
+  ESTABLISHED. Timeouts: XSKP_CT_TIMEOUT_* in the header (30 s SYN, 6 h established, 120 s
+  FIN_WAIT, CLOSING 120 s after FINs both ways (TIME_WAIT) or 10 s after an RST, as
+  nf_conntrack; UDP 30 s / 120 s).
 - A conntrack hit whose backend id is no longer ALIVE or whose address/port/node changed
   removes the flow (XSKP_CNT_CT_STALE) and the frame is balanced again as a new flow, as does
   a SYN on the tuple of a closing flow (FIN_WAIT, CLOSING: XSKP_CNT_CT_REUSED). An
@@ -113,8 +117,9 @@ from dataplane._checksum import (load16, load32, store16, store32, csum_fold, cs
                                  csum_diff32, csum_apply, csum_sum_bytes, ipv4_header_checksum,
                                  pseudo_header_sum, l4_checksum_full)
 from dataplane._conntrack import (ct_lookup, ct_delete_flow, ct_flow_expired, ct_find_free_slot,
-                                  ct_write_entry, ct_set_state, affinity_lookup,
-                                  affinity_remember, NO_PEER, NS_PER_S)
+                                  ct_write_entry, ct_set_state, ct_flow_is_closed_snat,
+                                  ct_flow_last_seen, affinity_lookup, affinity_remember, NO_PEER,
+                                  NS_PER_S)
 from dataplane._flowtable import flow_insert_from_ct, flow_insert_route, flow_clear_slot, flow_remove
 from dataplane.tables import (lookup_frontend, lookup_neighbour, lookup_route, hash_flow,
                               svc_is_dsr, svc_has_affinity, svc_etp_local, svc_itp_local,
@@ -616,8 +621,18 @@ def affinity_backend_usable(st, bid, ring_offset, ring_size, need_local):
 
 
 @packet_njit
-def allocate_snat_port(ct, flows, node, backend_addr, backend_port, proto, flow_hash, now_ns, counters):
-    """A SNAT port whose reply key (backend, node_addr, backend_port, port) is free, or -1."""
+def allocate_snat_port(ct, flows, node, backend_addr, backend_port, proto, flow_hash, may_take_closed,
+                       now_ns, counters):
+    """A SNAT port for a new flow to (backend_addr, backend_port, proto), or -1 (exhausted).
+
+    The pool is the whole range [snat_port_min, snat_port_max] for each destination (backend,
+    backend port, proto): a port is held while the reply key (backend, node_addr, backend_port,
+    port) is in conntrack. From the port the flow hash picks, the first free port is taken (a
+    flow found expired on the way is removed, XSKP_CNT_CT_EXPIRED). If the first SNAT_MAX_TRIES
+    ports are all held, and may_take_closed (a TCP SYN), the port of the closed SNAT flow among
+    them idle longest is taken over, else the first free or closed port of the rest of the range:
+    the closed flow is removed (XSKP_CNT_CT_REUSED), as nf_nat takes over a tuple in TIME_WAIT or
+    CLOSE for a new connection. A port held by a flow not closed is never taken."""
     port_min = np.int64(node.snat_port_min)
     port_max = np.int64(node.snat_port_max)
     if port_min == 0 or port_max < port_min:
@@ -625,7 +640,12 @@ def allocate_snat_port(ct, flows, node, backend_addr, backend_port, proto, flow_
     span = port_max - port_min + 1
     start = np.int64(flow_hash % np.uint64(span))
     node_addr = np.int64(node.node_addr)
-    for t in range(min(SNAT_MAX_TRIES, span)):
+    closed = np.int64(-1)
+    closed_port = np.int64(-1)
+    closed_seen = np.uint64(0xffffffffffffffff)
+    for t in range(span):
+        if t == SNAT_MAX_TRIES and closed >= 0:
+            break
         port = port_min + (start + t) % span
         idx = ct_lookup(ct, backend_addr, node_addr, backend_port, port, proto)
         if idx < 0:
@@ -634,7 +654,17 @@ def allocate_snat_port(ct, flows, node, backend_addr, backend_port, proto, flow_
             ct_delete_flow(ct, flows, idx)
             counters[CNT_CT_EXPIRED] += 1
             return port
-    return np.int64(-1)
+        if may_take_closed and ct_flow_is_closed_snat(ct, idx):
+            seen = ct_flow_last_seen(ct, idx)
+            if seen < closed_seen:
+                closed, closed_port, closed_seen = idx, port, seen
+            if t >= SNAT_MAX_TRIES:
+                break
+    if closed < 0:
+        return np.int64(-1)
+    ct_delete_flow(ct, flows, closed)
+    counters[CNT_CT_REUSED] += 1
+    return closed_port
 
 
 @packet_njit
@@ -717,8 +747,9 @@ def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, s
     hairpin = ingress_iface == IFACE_GATEWAY and be_is_local(be) and not decapsulated
     if hairpin or (external and not svc_etp_local(svc) and not be_is_local(be)
                    and not decapsulated):
-        port = allocate_snat_port(ct, ft.flows, node, backend_addr, backend_port, proto, flow_hash, now_ns,
-                                  counters)
+        is_syn = proto == IPPROTO_TCP and (tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN
+        port = allocate_snat_port(ct, ft.flows, node, backend_addr, backend_port, proto, flow_hash,
+                                  is_syn, now_ns, counters)
         if port < 0:
             return V_DROP, DROP_SNAT_EXHAUSTED
         new_src = np.int64(node.node_addr)

@@ -301,7 +301,8 @@ enum xskp_counter {
 	XSKP_CNT_CT_EXPIRED,            /* flows found expired and removed on the way */
 	XSKP_CNT_CT_EVICTED,            /* flows evicted (oldest non-established in the probe window) */
 	XSKP_CNT_CT_STALE,              /* flows removed because their backend is gone or changed */
-	XSKP_CNT_CT_REUSED,             /* closing flows removed by a new SYN on their tuple (re-balanced) */
+	XSKP_CNT_CT_REUSED,             /* closing flows removed by a new SYN on their tuple (re-balanced)
+					 * or whose SNAT port a new SYN to their backend took over */
 	XSKP_CNT_DNAT,                  /* new flows DNATed to a backend */
 	XSKP_CNT_SNAT,                  /* new flows SNATed to the node address (external, remote backend) */
 	XSKP_CNT_HAIRPIN,               /* new flows SNATed because client and backend are the same Pod */
@@ -450,15 +451,19 @@ enum xskp_ct_state {
 };
 
 /* Idle timeouts in seconds per state (an entry expires last_seen + timeout after its last
- * frame). Short closing states: no 3,600 s CLOSE_WAIT filling the table. */
+ * frame). Closing states as nf_conntrack's (nf_conntrack_proto_tcp.c tcp_timeouts): a closed
+ * flow's tuple is free for a new connection at once (a SYN on the same tuple, or a SNAT port
+ * taken over), so these timeouts hold no port; they keep late segments translated. */
 #define XSKP_CT_TIMEOUT_TCP_SYN_S 30            /* SYN_SENT, SYN_RECV */
 #define XSKP_CT_TIMEOUT_TCP_ESTABLISHED_S 21600 /* 6 h, above the 2 h keepalive default */
-#define XSKP_CT_TIMEOUT_TCP_FIN_WAIT_S 60
-#define XSKP_CT_TIMEOUT_TCP_CLOSING_S 10
+#define XSKP_CT_TIMEOUT_TCP_FIN_WAIT_S 120      /* one side sent FIN (nf_conntrack FIN_WAIT) */
+#define XSKP_CT_TIMEOUT_TCP_TIME_WAIT_S 120     /* CLOSING after FINs both ways (TIME_WAIT) */
+#define XSKP_CT_TIMEOUT_TCP_CLOSE_S 10          /* CLOSING after an RST (nf_conntrack CLOSE) */
 #define XSKP_CT_TIMEOUT_UDP_S 30                /* UDP seen one way */
 #define XSKP_CT_TIMEOUT_UDP_ESTABLISHED_S 120   /* UDP with replies */
 #define XSKP_CT_MAX_PROBE 32                    /* conntrack/affinity probe window (slots) */
-#define XSKP_SNAT_MAX_TRIES 64                  /* SNAT ports tried before SNAT_EXHAUSTED */
+#define XSKP_SNAT_MAX_TRIES 64                  /* SNAT ports looked at for a free one before
+						 * a closed flow's port among them is taken */
 #define XSKP_NO_PEER 0xffffffff                 /* xskp_ct_entry.peer of a one-way (DSR ingress) flow */
 
 /* Conntrack entry flags. */

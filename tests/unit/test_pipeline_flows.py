@@ -60,13 +60,14 @@ def test_tcp_states_follow_the_handshake_and_close():
 
 
 def test_closing_flow_expires_after_its_short_timeout():
-    """A closed flow is gone after XSKP_CT_TIMEOUT_TCP_CLOSING_S: a new SYN then creates a new flow."""
+    """A flow closed by an RST is gone after XSKP_CT_TIMEOUT_TCP_CLOSE_S (nf_conntrack's CLOSE):
+    a new SYN then creates a new flow."""
     st, ft = fx.make_topology()
     send(st, ft, pod_syn(44001), fx.GATEWAY)
     for pkt in (backend_reply(ft, 44001), pod_syn(44001, "A"), pod_syn(44001, "R")):
         send(st, ft, pkt, fx.GATEWAY)
     assert entry(ft, fx.POD_A2, "10.96.0.10", 44001, 80, 6)["state"] == L.XSKP_CT_CLOSING
-    later = T0 + (L.XSKP_CT_TIMEOUT_TCP_CLOSING_S + 1) * S
+    later = T0 + (L.XSKP_CT_TIMEOUT_TCP_CLOSE_S + 1) * S
     verdict, _, counters = send(st, ft, pod_syn(44001), fx.GATEWAY, now_ns=later)
     assert verdict == fx.TX_G
     assert counters.get("XSKP_CNT_CT_EXPIRED") == 1 and counters.get("XSKP_CNT_CT_CREATED") == 1
