@@ -272,6 +272,23 @@ def affinity_lookup(affinity, client_addr, service_id, timeout_ns, now_ns):
 
 
 @packet_njit
+def affinity_touch(affinity, client_addr, service_id, backend_id, seen_ns):
+    """A packet of a flow of (client, service) to backend_id was seen at seen_ns: the entry
+    remembering that backend stays fresh (never made older, never created here)."""
+    if affinity.shape[0] == 0:
+        return
+    mask = np.uint64(affinity.shape[0] - 1)
+    slot = hash_client(client_addr, service_id) & mask
+    for _ in range(CT_MAX_PROBE):
+        a = affinity[slot]
+        if a.in_use != 0 and a.client_addr == client_addr and a.service_id == service_id:
+            if a.backend_id == backend_id and a.last_seen_ns < seen_ns:
+                a.last_seen_ns = seen_ns
+            return
+        slot = (slot + np.uint64(1)) & mask
+
+
+@packet_njit
 def affinity_remember(affinity, client_addr, service_id, backend_id, now_ns):
     """Record (client, service) -> backend at now: its own slot, else a free one in the window,
     else the least recently used one of the window."""

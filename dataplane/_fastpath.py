@@ -4,7 +4,8 @@ never raises; writes only the FlowTables it is given and the counters.
 
 fast_path_step, called by the worker loop on every pass, sweeps the flow table, a whole pass per SWEEP_PERIOD_NS whatever the packet rate, and for each
   entry this worker owns brings what the fast path saw back into the conntrack entry it
-  executes: last_seen (so idle expiry works as for any flow), and TCP flags seen (ACK
+  executes: last_seen (so idle expiry works as for any flow, and ClientIP affinity stays
+  fresh while the client's offloaded flows are busy), and TCP flags seen (ACK
   completes the handshake, FIN half-closes, FIN both ways or RST closes). Then it
   - removes the flow (conntrack and fast path) when its backend is gone or changed
     (XSKP_CNT_CT_STALE) or it has expired (XSKP_CNT_CT_EXPIRED), as the pipeline does at a hit;
@@ -25,7 +26,7 @@ from dataplane import abi
 from dataplane._conntrack import (ct_delete_flow, ct_flow_expired, ct_set_state, idle_ns, CT_IN_USE,
                                   NO_PEER)
 from dataplane._flowtable import flow_clear_slot, flow_remove, FLOW_IN_USE, FLOW_ROUTE
-from dataplane.pipeline import entry_backend_valid, ct_resolve
+from dataplane.pipeline import entry_backend_valid, ct_resolve, touch_affinity
 
 L = abi.lib
 SWEEP_PERIOD_NS = 250_000_000          # a whole pass over the flow table this often
@@ -122,6 +123,7 @@ def sweep_flow(st, ft, slot, now_ns, counters):
         return
     if f.last_seen_ns > e.last_seen_ns:
         e.last_seen_ns = f.last_seen_ns
+        touch_affinity(st, ft, e, f.last_seen_ns)
     if e.proto == IPPROTO_TCP:
         if f.tcp_flags_seen != 0:
             apply_seen_tcp_flags(ct, ci, np.int64(f.tcp_flags_seen))

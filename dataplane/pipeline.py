@@ -89,7 +89,8 @@ Decisions:
   a SYN on the tuple of a closing flow (FIN_WAIT, CLOSING: XSKP_CNT_CT_REUSED). An
   endpoint that is terminating or not ready stays ALIVE (flagged TERMINATING, in no ring while
   ready ones exist): its flows drain; only an endpoint removed from its slices loses them.
-- ClientIP affinity: (client, service) -> backend, refreshed at each new flow, honoured while
+- ClientIP affinity: (client, service) -> backend, refreshed by every packet of the client's
+  flows to the Service (both tiers: the fast path's last_seen for offloaded ones), honoured while
   idle < affinity_timeout_s (1..86,400 s, no truncation) and the backend is still alive, local
   when the local ring is in use, and not terminating while the ring has ready backends.
 - Conntrack entries cache the out interface and MACs with node.fib_generation; a changed
@@ -118,8 +119,8 @@ from dataplane._checksum import (load16, load32, store16, store32, csum_fold, cs
                                  pseudo_header_sum, l4_checksum_full)
 from dataplane._conntrack import (ct_lookup, ct_delete_flow, ct_flow_expired, ct_find_free_slot,
                                   ct_write_entry, ct_set_state, ct_flow_is_closed_snat,
-                                  ct_flow_last_seen, affinity_lookup, affinity_remember, NO_PEER,
-                                  NS_PER_S)
+                                  ct_flow_last_seen, affinity_lookup, affinity_remember,
+                                  affinity_touch, NO_PEER, NS_PER_S)
 from dataplane._flowtable import flow_insert_from_ct, flow_insert_route, flow_clear_slot, flow_remove
 from dataplane.tables import (lookup_frontend, lookup_neighbour, lookup_route, hash_flow,
                               svc_is_dsr, svc_has_affinity, svc_etp_local, svc_itp_local,
@@ -480,6 +481,18 @@ def clamp_mss(umem, l4, ip_end, csum_off, mss_max):
 
 
 @packet_njit(inline="always")
+def touch_affinity(st, ft, e, seen_ns):
+    """ClientIP affinity counts from the last packet of the client's flows to the Service (an
+    original-direction frame of a flow of an affinity Service keeps the entry fresh), in both
+    tiers: dataplane/_fastpath.py does the same for offloaded flows from their last_seen."""
+    if (e.flags & CT_REPLY) != 0:
+        return
+    sid = np.int64(e.service_id)
+    if sid < st.services.shape[0] and svc_has_affinity(st.services[sid]):
+        affinity_touch(ft.affinity, e.src_addr, sid, e.backend_id, seen_ns)
+
+
+@packet_njit(inline="always")
 def forget_cached_route(flows, src, dst, sport, dport, proto):
     """A tracked flow now owns this key: a routing decision cached for it goes."""
     if flows.shape[0] != 0:
@@ -567,6 +580,7 @@ def conntrack_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
         ct_set_state(ct, idx, ST_ESTABLISHED)
     e.last_seen_ns = now_ns
     counters[CNT_CT_HIT] += 1
+    touch_affinity(st, ft, e, now_ns)
     if (proto == IPPROTO_TCP and (tcp_flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)
             and (e.flags & (CT_DSR_LOCAL | CT_REPLY)) == (CT_DSR_LOCAL | CT_REPLY)
             and st.node[0].dsr_mss != 0):

@@ -336,3 +336,32 @@ def test_a_dsr_backends_syn_ack_announces_an_mss_that_fits_the_tunnel():
              / TCP(sport=8080, dport=snat_port(ft, 44100), flags="SA", options=[("MSS", 1460)]))
     _, outs, _ = fx.run([bytes(plain)], fx.GATEWAY, st, ft, now_ns=T0)
     assert dict(Ether(outs[0])["TCP"].options)["MSS"] == 1460
+
+
+def test_an_offloaded_flow_keeps_its_clients_affinity_fresh():
+    """ClientIP affinity counts from the last packet of the client's flows: a flow the fast path
+    carries for longer than the affinity timeout keeps the entry (its last_seen reaches the
+    affinity table through the sweep), so the client's next connection meets the same backend."""
+    from dataplane._conntrack import affinity_lookup
+    st, ft = topology()
+    sid = fx.SERVICE_IDS["affinity"]
+    st.services[sid]["affinity_timeout_s"] = 60
+    vip = "10.96.0.16"
+    send(st, ft, fx.from_pod(fx.MAC_POD_A2) / fx.tcp(fx.POD_A2, vip, 46000, 80, "S"), fx.GATEWAY)
+    orig = ct_entry(ft, fx.POD_A2, vip, 46000, 80)
+    backend = int(orig["backend_id"])
+    be = st.backends[backend]
+    reply_key = (int(be["addr"]), int(orig["new_src_addr"]), int(be["port"]), int(orig["new_src_port"]))
+    from scapy.layers.inet import IP, TCP
+    import ipaddress
+    syn_ack = (fx.eth(fx.MAC_NODE_B, fx.MAC_TRANSPORT)
+               / IP(src=str(ipaddress.IPv4Address(reply_key[0])), dst=str(ipaddress.IPv4Address(reply_key[1])))
+               / TCP(sport=reply_key[2], dport=reply_key[3], flags="SA"))
+    send(st, ft, syn_ack, fx.TRANSPORT)
+    f = flow_entry(ft, fx.POD_A2, vip, 46000, 80)
+    assert f is not None, "offloaded"
+    f["last_seen_ns"] = T0 + 100 * S               # the fast path carried it ever since
+    sweep_all(st, ft, T0 + 101 * S)
+    timeout_ns = np.uint64(60 * S)
+    assert affinity_lookup(ft.affinity, fx.ip4(fx.POD_A2), sid, timeout_ns, np.uint64(T0 + 130 * S)) == backend
+    assert affinity_lookup(ft.affinity, fx.ip4(fx.POD_A2), sid, timeout_ns, np.uint64(T0 + 170 * S)) == 0
