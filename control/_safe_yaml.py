@@ -6,6 +6,7 @@ expand it past a node budget (a 1 KB "billion laughs" would otherwise cost gigab
 print), may not be recursive, and no mapping may repeat a key. Never builds an object of a
 document that fails those checks; never formats a value without a bound.
 """
+import gc
 import itertools
 import reprlib
 
@@ -13,7 +14,38 @@ import yaml
 
 ALIAS_NODES_MIN = 10_000       # nodes aliases may add to any document, however small it is
 MERGE_TAG = "tag:yaml.org,2002:merge"
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _event_loader():
+    """libyaml's parser with PyYAML's Python composer, SafeConstructor and Resolver.
+
+    yaml.CSafeLoader composes a whole document in one C call that holds the GIL throughout
+    (~0.1 s for the lab's 17 KB manifest on a busy node, 1 s and more for a large cluster's);
+    the agent's AF_XDP workers need the GIL every few milliseconds to start their next slice,
+    so every manifest reload froze the userspace tier that long (new connections timed out
+    while the fast path kept established ones going). Here C hands over one event at a time and
+    the composer runs in Python, which gives the GIL up every switch interval: 1.5-3x the C
+    composer's time (libyaml still scans and parses; pure Python is 10x), and the GIL is never
+    held for more than an event."""
+    try:
+        from yaml._yaml import CParser
+    except ImportError:                         # PyYAML without libyaml: pure Python anyway
+        return yaml.SafeLoader
+    from yaml.composer import Composer
+    from yaml.constructor import SafeConstructor
+    from yaml.resolver import Resolver
+
+    class EventLoader(Composer, CParser, SafeConstructor, Resolver):   # Composer first: its get_node
+        def __init__(self, stream):
+            CParser.__init__(self, stream)
+            Composer.__init__(self)
+            SafeConstructor.__init__(self)
+            Resolver.__init__(self)
+
+    return EventLoader
+
+
+_Loader = _event_loader()
 
 
 class YamlRefused(ValueError):
@@ -147,7 +179,22 @@ def _check_document(root):
 
 def load_all(data):
     """The documents of YAML text or bytes `data` (safe tags only). Raises yaml.YAMLError for bad
-    YAML and YamlRefused for a refused document; either has `.document` set to its index."""
+    YAML and YamlRefused for a refused document; either has `.document` set to its index.
+
+    The cyclic garbage collector is off meanwhile (documents make no reference cycles): the
+    hundreds of thousands of objects a large document makes would otherwise set off full
+    collections, each holding the GIL for the whole heap's walk (0.05 s growing to 0.8 s for a
+    2 MB manifest), which the AF_XDP workers wait for as for the C composer (_event_loader)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _load_all(data)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _load_all(data):
     loader = _Loader(data)
     documents = []
     try:

@@ -62,3 +62,44 @@ def test_short_of_a_huge_mapping_does_not_look_at_every_key():
     started = time.perf_counter()
     assert short(huge).endswith("(dict of 2000000 entries)")
     assert time.perf_counter() - started < 0.02      # reprlib: ~0.1 s
+
+
+def _longest_wait_of_a_gil_sharing_thread_while(work):
+    """Run work() while another thread does what an AF_XDP worker does between its nogil slices
+    (give the GIL up, take it back): (seconds work took, longest that thread waited)."""
+    import threading
+    import time
+    stop, gaps = threading.Event(), []
+
+    def worker():
+        last = time.perf_counter()
+        while not stop.is_set():
+            time.sleep(0.001)                       # releases the GIL, needs it back
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+    thread = threading.Thread(target=worker)
+    thread.start()
+    time.sleep(0.05)
+    gaps.clear()
+    started = time.perf_counter()
+    work()
+    took = time.perf_counter() - started
+    stop.set()
+    thread.join()
+    return took, max(gaps, default=0.0)
+
+
+def test_loading_a_large_document_never_holds_the_gil_for_long():
+    """Another thread gets the GIL at least every few switch intervals while a 2 MB manifest
+    (one `kind: List` document, as kubectl prints a cluster) is loaded: yaml.CSafeLoader composed
+    the whole document in one C call holding the GIL, which froze the agent's AF_XDP workers for
+    the length of every manifest reload (new connections timed out during endpoint churn)."""
+    items = "".join(f"- kind: Service\n  metadata: {{name: svc-{i}, namespace: default}}\n"
+                    f"  spec:\n    clusterIP: 10.96.{i // 250}.{i % 250}\n    ports:\n"
+                    f"    - {{port: 80, targetPort: 8080, protocol: TCP}}\n" for i in range(12_000))
+    text = "apiVersion: v1\nkind: List\nitems:\n" + items
+    docs = []
+    took, longest_wait = _longest_wait_of_a_gil_sharing_thread_while(lambda: docs.extend(load_all(text)))
+    assert len(docs[0]["items"]) == 12_000
+    assert longest_wait < max(0.1, took / 10), (took, longest_wait)
