@@ -584,12 +584,28 @@ def read_conntrack(state_dir, service=None, address=None, now_ns=None):
 def format_flow(flow):
     extra = " snat" if flow["snat"] else ""
     extra += " dsr" if flow["dsr"] else ""
+    extra += f" tier={flow['tier']}" if "tier" in flow else ""
     return (f"{flow['proto']} {flow['state']} {flow['src']} -> {flow['dst']} => "
             f"{flow['translated_src']} -> {flow['translated_dst']} service={flow['service']} "
             f"idle={flow['idle_seconds']}s q={flow['queue']}{extra}")
 
 
 # -- metrics ----------------------------------------------------------------------------------
+def steering_metrics(snapshot):
+    """The XDP program's decisions (STEER_*) and the tc fast path's outcomes (FAST_*) of a
+    snapshot, as two Prometheus counter families labelled without their prefixes."""
+    from prometheus_client.core import CounterMetricFamily
+    steer = CounterMetricFamily("xskproxy_steering_packets", "XDP steering decisions", labels=["decision"])
+    fast = CounterMetricFamily("xskproxy_fast_path_packets",
+                               "What the tc fast path did with the packets it saw", labels=["outcome"])
+    for name, value in snapshot.get("steering", {}).items():
+        if name.startswith("FAST_"):
+            fast.add_metric([name[len("FAST_"):].lower()], value)
+        else:
+            steer.add_metric([name[len("STEER_"):].lower()], value)
+    return [steer, fast]
+
+
 def start_metrics_server(agent):
     """Prometheus metrics from agent.snapshot() on the configured (loopback by default) address."""
     from prometheus_client import start_http_server
@@ -602,10 +618,7 @@ def start_metrics_server(agent):
             yield GaugeMetricFamily("xskproxy_source_staleness_seconds",
                                     "Seconds since the cluster source was last known good",
                                     value=min(snap["source"]["staleness_seconds"], 1e12))
-            steer = CounterMetricFamily("xskproxy_steering_packets", "XDP steering decisions", labels=["decision"])
-            for name, value in snap["steering"].items():
-                steer.add_metric([name[len("STEER_"):].lower()], value)
-            yield steer
+            yield from steering_metrics(snap)
             pipeline = CounterMetricFamily("xskproxy_pipeline_packets",
                                            "Pipeline outcomes and drop reasons", labels=["queue", "counter"])
             worker = CounterMetricFamily("xskproxy_worker_events", "Worker ring events",
