@@ -24,7 +24,7 @@ from dataplane._jit import packet_njit
 
 from dataplane import abi
 from dataplane.tables import hash_flow, hash_client
-from dataplane._flowtable import flow_remove
+from dataplane._flowtable import flow_lookup, flow_remove
 
 CT_IN_USE = abi.lib.XSKP_CT_IN_USE
 CT_REPLY = abi.lib.XSKP_CT_REPLY
@@ -51,6 +51,9 @@ _TCP_CLOSE_NS = abi.lib.XSKP_CT_TIMEOUT_TCP_CLOSE_S * NS_PER_S
 _UDP_NS = abi.lib.XSKP_CT_TIMEOUT_UDP_S * NS_PER_S
 _UDP_ESTABLISHED_NS = abi.lib.XSKP_CT_TIMEOUT_UDP_ESTABLISHED_S * NS_PER_S
 IPPROTO_TCP = 6
+TCP_FIN = 0x01
+TCP_RST = 0x04
+TCP_ACK = 0x10
 
 
 @packet_njit(inline="always")
@@ -178,6 +181,51 @@ def ct_flow_is_closed_snat(ct, idx):
     e = ct[idx]
     return ((e.flags & (CT_IN_USE | CT_REPLY | CT_SNAT)) == (CT_IN_USE | CT_REPLY | CT_SNAT)
             and e.proto == IPPROTO_TCP and e.state == ST_CLOSING)
+
+
+@packet_njit
+def apply_seen_tcp_flags(ct, idx, tcp_flags):
+    """Advance the TCP state of entry idx's flow by the OR of the flags the fast path forwarded
+    in entry idx's direction (idempotent: the flags accumulate)."""
+    e = ct[idx]
+    state = np.int64(e.state)
+    if (tcp_flags & TCP_ACK) != 0 and (e.flags & CT_REPLY) == 0 and state == ST_SYN_RECV:
+        state = ST_ESTABLISHED
+    if (tcp_flags & TCP_FIN) != 0:
+        e.flags |= np.uint8(CT_FIN_SEEN)
+        peer = np.int64(e.peer)
+        peer_fin = (peer != NO_PEER and peer < ct.shape[0]
+                    and (ct[peer].flags & CT_FIN_SEEN) != 0)
+        if peer_fin:
+            state = ST_CLOSING
+        elif state < ST_FIN_WAIT:
+            state = ST_FIN_WAIT
+    if (tcp_flags & TCP_RST) != 0:
+        state = ST_CLOSING
+    if state != np.int64(e.state):
+        ct_set_state(ct, idx, state)
+
+
+@packet_njit
+def ct_absorb_fast_path(ct, flows, idx):
+    """Bring what the fast path saw of the flow of entry idx (last packet time, TCP flags, both
+    directions) into conntrack now, rather than at the next sweep: for a decision that must
+    know whether the flow has closed (a SNAT port's takeover)."""
+    peer = np.int64(ct[idx].peer)
+    for k in (np.int64(idx), peer):
+        if k == NO_PEER or k >= ct.shape[0]:
+            continue
+        e = ct[k]
+        if (e.flags & CT_OFFLOADED) == 0:
+            continue
+        slot = flow_lookup(flows, e.src_addr, e.dst_addr, e.src_port, e.dst_port, e.proto)
+        if slot < 0:
+            continue
+        f = flows[slot]
+        if f.last_seen_ns > e.last_seen_ns:
+            e.last_seen_ns = f.last_seen_ns
+        if e.proto == IPPROTO_TCP and f.tcp_flags_seen != 0:
+            apply_seen_tcp_flags(ct, k, np.int64(f.tcp_flags_seen))
 
 
 @packet_njit

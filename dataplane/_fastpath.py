@@ -23,8 +23,8 @@ import numpy as np
 from dataplane._jit import packet_njit
 
 from dataplane import abi
-from dataplane._conntrack import (ct_delete_flow, ct_flow_expired, ct_set_state, idle_ns, CT_IN_USE,
-                                  NO_PEER)
+from dataplane._conntrack import (apply_seen_tcp_flags, ct_delete_flow, ct_flow_expired,
+                                  ct_set_state, idle_ns, CT_IN_USE, NO_PEER)
 from dataplane._flowtable import flow_clear_slot, flow_remove, FLOW_IN_USE, FLOW_ROUTE
 from dataplane.pipeline import entry_backend_valid, ct_resolve, touch_affinity
 
@@ -74,29 +74,6 @@ def refresh_flow_egress(f, e, out_ifindex):
         f.dst_mac[k] = e.dst_mac[k]
         f.src_mac[k] = e.src_mac[k]
     f.fib_generation = e.fib_generation
-
-
-@packet_njit
-def apply_seen_tcp_flags(ct, idx, tcp_flags):
-    """Advance the TCP state of entry idx's flow by the OR of the flags the fast path forwarded
-    in entry idx's direction (idempotent: the flags accumulate)."""
-    e = ct[idx]
-    state = np.int64(e.state)
-    if (tcp_flags & TCP_ACK) != 0 and (e.flags & CT_REPLY) == 0 and state == ST_SYN_RECV:
-        state = ST_ESTABLISHED
-    if (tcp_flags & TCP_FIN) != 0:
-        e.flags |= np.uint8(CT_FIN_SEEN)
-        peer = np.int64(e.peer)
-        peer_fin = (peer != NO_PEER and peer < ct.shape[0]
-                    and (ct[peer].flags & CT_FIN_SEEN) != 0)
-        if peer_fin:
-            state = ST_CLOSING
-        elif state < ST_FIN_WAIT:
-            state = ST_FIN_WAIT
-    if (tcp_flags & TCP_RST) != 0:
-        state = ST_CLOSING
-    if state != np.int64(e.state):
-        ct_set_state(ct, idx, state)
 
 
 @packet_njit

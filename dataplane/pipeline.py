@@ -120,7 +120,7 @@ from dataplane._checksum import (load16, load32, store16, store32, csum_fold, cs
 from dataplane._conntrack import (ct_lookup, ct_delete_flow, ct_flow_expired, ct_find_free_slot,
                                   ct_write_entry, ct_set_state, ct_flow_is_closed_snat,
                                   ct_flow_last_seen, affinity_lookup, affinity_remember,
-                                  affinity_touch, NO_PEER, NS_PER_S)
+                                  affinity_touch, ct_absorb_fast_path, NO_PEER, NS_PER_S)
 from dataplane._flowtable import flow_insert_from_ct, flow_insert_route, flow_clear_slot, flow_remove
 from dataplane.tables import (lookup_frontend, lookup_neighbour, lookup_route, hash_flow,
                               svc_is_dsr, svc_has_affinity, svc_etp_local, svc_itp_local,
@@ -664,6 +664,8 @@ def allocate_snat_port(ct, flows, node, backend_addr, backend_port, proto, flow_
         idx = ct_lookup(ct, backend_addr, node_addr, backend_port, port, proto)
         if idx < 0:
             return port
+        if (ct[idx].flags & CT_OFFLOADED) != 0:
+            ct_absorb_fast_path(ct, flows, idx)     # closed in the fast path since the last sweep?
         if ct_flow_expired(ct, idx, now_ns):
             ct_delete_flow(ct, flows, idx)
             counters[CNT_CT_EXPIRED] += 1

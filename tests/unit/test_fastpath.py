@@ -365,3 +365,20 @@ def test_an_offloaded_flow_keeps_its_clients_affinity_fresh():
     timeout_ns = np.uint64(60 * S)
     assert affinity_lookup(ft.affinity, fx.ip4(fx.POD_A2), sid, timeout_ns, np.uint64(T0 + 130 * S)) == backend
     assert affinity_lookup(ft.affinity, fx.ip4(fx.POD_A2), sid, timeout_ns, np.uint64(T0 + 170 * S)) == 0
+
+
+def test_a_snat_port_closed_in_the_fast_path_is_free_for_a_new_syn_before_the_next_sweep():
+    """A SNAT flow closed while the fast path carried it (FIN both ways in its entries, not yet
+    swept) gives its port to a new connection at once, as the kernel's NAT would."""
+    from dataplane._conntrack import ct_lookup as lookup
+    st, ft = topology()
+    st.node[0]["snat_port_max"] = st.node[0]["snat_port_min"]      # a pool of one port
+    handshake(st, ft, sport=44000)
+    port = snat_port(ft, 44000)
+    for key in ((fx.POD_A2, VIP, 44000, 80), (fx.POD_A1, fx.NODE_A, 8080, port)):
+        flow_entry(ft, *key)["tcp_flags_seen"] = 0x11
+    verdict, counters = send(st, ft, pod_segment(44001, "S"), fx.GATEWAY, T0 + S)
+    counters = tables.counters_by_name(counters)
+    assert verdict == fx.TX_G and "XSKP_DROP_SNAT_EXHAUSTED" not in counters
+    assert counters.get("XSKP_CNT_CT_REUSED") == 1
+    assert lookup(ft.ct, fx.ip4(fx.POD_A2), fx.ip4(VIP), 44000, 80, 6) < 0, "the old flow is gone"
