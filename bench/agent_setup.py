@@ -7,6 +7,7 @@ agent proxies a ClusterIP only for traffic from Pods (gateway side), as Antrea d
 client is off-node; so service_vip(i) is each Service's externalIP (served from the transport with
 proxyAll) and its clusterIP is another address of the Service range the generator never aims at.
 """
+import os
 import ipaddress
 
 NODE_NAME = "bench-node"
@@ -68,6 +69,9 @@ def manifest(services, node_ip, pod_cidr, other_nodes=()):
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
 
+XDP_MODE_ENV = "XSKP_BENCH_XDP_MODE"   # set: the (f) agent's xdpMode (default: left to the agent)
+
+
 def agent_config(manifest_dir, state_dir, metrics_address, transport="tr0", gateway="gw0", flow_offload=None):
     """The agent's config mapping (control/config.py): manifest files, this node, both interfaces,
     proxyAll, and handoverSeconds 0 so that the SIGTERM of teardown detaches at once (a handover
@@ -82,4 +86,6 @@ def agent_config(manifest_dir, state_dir, metrics_address, transport="tr0", gate
               "antreaProxy": {"proxyAll": True}}
     if flow_offload is not None:
         config["flowOffload"] = bool(flow_offload)
+    if os.environ.get(XDP_MODE_ENV):
+        config["xdpMode"] = os.environ[XDP_MODE_ENV]   # e.g. native: the per-packet tier's best case
     return config

@@ -192,7 +192,7 @@ class TableSizes:
     conntrack_entries: int = _key("conntrackEntries", CONNTRACK_ENTRIES_DEFAULT,
                                   _int_between(1024, 1 << 28))
     affinity_entries: int = _key("affinityEntries", 1 << 18, _int_between(1024, 1 << 28))
-    max_services: int = _key("maxServices", 16384, _int_between(1, 1 << 22),
+    max_services: int = _key("maxServices", 1 << 18, _int_between(1, 1 << 22),
                              "frontends (address, port, protocol) across all Services: each "
                              "ClusterIP, externalIP and LoadBalancer IP of each Service port, a "
                              "NodePort once; a cluster state with more is not published")
