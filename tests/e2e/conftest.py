@@ -16,20 +16,25 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+def _start_agents(sl, workdir):
+    """Start every node's agent; if one does not come up, print the tail of each agent's log."""
+    try:
+        sl.start_agents()
+    except Exception:
+        for node in sl.cluster.nodes:
+            path = os.path.join(workdir, f"{node.name}.log")
+            if os.path.exists(path):
+                print(f"--- {node.name}.log ---\n" + open(path).read()[-4000:])
+        raise
+
+
 @pytest.fixture(scope="module")
 def service_lab(tmp_path_factory):
     """ServiceLab with every node's agent running (torn down after the module)."""
     workdir = str(tmp_path_factory.mktemp("lab"))
     with Lab("xe2e") as lab:
         sl = scenarios.ServiceLab(lab, workdir=workdir)
-        try:
-            sl.start_agents()
-        except Exception:
-            for node in sl.cluster.nodes:
-                path = os.path.join(workdir, f"{node.name}.log")
-                if os.path.exists(path):
-                    print(f"--- {node.name}.log ---\n" + open(path).read()[-4000:])
-            raise
+        _start_agents(sl, workdir)
         yield sl
     shutil.rmtree(workdir, ignore_errors=True)
 
@@ -69,13 +74,6 @@ def bulk_lab(request, tmp_path_factory):
         sl = scenarios.ServiceLab(lab, workdir=workdir, **OFFLOAD_LABS[request.param])
         sl.variant = request.param
         scenarios.write_bulk_manifest(sl)
-        try:
-            sl.start_agents()
-        except Exception:
-            for node in sl.cluster.nodes:
-                path = os.path.join(workdir, f"{node.name}.log")
-                if os.path.exists(path):
-                    print(f"--- {node.name}.log ---\n" + open(path).read()[-4000:])
-            raise
+        _start_agents(sl, workdir)
         yield sl
     shutil.rmtree(workdir, ignore_errors=True)
