@@ -5,6 +5,7 @@ with ApiClient().sanitize_for_serialization, so there is one code path. Never re
 Kubernetes type; a bad object raises ManifestError naming the field path and the value.
 """
 import dataclasses
+import datetime
 import ipaddress
 import socket
 
@@ -15,6 +16,7 @@ from control.model import (
 )
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
 ZONE_LABELS = ("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone")
 ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
 KINDS = ("Service", "EndpointSlice", "Node")
@@ -244,6 +246,8 @@ def service_from_dict(obj):
         affinity_timeout_seconds=timeout,
         load_balancer_mode=mode,
         service_proxy_name=labels.get(SERVICE_PROXY_NAME_LABEL) or None,
+        health_check_node_port=_int(spec.get("healthCheckNodePort"), "spec.healthCheckNodePort", 0, 65535,
+                                    default=0),
         labels=tuple(sorted(labels.items())),
     )
 
@@ -378,7 +382,25 @@ def endpoint_slice_from_dict(obj):
         address_type=address_type,
         endpoints=endpoints,
         ports=tuple(_endpoint_port(p, f"ports[{i}]") for i, p in enumerate(_list(obj.get("ports"), "ports"))),
+        last_change_trigger_time=_trigger_time(meta),
     )
+
+
+def _trigger_time(meta):
+    """The annotation endpoints.kubernetes.io/last-change-trigger-time (RFC 3339, set by the
+    EndpointSlice controller) as Unix seconds; None when absent or unreadable (as kube-proxy,
+    which then records no network programming latency for the change)."""
+    annotations = meta.get("annotations")
+    value = annotations.get(TRIGGER_TIME_ANNOTATION) if isinstance(annotations, dict) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:                   # RFC 3339 always has a zone; read none as UTC
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
 
 
 # --- Node ---

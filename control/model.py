@@ -41,6 +41,7 @@ class Service:
     affinity_timeout_seconds: int = 0  # for ClientIP: 1..86400 (default 10800)
     load_balancer_mode: Optional[str] = None  # from the annotation; None: the configured default
     service_proxy_name: Optional[str] = None  # label set: another proxy owns this Service
+    health_check_node_port: int = 0   # spec.healthCheckNodePort (LoadBalancer, ETP Local); 0: none
     labels: tuple = ()                # sorted (key, value) pairs, informational
 
     @property
@@ -74,6 +75,8 @@ class EndpointSlice:
     address_type: str = "IPv4"        # IPv4, IPv6, FQDN (ignored)
     endpoints: tuple = ()             # of Endpoint
     ports: tuple = ()                 # of EndpointPort
+    last_change_trigger_time: Optional[float] = None  # Unix seconds of the annotation
+                                      # endpoints.kubernetes.io/last-change-trigger-time; None: absent
 
     @property
     def key(self):
