@@ -10,14 +10,15 @@ import ipaddress
 import socket
 
 from control.model import (
-    AFFINITY_TIMEOUT_DEFAULT, AFFINITY_TIMEOUT_MAX, LOAD_BALANCER_MODE_ANNOTATION, LOAD_BALANCER_MODES,
-    PROTOCOLS, SERVICE_PROXY_NAME_LABEL, SERVICE_TYPES, TRAFFIC_POLICIES,
+    AFFINITY_TIMEOUT_DEFAULT, AFFINITY_TIMEOUT_MAX, HEADLESS_LABEL, LB_IP_MODES, LOAD_BALANCER_MODE_ANNOTATION,
+    LOAD_BALANCER_MODES, PROTOCOLS, PROXY_IGNORED_LABELS, SERVICE_PROXY_NAME_LABEL, SERVICE_TYPES,
+    TRAFFIC_POLICIES,
     ClusterState, Endpoint, EndpointPort, EndpointSlice, Node, Service, ServicePort,
 )
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
-ZONE_LABELS = ("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone")
+ZONE_LABEL = "topology.kubernetes.io/zone"   # kube-proxy's only source of the node's zone
 ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
 KINDS = ("Service", "EndpointSlice", "Node")
 
@@ -206,11 +207,15 @@ def service_from_dict(obj):
     external_ips = tuple(_ip(ip, f"spec.externalIPs[{i}]")
                          for i, ip in enumerate(_list(spec.get("externalIPs"), "spec.externalIPs")))
     lb = _mapping(status.get("loadBalancer"), "status.loadBalancer")
-    lb_ips = []
+    lb_ips, lb_proxy_ips = [], []
     for i, ingress in enumerate(_list(lb.get("ingress"), "status.loadBalancer.ingress")):
-        ingress = _mapping(ingress, f"status.loadBalancer.ingress[{i}]")
+        path = f"status.loadBalancer.ingress[{i}]"
+        ingress = _mapping(ingress, path)
+        # ipMode Proxy: the load balancer itself proxies, traffic to its IP must go out to it
+        # (kube-proxy's IsVIPMode); VIP, or no ipMode, is delivered to the node as it is.
+        mode = _choice(ingress.get("ipMode"), path + ".ipMode", LB_IP_MODES, "VIP")
         if ingress.get("ip"):                              # hostname-only ingress: nothing to proxy
-            lb_ips.append(_ip(ingress["ip"], f"status.loadBalancer.ingress[{i}].ip"))
+            (lb_ips if mode == "VIP" else lb_proxy_ips).append(_ip(ingress["ip"], path + ".ip"))
     source_ranges = tuple(
         _cidr(c, f"spec.loadBalancerSourceRanges[{i}]")
         for i, c in enumerate(_list(spec.get("loadBalancerSourceRanges"),
@@ -245,7 +250,11 @@ def service_from_dict(obj):
         session_affinity=affinity,
         affinity_timeout_seconds=timeout,
         load_balancer_mode=mode,
-        service_proxy_name=labels.get(SERVICE_PROXY_NAME_LABEL) or None,
+        service_proxy_name=labels.get(SERVICE_PROXY_NAME_LABEL),     # "" is a value: set
+        headless_label=HEADLESS_LABEL in labels,
+        load_balancer_proxy_ips=tuple(lb_proxy_ips),
+        # Not validated: kube-proxy reads only the hints the EndpointSlice controller derives from it
+        traffic_distribution=_str(spec.get("trafficDistribution"), "spec.trafficDistribution", default=None),
         health_check_node_port=_int(spec.get("healthCheckNodePort"), "spec.healthCheckNodePort", 0, 65535,
                                     default=0),
         labels=tuple(sorted(labels.items())),
@@ -257,7 +266,8 @@ def service_from_dict(obj):
 _FAMILIES = {"IPv4": socket.AF_INET, "IPv6": socket.AF_INET6, "FQDN": None}
 
 
-_FAST_FIELDS = ("addresses", "ready", "serving", "terminating", "node_name", "zone", "hint_zones")
+_FAST_FIELDS = ("addresses", "ready", "serving", "terminating", "node_name", "zone", "hint_zones",
+                "hint_nodes")
 # The fast path fills an Endpoint's __dict__ directly (a frozen dataclass' __init__ costs ~4 us here,
 # a lot at 250,000 endpoints); it is off if the model's fields ever differ from what it writes.
 _FAST_ENDPOINT = tuple(f.name for f in dataclasses.fields(Endpoint)) == _FAST_FIELDS
@@ -301,7 +311,7 @@ def _endpoint_fast(ep, family):
     endpoint = _new_object(Endpoint)
     _set_attribute(endpoint, "__dict__", {
         "addresses": (address,), "ready": ready, "serving": serving, "terminating": terminating,
-        "node_name": node or None, "zone": zone or None, "hint_zones": ()})
+        "node_name": node or None, "zone": zone or None, "hint_zones": (), "hint_nodes": ()})
     return endpoint
 
 
@@ -332,13 +342,14 @@ def _endpoint(ep, path, address_type):
         serving = _bool(cond.get("serving"), path + ".conditions.serving", True)
         terminating = _bool(cond.get("terminating"), path + ".conditions.terminating", False)
     hints = ep.get("hints")
-    hint_zones = ()
+    hint_zones = hint_nodes = ()
     if hints:
         hints = _mapping(hints, path + ".hints")
-        hint_zones = tuple(
-            _str(_mapping(z, f"{path}.hints.forZones[{i}]").get("name"),
-                 f"{path}.hints.forZones[{i}].name", required=True)
-            for i, z in enumerate(_list(hints.get("forZones"), path + ".hints.forZones")))
+        hint_zones, hint_nodes = (
+            tuple(_str(_mapping(h, f"{path}.hints.{key}[{i}]").get("name"),
+                       f"{path}.hints.{key}[{i}].name", required=True)
+                  for i, h in enumerate(_list(hints.get(key), f"{path}.hints.{key}")))
+            for key in ("forZones", "forNodes"))
     return Endpoint(
         addresses=tuple(addresses),
         ready=ready,
@@ -347,6 +358,7 @@ def _endpoint(ep, path, address_type):
         node_name=_str(ep.get("nodeName"), path + ".nodeName", default=None),
         zone=_str(ep.get("zone"), path + ".zone", default=None),
         hint_zones=hint_zones,
+        hint_nodes=hint_nodes,
     )
 
 
@@ -383,6 +395,7 @@ def endpoint_slice_from_dict(obj):
         endpoints=endpoints,
         ports=tuple(_endpoint_port(p, f"ports[{i}]") for i, p in enumerate(_list(obj.get("ports"), "ports"))),
         last_change_trigger_time=_trigger_time(meta),
+        proxy_ignored_label=next((label for label in PROXY_IGNORED_LABELS if label in labels), None),
     )
 
 
@@ -427,7 +440,7 @@ def node_from_dict(obj):
         cidrs_path = "spec.podCIDR"
     pod_cidrs = tuple(_cidr(c, f"{cidrs_path}[{i}]" if cidrs_path.endswith("s") else cidrs_path)
                       for i, c in enumerate(_list(cidrs, cidrs_path)))
-    zone = next((labels[k] for k in ZONE_LABELS if labels.get(k)), None)
+    zone = labels.get(ZONE_LABEL) or None
     return Node(name=name, addresses=tuple(addresses), pod_cidrs=pod_cidrs, zone=zone,
                 labels=tuple(sorted(labels.items())))
 

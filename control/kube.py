@@ -19,7 +19,7 @@ import time
 from orjson import loads as _json_loads   # half of json's time on a 30 MB list (0.3 s / 0.56 s)
 
 from control.convert import ManifestError, endpoint_slice_from_dict, node_from_dict, service_from_dict
-from control.model import ClusterState
+from control.model import PROXY_LABEL_SELECTOR, ClusterState
 from control.sync import gc_paused
 
 log = logging.getLogger("xskproxy.kube")
@@ -142,8 +142,10 @@ class Reflector:
 
     def __init__(self, resource, convert, namespaced, client_factory, on_change,
                  watch_timeout=300, idle_timeout=120, connect_timeout=5,
-                 backoff_initial=0.2, backoff_max=30.0, healthy_after=10.0, max_line_bytes=MAX_LINE_BYTES):
+                 backoff_initial=0.2, backoff_max=30.0, healthy_after=10.0, max_line_bytes=MAX_LINE_BYTES,
+                 label_selector=None):
         self.resource = resource
+        self.label_selector = label_selector     # passed to list and watch; None: every object
         self.convert = convert
         self.namespaced = namespaced
         self.client_factory = client_factory
@@ -247,13 +249,17 @@ class Reflector:
             log.info("event=watch_recovered resource=%s after_failures=%d", self.resource, self.failures)
         self.failures = 0
 
+    def _selection(self):
+        return {"label_selector": self.label_selector} if self.label_selector else {}
+
     def _timeouts(self):
         return (self.connect_timeout, self.idle_timeout)
 
     def _list(self):
         func = _list_function(self._api_client, self.resource)
         started = time.monotonic()
-        response = func(_preload_content=False, _request_timeout=(self.connect_timeout, max(60, self.idle_timeout)))
+        response = func(_preload_content=False, _request_timeout=(self.connect_timeout, max(60, self.idle_timeout)),
+                        **self._selection())
         try:
             data = response.data
         finally:
@@ -291,7 +297,8 @@ class Reflector:
         started = time.monotonic()
         try:
             response = func(watch=True, resource_version=self.resource_version, allow_watch_bookmarks=True,
-                            timeout_seconds=timeout, _preload_content=False, _request_timeout=self._timeouts())
+                            timeout_seconds=timeout, _preload_content=False, _request_timeout=self._timeouts(),
+                            **self._selection())
         except ApiException as e:
             if e.status == GONE:                     # HTTP 410: the version is compacted away
                 raise ResourceExpired(f"HTTP 410 {e.reason}") from None
@@ -432,10 +439,13 @@ class KubeSource:
     def __init__(self, client_factory, on_change=None, **reflector_options):
         self.on_change = on_change
         self.reflectors = {
+            # kube-proxy's selection: nothing labelled for another proxy or as headless (translate
+            # checks the same labels, for the file source and a server that ignores selectors)
             "services": Reflector("services", service_from_dict, True, client_factory, self._changed,
-                                  **reflector_options),
+                                  label_selector=PROXY_LABEL_SELECTOR, **reflector_options),
             "endpointslices": Reflector("endpointslices", endpoint_slice_from_dict, True, client_factory,
-                                        self._changed, **reflector_options),
+                                        self._changed, label_selector=PROXY_LABEL_SELECTOR,
+                                        **reflector_options),
             "nodes": Reflector("nodes", node_from_dict, False, client_factory, self._changed,
                                **reflector_options),
         }

@@ -12,6 +12,12 @@ TRAFFIC_POLICIES = ("Cluster", "Local")
 LOAD_BALANCER_MODES = ("nat", "dsr")
 LOAD_BALANCER_MODE_ANNOTATION = "service.antrea.io/load-balancer-mode"
 SERVICE_PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
+HEADLESS_LABEL = "service.kubernetes.io/headless"
+# kube-proxy lists and watches only Services and EndpointSlices carrying neither label (any
+# value, "" included): another proxy owns the first kind, the second is a headless Service's.
+PROXY_IGNORED_LABELS = (SERVICE_PROXY_NAME_LABEL, HEADLESS_LABEL)
+PROXY_LABEL_SELECTOR = ",".join("!" + label for label in PROXY_IGNORED_LABELS)
+LB_IP_MODES = ("VIP", "Proxy")        # status.loadBalancer.ingress[].ipMode
 AFFINITY_TIMEOUT_DEFAULT = 10800      # seconds, Kubernetes' default for ClientIP affinity
 AFFINITY_TIMEOUT_MAX = 86400          # seconds, Kubernetes' upper bound
 
@@ -33,14 +39,17 @@ class Service:
     cluster_ips: tuple = ()           # "None" (headless) is dropped by the source: empty tuple
     ports: tuple = ()                 # of ServicePort
     external_ips: tuple = ()
-    load_balancer_ips: tuple = ()     # status.loadBalancer.ingress[].ip
+    load_balancer_ips: tuple = ()     # status.loadBalancer.ingress[].ip with ipMode VIP (or none)
     load_balancer_source_ranges: tuple = ()   # CIDR strings; empty: everyone
     external_traffic_policy: str = "Cluster"
     internal_traffic_policy: str = "Cluster"
     session_affinity: str = "None"    # "None" or "ClientIP"
     affinity_timeout_seconds: int = 0  # for ClientIP: 1..86400 (default 10800)
     load_balancer_mode: Optional[str] = None  # from the annotation; None: the configured default
-    service_proxy_name: Optional[str] = None  # label set: another proxy owns this Service
+    service_proxy_name: Optional[str] = None  # the label's value ("" too): another proxy owns it
+    headless_label: bool = False      # label service.kubernetes.io/headless set (any value)
+    load_balancer_proxy_ips: tuple = ()  # ingress IPs with ipMode Proxy: the LB's, never ours
+    traffic_distribution: Optional[str] = None  # spec.trafficDistribution, as given
     health_check_node_port: int = 0   # spec.healthCheckNodePort (LoadBalancer, ETP Local); 0: none
     labels: tuple = ()                # sorted (key, value) pairs, informational
 
@@ -65,6 +74,7 @@ class Endpoint:
     node_name: Optional[str] = None
     zone: Optional[str] = None
     hint_zones: tuple = ()            # hints.forZones[].name
+    hint_nodes: tuple = ()            # hints.forNodes[].name
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,7 @@ class EndpointSlice:
     address_type: str = "IPv4"        # IPv4, IPv6, FQDN (ignored)
     endpoints: tuple = ()             # of Endpoint
     ports: tuple = ()                 # of EndpointPort
+    proxy_ignored_label: Optional[str] = None  # one of PROXY_IGNORED_LABELS it carries: unused
     last_change_trigger_time: Optional[float] = None  # Unix seconds of the annotation
                                       # endpoints.kubernetes.io/last-change-trigger-time; None: absent
 
@@ -92,7 +103,7 @@ class Node:
     name: str
     addresses: tuple = ()             # (type, address) pairs: ("InternalIP", "10.0.0.1"), ...
     pod_cidrs: tuple = ()             # spec.podCIDRs
-    zone: Optional[str] = None        # label topology.kubernetes.io/zone
+    zone: Optional[str] = None        # label topology.kubernetes.io/zone (kube-proxy reads no other)
     labels: tuple = ()                # sorted (key, value) pairs
 
     def internal_ips(self):

@@ -435,11 +435,15 @@ def _first_ip4(addresses):
 def skip_reason(service, options):
     """Why translate leaves a Service to the kernel/another proxy, or None (it is proxied).
 
-    As kube-proxy: a service-proxy-name label means another proxy owns it; ExternalName and
-    headless Services have no VIP. As Antrea's skipServices: "namespace/name" or a ClusterIP.
+    As kube-proxy (its informers' label selector): a service-proxy-name label, whatever its
+    value, means another proxy owns it; the headless label leaves it alone, ClusterIP or not.
+    ExternalName and headless Services have no VIP. As Antrea's skipServices: "namespace/name"
+    or a ClusterIP.
     """
-    if service.service_proxy_name:
+    if service.service_proxy_name is not None:
         return "service-proxy-name"
+    if service.headless_label:
+        return "headless"
     if service.type == "ExternalName":
         return "ExternalName"
     if not service.cluster_ips:
@@ -460,23 +464,34 @@ def _slice_port(slice_, service_port):
     return None
 
 
+def _topology_filtered(ready, node_name, zone):
+    """The ready endpoints this node uses by their hints (kube-proxy's topologyModeFromHints and
+    availableForTopology): the ones hinted for this node when every ready endpoint has node
+    hints and one names this node (PreferSameNode); else the ones hinted for this node's zone
+    when every ready endpoint has zone hints and one names the zone (PreferSameZone, which
+    PreferClose also produces); else all. The hints, not spec.trafficDistribution, decide: the
+    EndpointSlice controller writes them from it."""
+    if all(e.hint_nodes for _, e in ready):
+        same_node = [item for item in ready if node_name in item[1].hint_nodes]
+        if same_node:
+            return same_node
+    if zone and all(e.hint_zones for _, e in ready):
+        same_zone = [item for item in ready if zone in item[1].hint_zones]
+        if same_zone:
+            return same_zone
+    return ready
+
+
 def _categorize(endpoints, node_name, zone):
     """kube-proxy's CategorizeEndpoints for one port: (cluster, local) lists of endpoints.
 
-    Cluster: ready endpoints (filtered by topology hints when every ready endpoint has hints
-    and at least one is hinted for this node's zone); when none is ready, the serving and
-    terminating ones. Local: this node's ready endpoints, else its serving+terminating ones.
+    Cluster: ready endpoints, filtered by topology hints (_topology_filtered); when none is
+    ready, the serving and terminating ones (hints ignored). Local: this node's ready
+    endpoints, else its serving+terminating ones.
     """
     ready = [e for e in endpoints if e[1].ready]
     fallback = [e for e in endpoints if e[1].serving and e[1].terminating]
-    if ready:
-        cluster = ready
-        if zone and all(e[1].hint_zones for e in ready):
-            hinted = [e for e in ready if zone in e[1].hint_zones]
-            if hinted:
-                cluster = hinted
-    else:
-        cluster = fallback
+    cluster = _topology_filtered(ready, node_name, zone) if ready else fallback
     local_ready = [e for e in ready if e[1].node_name == node_name]
     local = local_ready or [e for e in fallback if e[1].node_name == node_name]
     return cluster, local
@@ -517,7 +532,8 @@ def _plan_service(service, slices, ctx):
 
     external_roles = ROLES_BOTH if opts.proxy_all else ROLE_GATEWAY
     node_addr_of = dict(ctx.node_addr_of)
-    ipv4_slices = [s for s in slices if s.address_type == "IPv4"]
+    # a slice labelled headless or for another proxy is one kube-proxy's selector never sees
+    ipv4_slices = [s for s in slices if s.address_type == "IPv4" and s.proxy_ignored_label is None]
     plans = {}
     for sp in service.ports:
         if sp.protocol not in PROXIED_PROTOCOLS:
