@@ -31,8 +31,9 @@ import time
 
 import numpy as np
 
-from control import netlink
+from control import health, netlink
 from control.config import check_snat_port_range, read_local_port_range
+from control.kube_proxy_metrics import KubeProxyMetrics
 from control.sync import SyncLoop, collector
 from control.translate import (ProxyOptions, Translator, apply_backend_steering, apply_steering_changes,
                                describe_tables)
@@ -65,6 +66,7 @@ def _worker_class():
                 while not self._stop.is_set():
                     generation = self.reader.pick()
                     self.state = (generation.tables, self.flow_tables)
+                    self.last_slice_at = time.monotonic()    # the health probe's sign of life
                     forwarder.run_slice(self.umem.frames, self.frame_mask, self._buffer_tuple,
                                         self.state, self.counters, forwarder.SLICE_NS)
             except BaseException as exc:  # surfaced by the agent's supervision, never lost
@@ -97,6 +99,8 @@ class Agent:
         self._to_describe = None                        # (generation, tables, service names)
         self._described_generation = None               # what services.json shows
         self._stats_thread = None
+        self.kube_proxy_metrics = KubeProxyMetrics(started_at=time.time())
+        self.health = None                              # control.health.HealthServers once started
         self._stop = threading.Event()
         self._publish_lock = threading.Lock()
         self.steering_ready = False
@@ -179,6 +183,7 @@ class Agent:
         self._stats_thread = threading.Thread(target=self._stats_loop, name="stats", daemon=True)
         self._stats_thread.start()
         self.write_stats()
+        self.health = health.start_health_servers(self)   # answers only once the dataplane forwards
 
     def _set_up_fast_path(self):
         """Share the fast path's flow table with every worker's flow tables (flowOffload), or
@@ -267,6 +272,8 @@ class Agent:
         the managed neighbour entries in place, for the next agent."""
         handover = handover and self.config.handover_seconds > 0 and self.steering_ready
         lock_files = [lock.path for lock in self.steering._locks.values()] if self.steering else []
+        if self.health is not None:
+            self.health.close()                         # load balancers see this node go first
         self._stop.set()
         for part in (self.sync, self.network, self.source):
             if part is not None:
@@ -339,6 +346,11 @@ class Agent:
                 store.save_id_map(self.config.state_dir, SERVICE_IDS, ids)
                 self._saved_service_ids = ids
             self._keep_next_hops(snapshot, translation.tables)
+            previous = self.sync.published if self.sync is not None else None
+            self.kube_proxy_metrics.published(previous.cluster if previous is not None else None, snapshot.cluster,
+                                              time.perf_counter() - started, time.time())
+            if self.health is not None:
+                health.serve_published(self.health, self.translator.options, snapshot)
             log.info("event=published generation=%d services=%d backends=%d rebuilt=%d seconds=%.4f",
                      generation.number, translation.stats["services"], translation.stats["backends"],
                      translation.stats["rebuilt_services"], self.last_translation_stats["seconds"])
@@ -636,6 +648,9 @@ def start_metrics_server(agent):
             yield worker
             yield flows
             yield from publish_metrics(snap)
+            yield from agent.kube_proxy_metrics.families()
+            if agent.health is not None:
+                yield from health_metrics(agent.health)
 
     host, _, port = agent.config.metrics_address.rpartition(":")
     start_http_server(int(port), addr=host.strip("[]"))
@@ -660,6 +675,22 @@ def publish_metrics(snap):
                               "a failed publish", value=sync.get("translator_resets", 0))
     yield GaugeMetricFamily("xskproxy_last_publish_timestamp_seconds", "When the last generation was "
                             "published (Unix time; 0: never)", value=sync.get("last_publish_time") or 0)
+
+
+def health_metrics(servers):
+    """kube-proxy's counts of its /healthz and /livez answers by code, and ours of the
+    healthCheckNodePort answers."""
+    from prometheus_client.core import CounterMetricFamily
+    families = {"healthz": CounterMetricFamily("kubeproxy_proxy_healthz", "Cumulative proxy healthz HTTP status",
+                                               labels=["code"]),
+                "livez": CounterMetricFamily("kubeproxy_proxy_livez", "Cumulative proxy livez HTTP status",
+                                             labels=["code"]),
+                "service": CounterMetricFamily("xskproxy_health_check_node_port_answers", "Answers of the "
+                                               "healthCheckNodePort servers by HTTP status", labels=["code"])}
+    for (endpoint, status), count in list(servers.answers.items()):
+        if endpoint in families:
+            families[endpoint].add_metric([str(status)], count)
+    return list(families.values())
 
 
 # -- xskproxy run -----------------------------------------------------------------------------

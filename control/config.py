@@ -241,6 +241,9 @@ class Config:
                                      "kubeconfig file (source: kube); unset: in-cluster config")
     metrics_address: str = _key("metricsAddress", "127.0.0.1:9847", _host_port,
                                 "Prometheus endpoint host:port; empty: disabled")
+    healthz_bind_address: str = _key("healthzBindAddress", "0.0.0.0:10256", _host_port,
+                                     "kube-proxy's node health endpoint host:port (/healthz, /livez: "
+                                     "200 while the dataplane forwards); empty: disabled")
     state_dir: str = _key("stateDir", "/run/xskproxy", _string(allow_empty=False),
                           "memory-mapped per-flow tables that outlive the process")
     snat_port_range: tuple = _key("snatPortRange", (61000, 65535), _port_range,
