@@ -179,3 +179,31 @@ def test_case_names_are_unique_and_objects_are_valid_kubernetes_kinds():
     assert len(names) == len(set(names))
     for case in load_corpus()["cases"]:
         assert {o["kind"] for o in case["objects"]} <= set(API_VERSIONS), case["name"]
+
+
+@pytest.mark.xfail(strict=True, reason=XFAIL["item5"])
+def test_a_pods_flow_to_an_etp_local_lb_ip_reaches_a_remote_endpoint_and_its_reply_comes_back():
+    """This node's Pod opens a connection to the LB IP of an externalTrafficPolicy Local Service:
+    like kube-proxy, xskproxy sends it to any endpoint, a remote one without SNAT (the Pod's
+    address is kept, as for a ClusterIP), and the endpoint's SYN+ACK, arriving on the transport,
+    goes back to the Pod from the LB IP."""
+    case = next(c for c in load_corpus()["cases"] if c["name"] == "external-traffic-policy-local")
+    result, steering = translated(case)
+    pod, _, pod_mac_ = SOURCES["pod"]
+    flow_tables = tables.make_flow_tables(4096, 1024)
+    for sport in range(45000, 45064):
+        syn = Ether(src=pod_mac_, dst=GATEWAY.mac) / IP(src=pod, dst="203.0.113.35") / TCP(sport=sport, dport=80, flags="S")
+        verdicts, outs, _ = fx.run([bytes(syn)], L.XSKP_IFACE_GATEWAY, result.tables, flow_tables)
+        if verdicts[0] == fx.TX_T:
+            break
+    else:
+        raise AssertionError("no flow of this node's Pod reached the remote endpoint")
+    forwarded = Ether(outs[0])
+    assert (forwarded[IP].src, forwarded[IP].dst, forwarded[TCP].dport) == (pod, "10.2.0.5", 8080)
+    assert steering.backends[("10.2.0.5", 8080, 6)] & ROLE_TRANSPORT
+    reply = Ether(src=NODES["n2"][3], dst=TRANSPORT.mac) / IP(src="10.2.0.5", dst=pod) / TCP(
+        sport=8080, dport=sport, flags="SA", ack=1)
+    verdicts, outs, _ = fx.run([bytes(reply)], L.XSKP_IFACE_TRANSPORT, result.tables, flow_tables)
+    back = Ether(outs[0])
+    assert verdicts[0] == fx.TX_G
+    assert (back[IP].src, back[TCP].sport, back[IP].dst, back[TCP].dport) == ("203.0.113.35", 80, pod, sport)
