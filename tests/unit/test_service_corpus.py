@@ -207,3 +207,14 @@ def test_a_pods_flow_to_an_etp_local_lb_ip_reaches_a_remote_endpoint_and_its_rep
     back = Ether(outs[0])
     assert verdicts[0] == fx.TX_G
     assert (back[IP].src, back[TCP].sport, back[IP].dst, back[TCP].dport) == ("203.0.113.35", 80, pod, sport)
+
+
+def test_readme_says_how_every_field_is_honoured():
+    """README.md's Service semantics section has a row for every field the corpus lists."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")) as f:
+        readme = f.read()
+    section = readme.split("## Service semantics", 1)[1].split("\n## ", 1)[0]
+    corpus = load_corpus()
+    for kind, fields in corpus["fields"].items():
+        for name in fields:
+            assert f"| `{name}` |" in section, f"README lists no {kind} field {name}"
