@@ -339,14 +339,18 @@ class BenchLab:
 
     def attach_modes(self):
         """{interface: XDP attach mode} of the node's transport and gateway now (no entry: no program),
-        and which of them have a tc ingress filter (a path's fast path): {"xdp": {...}, "tc": [...]}."""
+        which of them have a tc ingress filter (a path's fast path), and which have an xskproxy
+        upcall pair (upcall mode): {"xdp": {...}, "tc": [...], "upcall": [...]}."""
         t, lab = self.topo, self.lab
         links = json.loads(lab.ip(t.node, ["-j", "-d", "link", "show"]))
         xdp = {link["ifname"]: xdp_attach_mode(link) for link in links
                if link.get("ifname") in ("tr0", "gw0") and xdp_attach_mode(link)}
         tc = [ifname for ifname in ("tr0", "gw0")
               if lab.run(t.node, ["tc", "filter", "show", "dev", ifname, "ingress"], check=False).stdout.strip()]
-        return {"xdp": xdp, "tc": tc}
+        names = {link.get("ifname") for link in links}
+        upcall = [link["ifname"] for link in links if link.get("ifname") in ("tr0", "gw0")
+                  and f"xskp{link['ifindex']}u" in names]
+        return {"xdp": xdp, "tc": tc, "upcall": upcall}
 
     def set_ip_forward(self, on):
         self.lab.sysctl(self.topo.node, "net.ipv4.ip_forward", 1 if on else 0)

@@ -62,6 +62,8 @@ def attach_text(attach):
     parts += [f"XDP {mode} on {', '.join(ifnames)}" for mode, ifnames in modes.items()]
     if attach.get("tc"):
         parts.append(f"tc on {', '.join(attach['tc'])}")
+    if attach.get("upcall"):
+        parts.append(f"upcall pairs of {', '.join(attach['upcall'])}")
     return " + ".join(parts)
 
 

@@ -121,6 +121,8 @@ def test_attach_text_names_mode_and_interfaces():
         "XDP skb on tr0, gw0 + tc on tr0, gw0"
     assert report.attach_text({"xdp": {"tr0": "native", "gw0": "native"}, "tc": []}) == "XDP native on tr0, gw0"
     assert report.attach_text({"xdp": {}, "tc": []}) == ""
+    assert report.attach_text({"xdp": {}, "tc": ["tr0", "gw0"], "upcall": ["tr0", "gw0"]}) == \
+        "tc on tr0, gw0 + upcall pairs of tr0, gw0"
     assert report.attach_text(None) == ""
 
 

@@ -105,6 +105,7 @@ class Agent:
         self._publish_lock = threading.Lock()
         self.steering_ready = False
         self.translator_resets = 0                      # Translators replaced after a failed publish
+        self.upcall_interfaces = []                     # served interfaces in upcall mode
 
     # -- lifetime ----------------------------------------------------------------------------
     def start(self):
@@ -144,14 +145,22 @@ class Agent:
             flow_entries=next_pow2(cfg.tables.flow_entries),
             adopt_from=cfg.transport_interface if cfg.flow_offload else None)
         served = ((cfg.transport_interface, "transport"), (cfg.gateway_interface, "gateway"))
+        wanted = {ifname: self._xdp_mode(ifname) for ifname, _ in served}
+        socket_devices = {}
         for ifname, role in served:
-            self.steering.prepare(ifname, role)       # the interface's lock: one agent at a time
+            pair = None
+            if wanted[ifname] == "upcall":
+                pair = netlink.ensure_upcall_pair(ifname, abi.lib.XSKP_UPCALL_MTU)
+                socket_devices[ifname] = pair[1]
+                self.upcall_interfaces.append(ifname)
+            self.steering.prepare(ifname, role, upcall_pair=pair)   # the lock: one agent at a time
         self._set_up_fast_path()
         self.neighbours.adopt(xsk.ifindex_of(ifname) for ifname, _ in served)
         for queue in range(cfg.queues):
             worker = store_worker(self.store.reader(f"queue-{queue}"), self.flow_tables[queue],
                                   steering=self.steering, transport=cfg.transport_interface,
-                                  gateway=cfg.gateway_interface, queue=queue)
+                                  gateway=cfg.gateway_interface, queue=queue,
+                                  socket_devices=socket_devices)
             self.workers.append(worker)
             worker.compile()
         # next hops the kernel resolved while the workers compiled: in the tables before steering
@@ -162,10 +171,13 @@ class Agent:
         with self._publish_lock:
             self._apply_full_steering(self.translator.steering_contents())
             self.steering_ready = True
+        # upcall pairs ready before the fast path that upcalls into them; XDP last
+        modes = {ifname: self.steering.attach(ifname, mode="upcall")
+                 for ifname, _ in served if wanted[ifname] == "upcall"}
         if cfg.flow_offload:
             self._attach_fast_path([ifname for ifname, _ in served])
-        modes = {ifname: self.steering.attach(ifname, mode=self._xdp_mode(ifname))
-                 for ifname, _ in served}
+        modes.update({ifname: self.steering.attach(ifname, mode=wanted[ifname])
+                      for ifname, _ in served if wanted[ifname] != "upcall"})
         if not cfg.flow_offload:
             self._remove_stale_fast_path([ifname for ifname, _ in served])
         ids = self.steering.object_ids()
@@ -239,11 +251,13 @@ class Agent:
         _write_json(os.path.join(self.config.state_dir, FAST_PATH_QDISCS), sorted(created))
 
     def _xdp_mode(self, ifname):
-        """xdpMode, with auto meaning skb on a veth when the fast path carries bulk traffic (a
-        native program on a veth turns its peer's TSO off: every Pod's bulk TCP pays ~4x)."""
+        """xdpMode, with auto meaning upcall on a virtual interface when the fast path carries
+        bulk traffic: generic XDP there copies every multi-page skb (a Pod's GSO super-frames)
+        before tc sees it, and native XDP on a veth turns its peer's TSO off; a physical NIC's
+        native XDP runs before any skb exists and costs the fast path nothing."""
         mode = self.config.xdp_mode
-        if mode == "auto" and self.config.flow_offload and _link_kind(ifname) == "veth":
-            return "skb"
+        if mode == "auto" and self.config.flow_offload and _link_kind(ifname) is not None:
+            return "upcall"
         return mode
 
     def _make_source(self):
@@ -305,6 +319,12 @@ class Agent:
             worker.close()
         if self.steering is not None:
             self.steering.release() if handover else self.steering.close()
+        if not handover:
+            for ifname in self.upcall_interfaces:
+                try:
+                    netlink.remove_upcall_pair(ifname)
+                except OSError as e:
+                    log.error("event=upcall_pair_remove_failed iface=%s error=%r", ifname, str(e))
         if not handover:
             for path in lock_files:
                 _remove_lock_file(path)

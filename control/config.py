@@ -17,7 +17,7 @@ from control._safe_yaml import short
 LOAD_BALANCER_MODES = ("nat", "dsr")
 SOURCES = ("files", "kube")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-XDP_MODES = ("auto", "native", "skb")
+XDP_MODES = ("auto", "native", "skb", "upcall")
 CONNTRACK_ENTRIES_DEFAULT = 1 << 20
 MAX_CONFIG_BYTES = 1 << 20       # a configuration file is a few hundred bytes
 FLOW_ENTRIES_DEFAULT = 1 << 18
@@ -258,9 +258,12 @@ class Config:
                               "path (tc eBPF), decided by the userspace engine; false: every "
                               "packet through AF_XDP")
     xdp_mode: str = _key("xdpMode", "auto", _one_of(XDP_MODES),
-                         "how the steering program attaches: native, skb (generic), or auto: "
-                         "native where the driver has it, except skb on veth with flowOffload "
-                         "(native XDP on a veth turns its peer's TSO off)")
+                         "how packets reach userspace: native or skb (generic) XDP on the "
+                         "interfaces, or upcall (no XDP there: the tc fast path sends what "
+                         "userspace takes through a veth pair with native XDP; needs "
+                         "flowOffload); auto: upcall on virtual interfaces (veth, bridge, OVS "
+                         "internal port) with flowOffload, else native where the driver has "
+                         "it, falling back to skb")
     log_level: str = _key("logLevel", "info", _one_of(LOG_LEVELS))
     tables: TableSizes = _key("tables", TableSizes())
     antrea_proxy: AntreaProxyConfig = _key("antreaProxy", AntreaProxyConfig())
@@ -289,7 +292,11 @@ def _parse_section(cls, data, path):
 
 def parse_config(data):
     """Config from a parsed YAML mapping (None or {} gives all defaults)."""
-    return _parse_section(Config, data, "")
+    config = _parse_section(Config, data, "")
+    if config.xdp_mode == "upcall" and not config.flow_offload:
+        raise ConfigError("xdpMode", "upcall needs flowOffload: true (the tc fast path makes the "
+                          "upcalls)")
+    return config
 
 
 def load_config(path):

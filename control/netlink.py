@@ -5,7 +5,7 @@ Reading and watching touch netlink; fib_from_net_state and next_hops are pure (t
 hand-made state). The one change xskproxy makes to the node's network is NeighbourKeeper's:
 kernel-managed neighbour entries for the next hops it transmits to, because traffic it takes
 off the kernel path no longer makes the kernel resolve them (Cilium keeps its next hops the
-same way).
+same way); and, in upcall mode, one veth pair per served interface (below).
 """
 import ipaddress
 import logging
@@ -391,3 +391,69 @@ class NetworkView:
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
+
+
+# -- upcall pairs --------------------------------------------------------------------------------
+# Upcall mode (xdpMode upcall; auto on virtual interfaces with the fast path): a served interface
+# carries no XDP program, its tc fast path sends what userspace takes into a veth pair of its
+# own: the kernel end xskp<ifindex>k, the socket end xskp<ifindex>u (native XDP, the sockets).
+# The pair has no addresses and no IPv6, so the kernel itself never sends anything through it.
+
+def upcall_pair_names(ifindex):
+    """(kernel end, socket end) of the upcall pair of the interface with this ifindex."""
+    return f"xskp{ifindex}k", f"xskp{ifindex}u"
+
+
+def _veth_peer_index(ipr, index):
+    link = ipr.get_links(index)[0]
+    info = link.get_attr("IFLA_LINKINFO")
+    if info is None or info.get_attr("IFLA_INFO_KIND") != "veth":
+        return None
+    return link.get_attr("IFLA_LINK")
+
+
+def ensure_upcall_pair(ifname, mtu):
+    """The upcall pair of ifname, up, with `mtu` and IPv6 off: reused when a previous agent left it
+    (a handover, a kill), created otherwise. Returns (kernel end, socket end)."""
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        served = ipr.link_lookup(ifname=ifname)
+        if not served:
+            raise OSError(f"interface {ifname} not found (upcall pair)")
+        kernel_end, socket_end = upcall_pair_names(served[0])
+        found, peer = ipr.link_lookup(ifname=kernel_end), ipr.link_lookup(ifname=socket_end)
+        if found and not (peer and _veth_peer_index(ipr, found[0]) == peer[0]):
+            ipr.link("del", index=found[0])             # not the pair we make: made again
+            found = []
+        if not found:
+            for index in ipr.link_lookup(ifname=socket_end):
+                ipr.link("del", index=index)
+            ipr.link("add", ifname=kernel_end, kind="veth", peer={"ifname": socket_end})
+        for end in (kernel_end, socket_end):
+            _disable_ipv6(end)
+            ipr.link("set", index=ipr.link_lookup(ifname=end)[0], mtu=mtu, state="up")
+    return kernel_end, socket_end
+
+
+def _disable_ipv6(ifname):
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "w") as f:
+            f.write("1")
+    except FileNotFoundError:
+        pass                                            # a kernel without IPv6
+
+
+def remove_upcall_pair(ifname=None, ifindex=None):
+    """Delete ifname's upcall pair (both ends go with one); absent: nothing. True if deleted."""
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        if ifindex is None:
+            served = ipr.link_lookup(ifname=ifname)
+            if not served:
+                return False
+            ifindex = served[0]
+        found = ipr.link_lookup(ifname=upcall_pair_names(ifindex)[0])
+        if not found:
+            return False
+        ipr.link("del", index=found[0])
+        return True

@@ -401,8 +401,11 @@ class Worker:
     state: the per-batch step's state tuple; set_state() hands a new one to the next slice."""
 
     def __init__(self, steering, transport, gateway, queue, state,
-                 bind_mode="auto", frame_count=abi.lib.XSKP_UMEM_FRAMES):
+                 bind_mode="auto", frame_count=abi.lib.XSKP_UMEM_FRAMES, socket_devices=None):
+        """socket_devices: {served interface: device its sockets bind on} where that differs
+        (upcall mode: the socket end of the interface's upcall pair)."""
         bind_native()
+        socket_devices = socket_devices or {}
         self.queue, self.state = queue, state
         self.counters = make_pipeline_counters()
         self.umem = xsk.Umem(frame_count=frame_count)
@@ -412,7 +415,8 @@ class Worker:
         try:
             for iface, ifname in ((IFACE_TRANSPORT, transport), (IFACE_GATEWAY, gateway)):
                 if ifname:
-                    self.sockets[iface] = xsk.XskSocket(self.umem, ifname, queue, mode=bind_mode)
+                    self.sockets[iface] = xsk.XskSocket(self.umem, socket_devices.get(ifname, ifname), queue,
+                                                        mode=bind_mode, serves=ifname)
             self.buffers = make_worker_buffers(self.umem, self.sockets)
             self._buffer_tuple = tuple(self.buffers)
             self.frame_mask = np.uint64(~np.uint64(self.umem.frame_size - 1))
@@ -459,12 +463,12 @@ class Worker:
         for iface, sock in enumerate(self.sockets):
             if sock is not None:
                 row = self.buffers.worker_counters[iface]
-                out[sock.ifname] = {name[len("XSKP_WC_"):].lower(): int(row[getattr(abi.lib, name)])
+                out[sock.serves] = {name[len("XSKP_WC_"):].lower(): int(row[getattr(abi.lib, name)])
                                     for name in WORKER_COUNTER_NAMES}
         return out
 
     def socket_statistics(self):
-        return {sock.ifname: sock.statistics() for sock in self.sockets if sock is not None}
+        return {sock.serves: sock.statistics() for sock in self.sockets if sock is not None}
 
     def close(self):
         self.stop()

@@ -21,15 +21,16 @@ BPF_OBJECT_DEFAULT = os.path.join(REPO_ROOT, "build", "native", "xskproxy_steer.
 BIND_MODES = {"auto": abi.lib.XSKP_BIND_AUTO, "copy": abi.lib.XSKP_BIND_COPY,
               "zerocopy": abi.lib.XSKP_BIND_ZEROCOPY}
 ATTACH_MODES = {"auto": abi.lib.XSKP_ATTACH_AUTO, "native": abi.lib.XSKP_ATTACH_NATIVE,
-                "skb": abi.lib.XSKP_ATTACH_SKB}
+                "skb": abi.lib.XSKP_ATTACH_SKB, "upcall": abi.lib.XSKP_ATTACH_UPCALL}
 ATTACH_MODE_NAMES = {abi.lib.XSKP_ATTACH_NATIVE: "native", abi.lib.XSKP_ATTACH_SKB: "skb",
-                     abi.lib.XSKP_ATTACH_AUTO: "none"}
+                     abi.lib.XSKP_ATTACH_AUTO: "none", abi.lib.XSKP_ATTACH_UPCALL: "upcall"}
 ROLES = {"gateway": abi.lib.STEER_ROLE_GATEWAY, "transport": abi.lib.STEER_ROLE_TRANSPORT}
 PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": 132,
              "icmp": socket.IPPROTO_ICMP, "ipip": socket.IPPROTO_IPIP}
-STEER_COUNTER_NAMES = sorted((name for name in {**abi.enum_members("STEER_"), **abi.enum_members("FAST_")}
+STEER_COUNTER_NAMES = sorted((name for name in {**abi.enum_members("STEER_"), **abi.enum_members("FAST_"),
+                                                 **abi.enum_members("UPCALL_")}
                               if name.startswith(("STEER_PASS_", "STEER_REDIRECT_", "STEER_DROP_",
-                                                  "FAST_"))),
+                                                  "FAST_", "UPCALL_"))),
                              key=lambda name: getattr(abi.lib, name))
 FLOW_V4_DTYPE = abi.dtype("struct xskp_flow_v4")
 FAST_CONFIG_DTYPE = abi.dtype("struct xskp_fast_config")
@@ -183,11 +184,14 @@ class XskSocket:
     retried for BUSY_RETRY_SECONDS."""
 
     def __init__(self, umem, ifname, queue=0, mode="auto", need_wakeup=True,
-                 ring_size=abi.lib.XSKP_RING_SIZE, busy_retry_seconds=BUSY_RETRY_SECONDS):
+                 ring_size=abi.lib.XSKP_RING_SIZE, busy_retry_seconds=BUSY_RETRY_SECONDS, serves=None):
+        """serves: the interface whose traffic the socket carries when that is not ifname (upcall
+        mode: the socket sits on the socket end of the interface's upcall pair)."""
         if mode not in BIND_MODES:
             raise ValueError(f"mode: {mode!r} is not one of {', '.join(BIND_MODES)}")
         px = umem._px
         self._px, self.umem, self.ifname, self.queue = px, umem, ifname, queue
+        self.serves = serves or ifname
         self.ifindex = ifindex_of(ifname)
         handle = px.ffi.new("uint64_t *")
         deadline, pause = time.monotonic() + busy_retry_seconds, 0.01
@@ -293,7 +297,13 @@ class SteeringProgram:
     between are in place before the first packet. close() detaches it from every interface (the
     kernel path takes all traffic again); hold() + release() leave it attached for a handover. A
     program of ours that another process left attached (killed, or handing over) is replaced
-    in one step on attach; any other XDP program makes attach fail with EBUSY."""
+    in one step on attach; any other XDP program makes attach fail with EBUSY.
+
+    Upcall mode (attach mode 'upcall'): no XDP program on the interface itself; the tc fast path
+    at its ingress steers what userspace takes into the kernel end of the interface's upcall
+    veth pair, xskp_upcall (native XDP) on the socket end redirects it to the interface's
+    sockets bound there, and what the agent transmits there leaves through the served interface
+    (xskp_upcall_tx at the kernel end). prepare() takes the pair's (kernel end, socket end)."""
 
     def __init__(self, obj_path=None, flow_entries=FLOW_ENTRIES_DEFAULT, adopt_from=None):
         """flow_entries (a power of two): the fast path's flow table; adopt_from: an interface
@@ -323,6 +333,8 @@ class SteeringProgram:
         self.ifaces = {}  # ifname -> (ifindex, xsk_base, attach mode name)
         self._locks = {}  # ifname -> _InterfaceLock
         self._roles = {}  # ifname -> roles as given
+        self.upcall_pairs = {}  # ifname -> (kernel end, socket end) in upcall mode
+        self._upcall_tc = {}  # kernel end -> ifindex: xskp_upcall_tx attached there
         self._l4_key = np.zeros(1, abi.dtype("struct steer_v4_l4_key"))
         self._lpm_key = np.zeros(1, abi.dtype("struct steer_v4_lpm_key"))
         self._u32 = np.zeros(1, np.uint32)
@@ -331,10 +343,13 @@ class SteeringProgram:
         self._snat_value = np.zeros(1, abi.dtype("struct steer_v4_snat_range"))
 
     # -- interfaces and sockets -------------------------------------------------------------
-    def prepare(self, ifname, roles):
+    def prepare(self, ifname, roles, upcall_pair=None):
         """Take ifname for this program (its lock) and write its steering entry, without attaching:
-        sockets can then be bound and maps filled before the program sees a packet."""
+        sockets can then be bound and maps filled before the program sees a packet. upcall_pair:
+        (kernel end, socket end) of ifname's upcall veth pair, for attach(mode='upcall')."""
         ifindex = ifindex_of(ifname)
+        if upcall_pair:
+            self.upcall_pairs[ifname] = tuple(upcall_pair)
         if ifname in self.ifaces:
             raise ValueError(f"interface {ifname}: the steering program is already set up there")
         lock = _InterfaceLock(ifname, ifindex)
@@ -359,6 +374,8 @@ class SteeringProgram:
         ifindex, xsk_base, attached = self.ifaces[ifname]
         if attached:
             raise ValueError(f"interface {ifname}: the steering program is already attached there")
+        if mode == "upcall":
+            return self._attach_upcall(ifname)
         mode_out = self._px.ffi.new("uint32_t *")
         result = self._px.lib.xskp_steer_attach(self.handle, ifindex, ATTACH_MODES[mode], mode_out)
         if result < 0:
@@ -368,23 +385,82 @@ class SteeringProgram:
         self.ifaces[ifname] = (ifindex, xsk_base, name)
         return name
 
+    def _attach_upcall(self, ifname):
+        """Upcall mode on ifname: the pair's ends get their entries and programs (xskp_upcall_tx
+        at the kernel end, xskp_upcall at the socket end); ifname's entry already names the
+        kernel end (prepare), so xskp_fast upcalls as soon as it is attached there."""
+        if ifname not in self.upcall_pairs:
+            raise ValueError(f"interface {ifname}: upcall mode needs its upcall pair (prepare)")
+        ifindex, xsk_base, _ = self.ifaces[ifname]
+        kernel_end, socket_end = self.upcall_pairs[ifname]
+        kernel_index, socket_index = ifindex_of(kernel_end), ifindex_of(socket_end)
+        self._write_iface(kernel_index, 0, 0, 0, 0, ifindex, f"setting up {kernel_end}")
+        self._write_iface(socket_index, 0, xsk_base, 0, 0, 0, f"setting up {socket_end}")
+        created = self._px.ffi.new("uint32_t *")
+        _raise_if_error(self._px.lib.xskp_tc_attach(self.handle, kernel_index, abi.lib.XSKP_TC_UPCALL_TX, created),
+                        f"attaching xskp_upcall_tx to {kernel_end} (upcall pair of {ifname})")
+        self._upcall_tc[kernel_end] = kernel_index
+        mode_out = self._px.ffi.new("uint32_t *")
+        _raise_if_error(self._px.lib.xskp_steer_attach(self.handle, socket_index, abi.lib.XSKP_ATTACH_UPCALL, mode_out),
+                        f"attaching xskp_upcall (native XDP) to {socket_end} (upcall pair of {ifname})")
+        # a predecessor in XDP mode may have left its steering program on ifname itself
+        prog_id, mode_name, name = attached_program(ifname)
+        if prog_id and name == "xskp_steer":
+            _raise_if_error(self._px.lib.xskp_xdp_remove(ifindex, prog_id),
+                            f"removing a previous agent's XDP steering program from {ifname}")
+        self.ifaces[ifname] = (ifindex, xsk_base, "upcall")
+        return "upcall"
+
+    def _detach_upcall(self, ifname):
+        ifindex, _, _ = self.ifaces[ifname]
+        kernel_end, socket_end = self.upcall_pairs.pop(ifname)
+        self.set_roles(ifname, self._roles[ifname], upcall=False)    # upcalls stop first
+        errors = []
+        for result, what in (
+                (self._px.lib.xskp_steer_detach(self.handle, ifindex_of(socket_end)), f"xskp_upcall from {socket_end}"),
+                (self._px.lib.xskp_tc_detach(self.handle, self._upcall_tc.pop(kernel_end), 0) if kernel_end in self._upcall_tc else 0,
+                 f"xskp_upcall_tx from {kernel_end}")):
+            if result < 0 and result != -errno_codes.ENOENT:
+                errors.append((result, what))
+        for end in (kernel_end, socket_end):
+            try:
+                self._u32[0] = ifindex_of(end)
+                self._delete(abi.lib.STEER_MAP_IFACES, self._u32)
+            except OSError:
+                pass
+        if errors:
+            _raise_if_error(errors[0][0], f"detaching {errors[0][1]}")
+
     def _forget(self, ifname):
         ifindex, _, _ = self.ifaces.pop(ifname)
         self._roles.pop(ifname, None)
+        self.upcall_pairs.pop(ifname, None)
         self._u32[0] = ifindex
         self._delete(abi.lib.STEER_MAP_IFACES, self._u32)
         self._locks.pop(ifname).release()
 
-    def set_roles(self, ifname, roles, hold_until_ns=0):
-        ifindex, xsk_base, _ = self.ifaces[ifname]
+    def _write_iface(self, ifindex, roles, xsk_base, hold_until_ns, upcall_ifindex, egress_ifindex, what):
         value = self._iface_value
-        value["roles"], value["xsk_base"], value["hold_until_ns"] = roles_bits(roles), xsk_base, hold_until_ns
+        value["roles"], value["xsk_base"], value["hold_until_ns"] = roles, xsk_base, hold_until_ns
+        value["upcall_ifindex"], value["egress_ifindex"] = upcall_ifindex, egress_ifindex
         self._u32[0] = ifindex
-        self._update(abi.lib.STEER_MAP_IFACES, self._u32, value, f"setting the roles of {ifname}")
+        self._update(abi.lib.STEER_MAP_IFACES, self._u32, value, what)
+
+    def set_roles(self, ifname, roles, hold_until_ns=0, upcall=True):
+        ifindex, xsk_base, _ = self.ifaces[ifname]
+        pair = self.upcall_pairs.get(ifname) if upcall else None
+        self._write_iface(ifindex, roles_bits(roles), xsk_base, hold_until_ns,
+                          ifindex_of(pair[0]) if pair else 0, 0, f"setting the roles of {ifname}")
         self._roles[ifname] = roles
 
     def detach(self, ifname):
         ifindex, _, attached = self.ifaces[ifname]
+        if attached == "upcall":
+            try:
+                self._detach_upcall(ifname)
+            finally:
+                self._forget(ifname)
+            return
         result = self._px.lib.xskp_steer_detach(self.handle, ifindex) if attached else 0
         self._forget(ifname)
         _raise_if_error(result, f"detaching the XDP steering program from {ifname}")
@@ -421,8 +497,9 @@ class SteeringProgram:
         return flows, config
 
     def object_ids(self):
-        """{'prog': [steering, fast path], 'map': [...]}: the kernel ids of what this loaded."""
-        progs = self._px.ffi.new("uint32_t[2]")
+        """{'prog': [steering, fast path, upcall, upcall tx], 'map': [...]}: the kernel ids of
+        what this loaded."""
+        progs = self._px.ffi.new("uint32_t[4]")
         maps = self._px.ffi.new(f"uint32_t[{abi.lib.STEER_MAP_MAX}]")
         _raise_if_error(self._px.lib.xskp_steer_object_ids(self.handle, progs, maps),
                         "reading the BPF object ids")
@@ -449,7 +526,7 @@ class SteeringProgram:
         """The tc fast path at ifname's ingress (a predecessor's is replaced in one step)."""
         ifindex = ifindex_of(ifname)
         created = self._px.ffi.new("uint32_t *")
-        _raise_if_error(self._px.lib.xskp_tc_attach(self.handle, ifindex, created),
+        _raise_if_error(self._px.lib.xskp_tc_attach(self.handle, ifindex, abi.lib.XSKP_TC_FAST, created),
                         f"attaching the tc fast path to {ifname}")
         self.tc_ifaces[ifname] = (ifindex, bool(created[0]))
         return bool(created[0])
@@ -483,6 +560,8 @@ class SteeringProgram:
         self.stop_heartbeat()
         if self.handle:
             self.tc_ifaces.clear()
+            self._upcall_tc.clear()
+            self.upcall_pairs.clear()
             free(self.handle)
             self.handle = 0
             self.ifaces.clear()
@@ -492,11 +571,12 @@ class SteeringProgram:
             self._locks.clear()
 
     def xsk_index(self, sock):
-        if sock.ifname not in self.ifaces:
-            raise ValueError(f"socket on {sock.ifname}: the steering program is not set up there")
+        serves = getattr(sock, "serves", sock.ifname)
+        if serves not in self.ifaces:
+            raise ValueError(f"socket on {sock.ifname}: the steering program is not set up for {serves}")
         if sock.queue >= abi.lib.STEER_MAX_QUEUES:
             raise ValueError(f"queue: {sock.queue} is beyond STEER_MAX_QUEUES ({abi.lib.STEER_MAX_QUEUES})")
-        return self.ifaces[sock.ifname][1] + sock.queue
+        return self.ifaces[serves][1] + sock.queue
 
     def bind_socket(self, sock):
         """Steer what the program redirects on (sock.ifname, sock.queue) into sock."""

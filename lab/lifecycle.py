@@ -3,6 +3,7 @@ bypass and its end at SIGTERM, fail-open on kill -9, restart without loss, endpo
 load, proxyLoadBalancerIPs=false. tests/e2e asserts them and the demo prints them; each leaves
 every agent running again with the lab's default options and manifests."""
 import json
+import re
 import signal
 import time
 
@@ -182,6 +183,9 @@ def restart_without_loss_userspace(sl):
     return _restart_without_loss(sl, "userspace")
 
 
+UPCALL_PAIR_LINK = re.compile(r"^\d+: (xskp\d+[ku])[@:]", re.M)   # `ip -o link`: an upcall pair's end
+
+
 def _bpf_ids(log):
     started = [line for line in log.splitlines() if "event=started" in line][-1]
     fields = dict(word.split("=", 1) for word in started.split() if "=" in word)
@@ -191,12 +195,14 @@ def _bpf_ids(log):
 
 def sigint_removes_everything(sl):
     """SIGINT stops node0's agent and takes away what it added: the XDP programs, the tc fast
-    path (its filter and the clsact qdisc the agent created), every BPF program and map it loaded
-    (by kernel id, the fast path's flow table included); the kernel path serves the ClusterIP."""
+    path (its filter and the clsact qdisc the agent created), the upcall veth pairs, every BPF
+    program and map it loaded (by kernel id, the fast path's flow table included); the kernel
+    path serves the ClusterIP."""
     from dataplane.xsk import bpf_object_exists
     check = _Checks()
     node0 = sl.cluster.nodes[0]
     ids = _bpf_ids(sl.node_log(node0))
+    upcall = UPCALL_PAIR_LINK.findall(sl.lab.run(node0.ns, ["ip", "-o", "link", "show"]).stdout)
     try:
         code = sl.stop_agent(node0, signal.SIGINT, timeout=3.0)
         check(code == 0, f"SIGINT: exit {code}")
@@ -205,6 +211,8 @@ def sigint_removes_everything(sl):
             check("prog/xdp" not in link, f"{ifname} keeps an XDP program: {link}")
             qdiscs = sl.lab.run(node0.ns, ["tc", "qdisc", "show", "dev", ifname]).stdout
             check("clsact" not in qdiscs, f"{ifname} keeps the clsact qdisc: {qdiscs}")
+        left_pairs = UPCALL_PAIR_LINK.findall(sl.lab.run(node0.ns, ["ip", "-o", "link", "show"]).stdout)
+        check(not left_pairs, f"upcall pair ends left behind: {left_pairs} (of {upcall})")
         deadline = time.monotonic() + 3.0           # the kernel frees them after an RCU grace period
         left = ids
         while time.monotonic() < deadline:
@@ -218,7 +226,8 @@ def sigint_removes_everything(sl):
     finally:
         _ensure_running(sl, node0)
     return check.result("SIGINT removes everything the agent added",
-                        f"{len(ids['prog'])} programs and {len(ids['map'])} maps gone, no XDP, no clsact")
+                        f"{len(ids['prog'])} programs and {len(ids['map'])} maps gone, no XDP, no clsact, "
+                        f"upcall pair ends {upcall} gone")
 
 
 def _phase_pods(attempts, start, end):

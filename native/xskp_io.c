@@ -25,6 +25,8 @@
 #include "xskp_io.h"
 
 #define STEER_PROG_NAME "xskp_steer"
+#define UPCALL_PROG_NAME "xskp_upcall"
+#define UPCALL_TX_PROG_NAME "xskp_upcall_tx"
 #define FAST_PROG_NAME "xskp_fast"
 #define FLOWS_MAP_NAME "xskp_flows_v4"
 #define ADOPT_MAX_MAPS 32
@@ -60,8 +62,11 @@ struct xskp_steer {
 	uint64_t *percpu_values;    /* scratch for one per-CPU counter: ncpus values */
 	uint32_t attached_ifindex[STEER_MAX_IFACES];
 	uint32_t attached_flags[STEER_MAX_IFACES]; /* XDP_FLAGS_*_MODE it was attached with */
+	int attached_prog_fd[STEER_MAX_IFACES];    /* the program attached there */
 	uint32_t attached_count;
 	int fast_prog_fd;           /* the tc fast path */
+	int upcall_prog_fd;         /* XDP on an upcall pair's socket end */
+	int upcall_tx_prog_fd;      /* tc on an upcall pair's kernel end */
 	uint32_t tc_ifindex[STEER_MAX_IFACES];
 	uint32_t tc_created_qdisc[STEER_MAX_IFACES]; /* 1: this handle created the clsact qdisc */
 	uint32_t tc_count;
@@ -456,9 +461,13 @@ static int adopt_flow_table(struct bpf_map *flows, uint32_t ifindex)
 	char name[16];
 	int fd, err;
 
+	/* the XDP steering program there, or (upcall mode: no XDP there) the tc fast path */
 	if (xskp_xdp_query(ifindex, &prog_id, &mode, name, sizeof(name)) || !prog_id ||
-	    strcmp(name, STEER_PROG_NAME))
-		return 0;
+	    strcmp(name, STEER_PROG_NAME)) {
+		if (xskp_tc_query(ifindex, &prog_id, name, sizeof(name)) || !prog_id ||
+		    strcmp(name, FAST_PROG_NAME))
+			return 0;
+	}
 	fd = bpf_prog_get_fd_by_id(prog_id);
 	if (fd < 0)
 		return 0;
@@ -548,6 +557,18 @@ int xskp_steer_open(uint64_t *steer_out, const char *obj_path, uint32_t flow_ent
 		goto err_close;
 	}
 	st->fast_prog_fd = bpf_program__fd(prog);
+	prog = bpf_object__find_program_by_name(st->obj, UPCALL_PROG_NAME);
+	if (!prog) {
+		err = -ENOENT;
+		goto err_close;
+	}
+	st->upcall_prog_fd = bpf_program__fd(prog);
+	prog = bpf_object__find_program_by_name(st->obj, UPCALL_TX_PROG_NAME);
+	if (!prog) {
+		err = -ENOENT;
+		goto err_close;
+	}
+	st->upcall_tx_prog_fd = bpf_program__fd(prog);
 	for (i = 0; i < STEER_MAP_MAX; i++) {
 		st->map_fds[i] = bpf_object__find_map_fd_by_name(st->obj, steer_map_names[i]);
 		if (st->map_fds[i] < 0) {
@@ -588,17 +609,20 @@ static int tc_index_of(const struct xskp_steer *st, uint32_t ifindex)
 	return -1;
 }
 
-int xskp_tc_attach(uint64_t steer, uint32_t ifindex, uint32_t *created_qdisc_out)
+int xskp_tc_attach(uint64_t steer, uint32_t ifindex, uint32_t program, uint32_t *created_qdisc_out)
 {
 	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;
 	LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
 	LIBBPF_OPTS(bpf_tc_opts, query, .handle = XSKP_TC_HANDLE, .priority = XSKP_TC_PRIORITY);
 	LIBBPF_OPTS(bpf_tc_opts, opts, .handle = XSKP_TC_HANDLE, .priority = XSKP_TC_PRIORITY,
-		    .prog_fd = st->fast_prog_fd, .flags = BPF_TC_F_REPLACE);
+		    .flags = BPF_TC_F_REPLACE);
 	char name[16];
 	int err, created;
 
 	*created_qdisc_out = 0;
+	if (program > XSKP_TC_UPCALL_TX)
+		return -EINVAL;
+	opts.prog_fd = program == XSKP_TC_FAST ? st->fast_prog_fd : st->upcall_tx_prog_fd;
 	if (tc_index_of(st, ifindex) >= 0)
 		return -EALREADY;
 	if (st->tc_count == STEER_MAX_IFACES)
@@ -613,7 +637,7 @@ int xskp_tc_attach(uint64_t steer, uint32_t ifindex, uint32_t *created_qdisc_out
 		err = prog_name_of(query.prog_id, name, sizeof(name));
 		if (err)
 			return err;
-		if (strcmp(name, FAST_PROG_NAME))
+		if (strcmp(name, FAST_PROG_NAME) && strcmp(name, UPCALL_TX_PROG_NAME))
 			return -EBUSY;
 	} else if (err != -ENOENT && err != -EINVAL) {
 		return err;     /* -EINVAL: "cannot find specified filter chain", an empty clsact */
@@ -677,9 +701,9 @@ int xskp_steer_object_ids(uint64_t steer, uint32_t *prog_ids, uint32_t *map_ids)
 	struct bpf_prog_info prog;
 	struct bpf_map_info map;
 	uint32_t len;
-	int i, fds[2] = { st->prog_fd, st->fast_prog_fd };
+	int i, fds[4] = { st->prog_fd, st->fast_prog_fd, st->upcall_prog_fd, st->upcall_tx_prog_fd };
 
-	for (i = 0; i < 2; i++) {
+	for (i = 0; i < 4; i++) {
 		memset(&prog, 0, sizeof(prog));
 		len = sizeof(prog);
 		if (bpf_obj_get_info_by_fd(fds[i], &prog, &len))
@@ -833,8 +857,8 @@ int xskp_xdp_query(uint32_t ifindex, uint32_t *prog_id, uint32_t *mode, char *na
  * interface without a program) when it sits in the mode asked for, or AUTO; in another mode it
  * is detached first. Any other program is refused with -EBUSY. Returns 0 with *mode_out set
  * once ours is attached, 1 when the caller still has to attach, or -errno. */
-static int replace_stale_program(struct xskp_steer *st, uint32_t ifindex, uint32_t mode,
-				 uint32_t *mode_out)
+static int replace_stale_program(uint32_t ifindex, int prog_fd,
+				 const char *prog_name, uint32_t mode, uint32_t *mode_out)
 {
 	LIBBPF_OPTS(bpf_xdp_attach_opts, opts);
 	struct bpf_prog_info own;
@@ -846,11 +870,11 @@ static int replace_stale_program(struct xskp_steer *st, uint32_t ifindex, uint32
 	if (err || !prog_id)
 		return err ? err : 1;
 	memset(&own, 0, sizeof(own));
-	if (bpf_obj_get_info_by_fd(st->prog_fd, &own, &len))
+	if (bpf_obj_get_info_by_fd(prog_fd, &own, &len))
 		return -errno;
 	if (prog_id == own.id)
 		return -EALREADY;
-	if (strcmp(name, STEER_PROG_NAME) || stale_mode == XSKP_ATTACH_AUTO)
+	if (strcmp(name, prog_name) || stale_mode == XSKP_ATTACH_AUTO)
 		return -EBUSY;
 	if (mode != XSKP_ATTACH_AUTO && mode != stale_mode) {
 		err = bpf_xdp_detach(ifindex, mode_flags(stale_mode), NULL);
@@ -859,7 +883,7 @@ static int replace_stale_program(struct xskp_steer *st, uint32_t ifindex, uint32
 	opts.old_prog_fd = bpf_prog_get_fd_by_id(prog_id);
 	if (opts.old_prog_fd < 0)
 		return errno == ENOENT ? 1 : -errno;    /* gone meanwhile: attach as usual */
-	err = bpf_xdp_attach(ifindex, st->prog_fd, XDP_FLAGS_REPLACE | mode_flags(stale_mode), &opts);
+	err = bpf_xdp_attach(ifindex, prog_fd, XDP_FLAGS_REPLACE | mode_flags(stale_mode), &opts);
 	close(opts.old_prog_fd);
 	if (err)
 		return err;
@@ -871,23 +895,26 @@ int xskp_steer_attach(uint64_t steer, uint32_t ifindex, uint32_t mode, uint32_t 
 {
 	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;
 	uint32_t tried = mode == XSKP_ATTACH_SKB ? XSKP_ATTACH_SKB : XSKP_ATTACH_NATIVE;
+	int prog_fd = mode == XSKP_ATTACH_UPCALL ? st->upcall_prog_fd : st->prog_fd;
+	const char *prog_name = mode == XSKP_ATTACH_UPCALL ? UPCALL_PROG_NAME : STEER_PROG_NAME;
 	uint32_t i;
 	int err;
 
-	if (mode > XSKP_ATTACH_SKB)
+	if (mode > XSKP_ATTACH_UPCALL)
 		return -EINVAL;
 	for (i = 0; i < st->attached_count; i++)
 		if (st->attached_ifindex[i] == ifindex)
 			return -EALREADY;
 	if (st->attached_count == STEER_MAX_IFACES)
 		return -ENOSPC;
-	err = replace_stale_program(st, ifindex, mode, &tried);
+	err = replace_stale_program(ifindex, prog_fd, prog_name,
+				    mode == XSKP_ATTACH_UPCALL ? XSKP_ATTACH_NATIVE : mode, &tried);
 	if (err == 1) {
-		err = bpf_xdp_attach(ifindex, st->prog_fd,
+		err = bpf_xdp_attach(ifindex, prog_fd,
 				     XDP_FLAGS_UPDATE_IF_NOEXIST | mode_flags(tried), NULL);
 		if (err && mode == XSKP_ATTACH_AUTO && err != -ENODEV && err != -EBUSY) {
 			tried = XSKP_ATTACH_SKB;
-			err = bpf_xdp_attach(ifindex, st->prog_fd,
+			err = bpf_xdp_attach(ifindex, prog_fd,
 					     XDP_FLAGS_UPDATE_IF_NOEXIST | mode_flags(tried), NULL);
 		}
 	}
@@ -895,15 +922,34 @@ int xskp_steer_attach(uint64_t steer, uint32_t ifindex, uint32_t mode, uint32_t 
 		return err;
 	st->attached_ifindex[st->attached_count] = ifindex;
 	st->attached_flags[st->attached_count] = mode_flags(tried);
+	st->attached_prog_fd[st->attached_count] = prog_fd;
 	st->attached_count++;
-	*mode_out = tried;
+	*mode_out = mode == XSKP_ATTACH_UPCALL ? XSKP_ATTACH_UPCALL : tried;
 	return 0;
+}
+
+int xskp_xdp_remove(uint32_t ifindex, uint32_t prog_id)
+{
+	LIBBPF_OPTS(bpf_xdp_attach_opts, opts);
+	uint32_t attached_id, mode;
+	char name[16];
+	int err;
+
+	err = xskp_xdp_query(ifindex, &attached_id, &mode, name, sizeof(name));
+	if (err || attached_id != prog_id)
+		return err;
+	opts.old_prog_fd = bpf_prog_get_fd_by_id(prog_id);
+	if (opts.old_prog_fd < 0)
+		return errno == ENOENT ? 0 : -errno;
+	err = bpf_xdp_detach(ifindex, mode_flags(mode), &opts);
+	close(opts.old_prog_fd);
+	return err;
 }
 
 int xskp_steer_detach(uint64_t steer, uint32_t ifindex)
 {
 	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;
-	LIBBPF_OPTS(bpf_xdp_attach_opts, opts, .old_prog_fd = st->prog_fd);
+	LIBBPF_OPTS(bpf_xdp_attach_opts, opts);
 	uint32_t i;
 	int err;
 
@@ -912,10 +958,12 @@ int xskp_steer_detach(uint64_t steer, uint32_t ifindex)
 			break;
 	if (i == st->attached_count)
 		return -ENOENT;
+	opts.old_prog_fd = st->attached_prog_fd[i];
 	err = bpf_xdp_detach(ifindex, st->attached_flags[i], &opts);
 	st->attached_count--;
 	st->attached_ifindex[i] = st->attached_ifindex[st->attached_count];
 	st->attached_flags[i] = st->attached_flags[st->attached_count];
+	st->attached_prog_fd[i] = st->attached_prog_fd[st->attached_count];
 	return err;
 }
 

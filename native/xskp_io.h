@@ -67,16 +67,18 @@ int xskp_steer_open(uint64_t *steer_out, const char *obj_path, uint32_t flow_ent
  * has that shape (*adopted_out 1), so offloaded flows keep running across a restart. */
 /* The fd of a map (enum steer_map), owned by the handle: for mmap of the mmapable arrays. */
 int xskp_steer_map_fd(uint64_t steer, uint32_t map);
-/* The tc fast path (program xskp_fast) at clsact ingress of ifindex, at handle XSKP_TC_HANDLE and
- * priority XSKP_TC_PRIORITY. A clsact qdisc is created when missing (*created_qdisc_out 1); a
- * predecessor's xskp_fast there is replaced in one step; any other filter there: -EBUSY. */
-int xskp_tc_attach(uint64_t steer, uint32_t ifindex, uint32_t *created_qdisc_out);
+/* A tc program of the object (program: enum xskp_tc_program; xskp_fast, or xskp_upcall_tx on an
+ * upcall pair's kernel end) at clsact ingress of ifindex, at handle XSKP_TC_HANDLE and priority
+ * XSKP_TC_PRIORITY. A clsact qdisc is created when missing (*created_qdisc_out 1); a
+ * predecessor's program of ours there is replaced in one step; any other filter: -EBUSY. */
+int xskp_tc_attach(uint64_t steer, uint32_t ifindex, uint32_t program, uint32_t *created_qdisc_out);
 /* Removes our filter (absent: 0); the clsact qdisc too when destroy_qdisc, or when this handle
  * created it. */
 int xskp_tc_detach(uint64_t steer, uint32_t ifindex, uint32_t destroy_qdisc);
 /* What sits at our tc handle/priority on ifindex: prog id (0: nothing) and name. 0 or -errno. */
 int xskp_tc_query(uint32_t ifindex, uint32_t *prog_id, char *name, uint32_t name_size);
-/* The kernel ids of the object's two programs (steering, fast path) and of its maps (indexed by
+/* The kernel ids of the object's four programs (steering, fast path, upcall, upcall tx) and of
+ * its maps (indexed by
  * enum steer_map): what an agent added, for checks that a stop removed it all. */
 int xskp_steer_object_ids(uint64_t steer, uint32_t *prog_ids, uint32_t *map_ids);
 /* 1 if a BPF map (is_map 1) or program (0) with this id still exists, 0 if not, -errno. */
@@ -92,8 +94,13 @@ void xskp_heartbeat_stop(uint64_t heartbeat);  /* stops beating; the fast path r
  * would leave (out, *out_len) and the tc action (*retval_out; a redirect is TC_ACT_REDIRECT). */
 int xskp_fast_test_run(uint64_t steer, const void *frame, uint32_t len, uint32_t ifindex,
 		       void *out, uint32_t out_size, uint32_t *out_len, uint32_t *retval_out);
+/* mode: enum xskp_attach_mode; XSKP_ATTACH_UPCALL attaches xskp_upcall natively (an upcall
+ * pair's socket end), the others xskp_steer. *mode_out: the mode obtained. */
 int xskp_steer_attach(uint64_t steer, uint32_t ifindex, uint32_t mode, uint32_t *mode_out);
 int xskp_steer_detach(uint64_t steer, uint32_t ifindex);
+/* Detaches the XDP program prog_id from ifindex if it is still the one attached there (one a
+ * previous agent left), whatever its mode. 0 or -errno. */
+int xskp_xdp_remove(uint32_t ifindex, uint32_t prog_id);
 int xskp_steer_map_update(uint64_t steer, uint32_t map, const void *key, const void *value);
 int xskp_steer_map_delete(uint64_t steer, uint32_t map, const void *key);
 int xskp_steer_map_lookup(uint64_t steer, uint32_t map, const void *key, void *value);

@@ -38,6 +38,13 @@ enum xskp_attach_mode {
 	XSKP_ATTACH_AUTO = 0,       /* native (driver) mode, falling back to skb mode */
 	XSKP_ATTACH_NATIVE = 1,
 	XSKP_ATTACH_SKB = 2,
+	XSKP_ATTACH_UPCALL = 3,     /* xskp_upcall (native) on an upcall pair's socket end */
+};
+
+/* tc programs of the steering object (xskp_tc_attach). */
+enum xskp_tc_program {
+	XSKP_TC_FAST = 0,           /* xskp_fast at a served interface's ingress */
+	XSKP_TC_UPCALL_TX = 1,      /* xskp_upcall_tx at an upcall pair's kernel end */
 };
 
 /* A socket's kernel statistics (getsockopt XDP_STATISTICS, struct xdp_statistics). */
@@ -107,6 +114,11 @@ struct steer_iface {
 	__u64 hold_until_ns;        /* CLOCK_MONOTONIC; until then a redirect of traffic xskproxy
 				     * translates (not STEER_REDIRECT_PREFIX) that finds no socket
 				     * is dropped instead of passed: a restarting agent's handover */
+	__u32 upcall_ifindex;       /* a served interface in upcall mode: the kernel end of its
+				     * upcall veth pair, where xskp_fast sends what userspace takes
+				     * (0: the XDP program steers on this interface itself) */
+	__u32 egress_ifindex;       /* an upcall pair's kernel end: the served interface where
+				     * xskp_upcall_tx sends the agent's transmissions (0: none) */
 };
 
 /* Key of steer_v4_frontends (destination) and steer_v4_backends (source): an (address, port,
@@ -172,6 +184,11 @@ enum steer_counter {
 	FAST_PASS_NO_NEIGHBOUR,     /* bypass next hop unresolved (or other FIB miss): the kernel's */
 	FAST_PASS_TTL,              /* TTL would expire: the kernel answers ICMP time exceeded */
 	FAST_DROP_REWRITE,          /* a rewrite helper failed (counted, dropped) */
+	/* upcall mode (no XDP on the served interface: tc steers through a veth pair) */
+	UPCALL_DROP_NO_SOCKET,      /* an upcall found no socket on its queue (the agent died within
+				     * the liveness time): dropped, the sender retransmits */
+	UPCALL_DROP_TX_STRAY,       /* a frame from an upcall pair's socket end that is not the
+				     * agent's (not IPv4, or no served interface set): dropped */
 	STEER_COUNTER_MAX,
 };
 
@@ -187,6 +204,10 @@ enum steer_counter {
 #define XSKP_FAST_LIVENESS_NS 500000000 /* a worker's heartbeat keeps the fast path on this long */
 #define XSKP_TC_PRIORITY 1              /* tc filter priority and handle of xskp_fast */
 #define XSKP_TC_HANDLE 22611            /* 0x5853, "XS" */
+/* Upcall mode: the MTU of both ends of an upcall veth pair. Native XDP on a veth takes frames up
+ * to a page less the XDP headroom and skb_shared_info (~3506 bytes of MTU with 4 KiB pages);
+ * xskp_fast never upcalls a frame (or GSO segment) larger than this plus the Ethernet header. */
+#define XSKP_UPCALL_MTU 3490
 
 /* Flow entry flags. */
 #define XSKP_FLOW_IN_USE 1

@@ -151,6 +151,9 @@ struct xskp_ct_opts {
 extern struct nf_conn *bpf_xdp_ct_lookup(struct xdp_md *ctx, struct bpf_sock_tuple *tuple,
 					 __u32 tuple_size, struct xskp_ct_opts *opts,
 					 __u32 opts_size) __ksym __weak;
+extern struct nf_conn *bpf_skb_ct_lookup(struct __sk_buff *ctx, struct bpf_sock_tuple *tuple,
+					 __u32 tuple_size, struct xskp_ct_opts *opts,
+					 __u32 opts_size) __ksym __weak;
 extern void bpf_ct_release(struct nf_conn *ct) __ksym __weak;
 
 #define ETH_P_8021Q_ 0x8100     /* 802.1Q tag */
@@ -166,6 +169,9 @@ extern void bpf_ct_release(struct nf_conn *ct) __ksym __weak;
 /* BPF_F_ADJ_ROOM_DECAP_L3_IPV4 (kernel 6.3+; Debian 12's UAPI headers predate it) */
 #define ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
 #define SOCKET_FRAME_MAX (XSKP_FRAME_SIZE - XSKP_FRAME_HEADROOM - XDP_PACKET_HEADROOM)
+/* the largest frame xskp_fast upcalls: what the upcall pair's MTU lets through */
+#define UPCALL_FRAME_MAX (XSKP_UPCALL_MTU + ETH_HLEN)
+#define TCP_HEADER_MAX 60
 
 /* dataplane/tables.py hash_flow, bit for bit: murmur3's finalizer over the host-order 5-tuple. */
 static __always_inline __u64 mix64(__u64 x)
@@ -283,15 +289,16 @@ static __always_inline int steered_on(const __u32 *roles, const struct steer_ifa
 	return roles && (*roles & iface->roles);
 }
 
-/* The kernel's conntrack tracks this TCP/UDP packet's flow (either direction). */
-static __always_inline int kernel_tracks_v4(struct xdp_md *ctx, const struct iphdr *ip,
+/* The kernel's conntrack tracks this TCP/UDP packet's flow (either direction). ctx is an xdp_md
+ * (from_xdp 1) or an __sk_buff (0); the constant picks the kfunc when inlined. */
+static __always_inline int kernel_tracks_v4(void *ctx, int from_xdp, const struct iphdr *ip,
 					    __u16 sport, __u16 dport)
 {
 	struct bpf_sock_tuple tuple = {};
 	struct xskp_ct_opts opts = {};
 	struct nf_conn *ct;
 
-	if (!bpf_xdp_ct_lookup || !bpf_ct_release)
+	if (!bpf_ct_release || (from_xdp ? !bpf_xdp_ct_lookup : !bpf_skb_ct_lookup))
 		return 0;
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 		return 0;
@@ -301,11 +308,63 @@ static __always_inline int kernel_tracks_v4(struct xdp_md *ctx, const struct iph
 	tuple.ipv4.dport = dport;
 	opts.netns_id = CT_CURRENT_NETNS;
 	opts.l4proto = ip->protocol;
-	ct = bpf_xdp_ct_lookup(ctx, &tuple, sizeof(tuple.ipv4), &opts, XSKP_CT_OPTS_SIZE);
+	if (from_xdp)
+		ct = bpf_xdp_ct_lookup(ctx, &tuple, sizeof(tuple.ipv4), &opts, XSKP_CT_OPTS_SIZE);
+	else
+		ct = bpf_skb_ct_lookup(ctx, &tuple, sizeof(tuple.ipv4), &opts, XSKP_CT_OPTS_SIZE);
 	if (!ct)
 		return 0;
 	bpf_ct_release(ct);
 	return 1;
+}
+
+/* Decisions 1-4 of the header comment for an IPv4 packet received on iface: a STEER_REDIRECT_*
+ * counter when userspace takes it, else the STEER_PASS_* reason it is the kernel's. Shared by
+ * the XDP program and, in upcall mode, by xskp_fast. */
+static __always_inline __u32 steer_decide(void *ctx, int from_xdp, const struct iphdr *ip,
+					  __u16 sport, __u16 dport, const struct steer_iface *iface)
+{
+	const struct steer_v4_snat_range *node;
+	struct steer_v4_lpm_key prefix_key;
+	struct steer_v4_l4_key l4_key;
+	__u32 *roles;
+
+	l4_key.addr = ip->daddr;
+	l4_key.port = dport;
+	l4_key.proto = ip->protocol;
+	l4_key.pad = 0;
+	roles = bpf_map_lookup_elem(&xskp_v4_fronts, &l4_key);
+	if (steered_on(roles, iface))
+		return STEER_REDIRECT_FRONTEND;
+
+	node = bpf_map_lookup_elem(&xskp_v4_nodes, &ip->daddr);
+	if (node && (node->roles & iface->roles)) {
+		if (dport && bpf_ntohs(dport) >= node->snat_port_min &&
+		    bpf_ntohs(dport) <= node->snat_port_max) {
+			if (kernel_tracks_v4(ctx, from_xdp, ip, sport, dport))
+				return STEER_PASS_KERNEL_NAT;
+			return STEER_REDIRECT_SNAT_REPLY;
+		}
+		return STEER_PASS_NODE_ADDRESS;
+	}
+
+	l4_key.addr = ip->saddr;
+	l4_key.port = sport;
+	roles = bpf_map_lookup_elem(&xskp_v4_backs, &l4_key);
+	if (steered_on(roles, iface))
+		return STEER_REDIRECT_BACKEND_REPLY;
+
+	prefix_key.prefixlen = 32;
+	prefix_key.addr = ip->daddr;
+	roles = bpf_map_lookup_elem(&xskp_v4_pfxs, &prefix_key);
+	if (steered_on(roles, iface))
+		return STEER_REDIRECT_PREFIX;
+	return STEER_PASS_NO_MATCH;
+}
+
+static __always_inline int steer_redirects(__u32 decision)
+{
+	return decision >= STEER_REDIRECT_FRONTEND && decision <= STEER_REDIRECT_PREFIX;
 }
 
 SEC("xdp")
@@ -315,17 +374,14 @@ int xskp_steer(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 ifindex = ctx->ingress_ifindex;
 	const struct steer_iface *iface;
-	const struct steer_v4_snat_range *node;
-	struct steer_v4_lpm_key prefix_key;
 	const struct xskp_fast_config *cfg = fast_config();
-	struct steer_v4_l4_key l4_key;
 	struct ethhdr *eth = data;
 	struct iphdr *ip;
 	__u16 sport = 0, dport = 0;
 	__u8 tcp_flags = 0;
 	int live = 0, routing_live = 0;
 	__u64 now;
-	__u32 *roles;
+	__u32 decision;
 
 	iface = bpf_map_lookup_elem(&xskp_ifaces, &ifindex);
 	if (!iface || !iface->roles)
@@ -395,41 +451,31 @@ int xskp_steer(struct xdp_md *ctx)
 		}
 	}
 
-	l4_key.addr = ip->daddr;
-	l4_key.port = dport;
-	l4_key.proto = ip->protocol;
-	l4_key.pad = 0;
-	roles = bpf_map_lookup_elem(&xskp_v4_fronts, &l4_key);
-	if (steered_on(roles, iface))
-		return redirect(ctx, iface, STEER_REDIRECT_FRONTEND);
+	decision = steer_decide(ctx, 1, ip, sport, dport, iface);
+	if (!steer_redirects(decision))
+		return pass(decision);
+	if (decision == STEER_REDIRECT_PREFIX && routing_live)
+		return pass(STEER_PASS_FAST_BYPASS);
+	return redirect(ctx, iface, decision);
+}
 
-	node = bpf_map_lookup_elem(&xskp_v4_nodes, &ip->daddr);
-	if (node && (node->roles & iface->roles)) {
-		if (dport && bpf_ntohs(dport) >= node->snat_port_min &&
-		    bpf_ntohs(dport) <= node->snat_port_max) {
-			if (kernel_tracks_v4(ctx, ip, sport, dport))
-				return pass(STEER_PASS_KERNEL_NAT);
-			return redirect(ctx, iface, STEER_REDIRECT_SNAT_REPLY);
-		}
-		return pass(STEER_PASS_NODE_ADDRESS);
+/* Upcall mode, the socket end of an upcall veth pair: everything arriving here is what xskp_fast
+ * chose for userspace on the served interface; into that interface's socket for the queue. */
+SEC("xdp")
+int xskp_upcall(struct xdp_md *ctx)
+{
+	__u32 ifindex = ctx->ingress_ifindex, queue = ctx->rx_queue_index;
+	const struct steer_iface *dev = bpf_map_lookup_elem(&xskp_ifaces, &ifindex);
+	long action;
+
+	if (!dev || queue >= STEER_MAX_QUEUES) {
+		count(UPCALL_DROP_NO_SOCKET);
+		return XDP_DROP;
 	}
-
-	l4_key.addr = ip->saddr;
-	l4_key.port = sport;
-	roles = bpf_map_lookup_elem(&xskp_v4_backs, &l4_key);
-	if (steered_on(roles, iface))
-		return redirect(ctx, iface, STEER_REDIRECT_BACKEND_REPLY);
-
-	prefix_key.prefixlen = 32;
-	prefix_key.addr = ip->daddr;
-	roles = bpf_map_lookup_elem(&xskp_v4_pfxs, &prefix_key);
-	if (steered_on(roles, iface)) {
-		if (routing_live)
-			return pass(STEER_PASS_FAST_BYPASS);
-		return redirect(ctx, iface, STEER_REDIRECT_PREFIX);
-	}
-
-	return pass(STEER_PASS_NO_MATCH);
+	action = bpf_redirect_map(&xskp_xsks, dev->xsk_base + queue, XDP_DROP);
+	if (action != XDP_REDIRECT)
+		count(UPCALL_DROP_NO_SOCKET);
+	return action;
 }
 
 /* ---- the tc fast path ---------------------------------------------------------------------
@@ -592,7 +638,9 @@ static __always_inline int fast_route_bypass(struct __sk_buff *skb, struct iphdr
 }
 
 /* DSR on the backend's node: an IPIP packet whose inner 5-tuple is an offloaded flow marked
- * XSKP_FLOW_DECAP loses its outer header, then goes through the flow's rewrite. */
+ * XSKP_FLOW_DECAP loses its outer header, then goes through the flow's rewrite. FAST_NO_MATCH:
+ * not such a packet (the caller decides). */
+#define FAST_NO_MATCH (-100)
 static __always_inline int fast_decapsulate(struct __sk_buff *skb, const struct xskp_fast_config *cfg,
 					    struct iphdr *outer, __u64 now)
 {
@@ -608,20 +656,20 @@ static __always_inline int fast_decapsulate(struct __sk_buff *skb, const struct 
 	if (outer_len != sizeof(*outer) || (void *)(inner + 1) > data_end || inner->ihl != 5 ||
 	    (inner->protocol != IPPROTO_TCP && inner->protocol != IPPROTO_UDP) ||
 	    (inner->frag_off & bpf_htons(IP_FRAGMENT_BITS)))
-		return fast_pass(FAST_PASS_NO_MATCH);
+		return FAST_NO_MATCH;
 	ports = (void *)(inner + 1);
 	flags = (void *)ports + TCP_FLAGS_OFFSET;
 	if ((void *)(flags + 1) > data_end)
-		return fast_pass(FAST_PASS_NO_MATCH);
+		return FAST_NO_MATCH;
 	if (inner->protocol == IPPROTO_TCP)
 		tcp_flags = *flags;
 	if ((tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
-		return fast_pass(FAST_PASS_NO_MATCH);
+		return FAST_NO_MATCH;
 	sport = ports[0];
 	dport = ports[1];
 	f = flow_lookup_v4(cfg, inner->saddr, inner->daddr, sport, dport, inner->protocol);
 	if (!f || !(f->flags & XSKP_FLOW_DECAP))
-		return fast_pass(FAST_PASS_NO_MATCH);
+		return FAST_NO_MATCH;
 	if (bpf_skb_adjust_room(skb, -(__s32)sizeof(*outer), BPF_ADJ_ROOM_MAC,
 				ADJ_ROOM_DECAP_L3_IPV4)) {
 		count(FAST_DROP_REWRITE);
@@ -638,6 +686,40 @@ static __always_inline int fast_decapsulate(struct __sk_buff *skb, const struct 
 				 tcp_flags, now);
 }
 
+/* Upcall mode: what userspace takes (steer_decide) goes through the interface's upcall pair to
+ * its socket, while the agent is alive; the rest, the kernel's, as the XDP program decides. A
+ * frame (or GSO segment) larger than the pair carries is never upcalled: Pod-CIDR traffic goes
+ * to the kernel, a translated flow's frame is dropped (as STEER_DROP_TOO_BIG in XDP mode). */
+static __always_inline int fast_upcall(struct __sk_buff *skb, const struct xskp_fast_config *cfg,
+				       const struct steer_iface *iface, struct iphdr *ip,
+				       __u32 l4_off, __u16 sport, __u16 dport, __u64 now)
+{
+	__u32 decision = steer_decide(skb, 0, ip, sport, dport, iface);
+	__u32 frame_len = skb->len;
+
+	if (!steer_redirects(decision))
+		return fast_pass(decision);
+	if (decision == STEER_REDIRECT_PREFIX) {
+		if (fast_routing_live(cfg, now))
+			return fast_route_bypass(skb, ip);
+		if (cfg->alive_until_ns <= now)
+			return fast_pass(STEER_REDIRECT_FAILED);   /* during a hold: the kernel routes */
+	} else if (cfg->alive_until_ns <= now) {
+		count(STEER_DROP_HELD);     /* a handover's hold: retransmitted to the next agent */
+		return TC_ACT_SHOT;
+	}
+	if (skb->gso_size)
+		frame_len = l4_off + TCP_HEADER_MAX + skb->gso_size;
+	if (frame_len > UPCALL_FRAME_MAX) {
+		if (decision == STEER_REDIRECT_PREFIX)
+			return fast_pass(STEER_PASS_TOO_BIG);
+		count(STEER_DROP_TOO_BIG);
+		return TC_ACT_SHOT;
+	}
+	count(decision);
+	return bpf_redirect(iface->upcall_ifindex, 0);
+}
+
 SEC("tc")
 int xskp_fast(struct __sk_buff *skb)
 {
@@ -649,9 +731,10 @@ int xskp_fast(struct __sk_buff *skb)
 	struct xskp_flow_v4 *f;
 	struct ethhdr *eth;
 	struct iphdr *ip;
-	__u16 sport, dport, *ports;
+	__u16 sport = 0, dport = 0, *ports;
 	__u8 tcp_flags = 0;
 	__u32 l4_off, *roles;
+	int upcall;
 	__u64 now;
 
 	if (!cfg || !cfg->flow_mask)
@@ -680,7 +763,9 @@ int xskp_fast(struct __sk_buff *skb)
 	if (ip->frag_off & bpf_htons(IP_FRAGMENT_BITS))
 		return fast_pass(FAST_PASS_NO_MATCH);
 	l4_off = ETH_HLEN + ip->ihl * 4;
-	if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) {
+	upcall = iface->upcall_ifindex != 0;
+	if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP ||
+	    ip->protocol == IPPROTO_SCTP) {
 		ports = (void *)ip + ip->ihl * 4;
 		if ((void *)(ports + 2) > data_end)
 			return fast_pass(FAST_PASS_NO_MATCH);
@@ -693,15 +778,29 @@ int xskp_fast(struct __sk_buff *skb)
 				return fast_pass(FAST_PASS_NO_MATCH);
 			tcp_flags = *flags;
 		}
-		if ((tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN) {
+		/* upcall mode: a frame whose TTL expires here is userspace's (ICMP time exceeded) */
+		if (ip->protocol != IPPROTO_SCTP &&
+		    (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN &&
+		    !(upcall && ip->ttl <= 1)) {
 			f = flow_lookup_v4(cfg, ip->saddr, ip->daddr, sport, dport, ip->protocol);
 			if (f && !(f->flags & XSKP_FLOW_DECAP) &&
 			    (!(f->flags & XSKP_FLOW_ROUTE) || fast_routing_live(cfg, now)))
 				return fast_execute_flow(skb, cfg, f, ip, l4_off, sport, dport, tcp_flags, now);
 		}
 	} else if (ip->protocol == IPPROTO_IPIP) {
-		return fast_decapsulate(skb, cfg, ip, now);
+		int rc = fast_decapsulate(skb, cfg, ip, now);
+
+		if (rc != FAST_NO_MATCH)
+			return rc;
+		/* fast_decapsulate may have pulled data: the header pointers are re-read */
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		ip = data + ETH_HLEN;
+		if ((void *)(ip + 1) > data_end)
+			return fast_pass(FAST_PASS_NO_MATCH);
 	}
+	if (upcall)
+		return fast_upcall(skb, cfg, iface, ip, l4_off, sport, dport, now);
 	if (fast_routing_live(cfg, now)) {
 		prefix_key.prefixlen = 32;
 		prefix_key.addr = ip->daddr;
@@ -710,6 +809,21 @@ int xskp_fast(struct __sk_buff *skb)
 			return fast_route_bypass(skb, ip);
 	}
 	return fast_pass(FAST_PASS_NO_MATCH);
+}
+
+/* Upcall mode, the kernel end of an upcall veth pair: what arrives here is what the agent sent
+ * on the socket end; out of the served interface it belongs to. */
+SEC("tc")
+int xskp_upcall_tx(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ingress_ifindex;
+	const struct steer_iface *dev = bpf_map_lookup_elem(&xskp_ifaces, &ifindex);
+
+	if (!dev || !dev->egress_ifindex || skb->protocol != bpf_htons(ETH_P_IP)) {
+		count(UPCALL_DROP_TX_STRAY);
+		return TC_ACT_SHOT;
+	}
+	return bpf_redirect(dev->egress_ifindex, 0);
 }
 
 char _license[] SEC("license") = "GPL";
