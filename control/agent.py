@@ -18,6 +18,10 @@ and it is attached at tc ingress of both interfaces right before the XDP program
 leaves it attached and executing offloaded flows through the hold; the next agent adopts the
 flow table of the program it replaces, so those flows never stop. SIGINT removes the filter
 (and the clsact qdisc if an xskproxy agent created it).
+
+Upcall mode (xdpMode auto on virtual interfaces): the workers' sockets sit on the socket end of
+each interface's upcall veth pair (made before the workers, kept by a handover, deleted by
+SIGINT), whose programs are attached before the fast path that upcalls into them.
 """
 import collections
 import fcntl
