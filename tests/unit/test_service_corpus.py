@@ -8,7 +8,7 @@ import os
 
 import pytest
 import yaml
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.layers.sctp import SCTP
 
@@ -37,6 +37,9 @@ SOURCES = {"pod": ("10.1.0.200", GATEWAY, "0a:00:00:01:00:c8"),
            "outsider": ("198.18.0.9", TRANSPORT, ROUTER_MAC)}
 API_VERSIONS = {"Service": "v1", "Node": "v1", "EndpointSlice": "discovery.k8s.io/v1"}
 XFAIL = {
+    "reject": "a Service port without any usable endpoint: kube-proxy rejects new flows (TCP RST, "
+              "ICMP port unreachable), the pipeline drops them (XSKP_DROP_NO_BACKEND), so clients "
+              "wait for a time-out instead of failing at once",
     "item5": "issue 14 item 5: the pipeline picks the local ring for any packet to an external "
              "frontend of an externalTrafficPolicy Local Service, also one from this node's Pods "
              "(dataplane/pipeline.py service_stage; see the issue note for the change)",
@@ -122,8 +125,10 @@ def outcome(case, probe):
         return "kernel"
     ingress = L.XSKP_IFACE_GATEWAY if iface is GATEWAY else L.XSKP_IFACE_TRANSPORT
     flow_tables = tables.make_flow_tables(4096, 1024)
-    verdicts, _, counters = fx.run(probe_frames(probe["from"], address, port, protocol), ingress,
+    verdicts, outs, counters = fx.run(probe_frames(probe["from"], address, port, protocol), ingress,
                                    result.tables, flow_tables, now_ns=10**12, umem=fx.Umem(FLOWS))
+    if all(v != fx.DROP for v in verdicts) and all(refused(Ether(out), src) for out in outs):
+        return "reject"
     if all(v == fx.DROP for v in verdicts):
         reasons = {name[len("XSKP_DROP_"):] for name, count in tables.counters_by_name(counters).items()
                    if name.startswith("XSKP_DROP_") and count}
@@ -138,6 +143,15 @@ def outcome(case, probe):
     return reached
 
 
+def refused(frame, client):
+    """True for a TCP RST or an ICMP port unreachable sent back to the client."""
+    if IP not in frame or frame[IP].dst != client:
+        return False
+    if ICMP in frame:
+        return frame[ICMP].type == 3 and frame[ICMP].code == 3
+    return TCP in frame and bool(frame[TCP].flags & 0x04)
+
+
 def probes():
     for case in load_corpus()["cases"]:
         for probe in case["probes"]:
@@ -148,11 +162,13 @@ def probes():
 @pytest.mark.parametrize("case,probe", list(probes()))
 def test_probe_reaches_what_kube_proxy_would(case, probe):
     """A probe's new flows reach exactly the expected backends (each one of them), or are left
-    to the kernel, or are dropped for the expected reason."""
+    to the kernel, or are refused, or are dropped for the expected reason."""
     got = outcome(case, probe)
     expected = probe["expect"]
     if expected == "kernel":
         assert got == "kernel", case["about"]
+    elif expected == "reject":
+        assert got == "reject", case["about"]
     elif expected == "drop":
         assert got != "kernel" and got[0] == "drop", case["about"]
         assert "reason" not in probe or got[1] == {probe["reason"]}, got
