@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(clang llvm libbpf-dev libxdp-dev xdp-tools pkg-config libelf-dev zlib1g-dev
   cmake make gcc python3-venv iproute2 ethtool iperf3 netcat-openbsd curl iptables nftables
-  conntrack netsniff-ng dnsutils procps sockperf wrk apache2-utils nginx)
+  conntrack netsniff-ng dnsutils procps sockperf wrk apache2-utils nginx dnsmasq-base)
 
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
