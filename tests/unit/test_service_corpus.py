@@ -22,6 +22,7 @@ from dataplane._conntrack import ct_lookup
 CORPUS = os.path.join(os.path.dirname(__file__), "corpus", "service_semantics.yaml")
 L = abi.lib
 FLOWS = 64                                   # new flows per probe, source ports 40000..40063
+FLOW_GAP_NS = 2_000_000                      # between two flows of a probe
 
 TRANSPORT = Link(2, "eth0", "02:00:00:00:01:01", 1500, True)
 GATEWAY = Link(3, "gw0", "02:00:00:00:00:01", 1500, True)
@@ -125,8 +126,15 @@ def outcome(case, probe):
         return "kernel"
     ingress = L.XSKP_IFACE_GATEWAY if iface is GATEWAY else L.XSKP_IFACE_TRANSPORT
     flow_tables = tables.make_flow_tables(4096, 1024)
-    verdicts, outs, counters = fx.run(probe_frames(probe["from"], address, port, protocol), ingress,
-                                   result.tables, flow_tables, now_ns=10**12, umem=fx.Umem(FLOWS))
+    # one flow every 2 ms: the pipeline's ICMP error rate limit (a burst of 50, then one per
+    # ms) must not turn a refusal into a drop
+    counters = tables.make_counters()
+    verdicts, outs = [], []
+    for i, frame in enumerate(probe_frames(probe["from"], address, port, protocol)):
+        verdict, out, _ = fx.run([frame], ingress, result.tables, flow_tables, now_ns=10**12 + i * FLOW_GAP_NS,
+                                 counters=counters)
+        verdicts.append(int(verdict[0]))
+        outs.append(out[0])
     if all(v != fx.DROP for v in verdicts) and all(refused(Ether(out), src) for out in outs):
         return "reject"
     if all(v == fx.DROP for v in verdicts):
