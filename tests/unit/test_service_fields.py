@@ -210,3 +210,30 @@ def test_manifest_files_and_yaml_give_the_same_selection(tmp_path):
     assert state.services[("default", "web")].headless_label is True
     result = Translator(ProxyOptions(node_name="n1")).translate(state)
     assert result.service_names == {} and result.stats["skipped_services"] == 1
+
+
+def test_labels_and_hints_changing_between_translations_give_what_a_fresh_translator_gives():
+    """A slice gaining the headless label, then the Service gaining service-proxy-name, then
+    hints changing: the incremental translator follows each step as a fresh one would."""
+    def state(*objects):
+        return state_from_models(CONVERT[o["kind"]](o) for o in NODES + list(objects))
+
+    def described(translation):
+        return {k: set(v["backends"]) for k, v in describe_tables(translation.tables,
+                                                                     translation.service_names).items()}
+    hinted = [ep("10.1.0.5", "n1", for_nodes=["n1"]), ep("10.2.0.5", "n2", for_nodes=["n2"])]
+    steps = [state(service(), endpoint_slice("web-1", "web", [ep("10.1.0.5", "n1")]),
+                   endpoint_slice("web-2", "web", [ep("10.2.0.5", "n2")])),
+             state(service(), endpoint_slice("web-1", "web", [ep("10.1.0.5", "n1")]),
+                   endpoint_slice("web-2", "web", [ep("10.2.0.5", "n2")],
+                                  labels={"service.kubernetes.io/headless": ""})),
+             state(service(labels={"service.kubernetes.io/service-proxy-name": ""}),
+                   endpoint_slice("web-1", "web", hinted)),
+             state(service(), endpoint_slice("web-1", "web", hinted))]
+    expected = [{"default/web:http/TCP": {"10.1.0.5:8080", "10.2.0.5:8080"}},
+                {"default/web:http/TCP": {"10.1.0.5:8080"}}, {},
+                {"default/web:http/TCP": {"10.1.0.5:8080"}}]
+    translator = Translator(ProxyOptions(node_name="n1"))
+    for step, wanted in zip(steps, expected):
+        incremental = described(translator.translate(step))
+        assert incremental == described(Translator(ProxyOptions(node_name="n1")).translate(step)) == wanted
