@@ -167,18 +167,38 @@ def node_health_answer(path, health, now):
 
 # --- what "healthy" means ------------------------------------------------------------------
 
-class DataplaneProbe:
-    """Whether the agent's dataplane forwards what the cluster says, read off the agent: the
-    steering program attached to both served interfaces, every worker thread alive with its
-    sockets bound and running slices, and no cluster change left unpublished (nor publishing
-    failing) for longer than `sync_timeout`. Called by the health thread about once a second;
-    also keeps the kubeproxy_* pending counts through `metrics.check`."""
+def xdp_program_ids(ifnames):
+    """{interface name: the id of the XDP program the kernel runs there (0: none), or None when
+    the interface is gone}, read by rtnetlink in the calling thread's network namespace."""
+    from pyroute2 import IPRoute
+    out = {}
+    with IPRoute() as ipr:
+        for ifname in ifnames:
+            indexes = ipr.link_lookup(ifname=ifname)
+            if not indexes:
+                out[ifname] = None
+                continue
+            xdp = ipr.get_links(indexes[0])[0].get_attr("IFLA_XDP")
+            out[ifname] = (xdp.get_attr("IFLA_XDP_PROG_ID") or 0) if xdp is not None else 0
+    return out
 
-    def __init__(self, agent, metrics, sync_timeout=SYNC_TIMEOUT, stall_seconds=WORKER_STALL_SECONDS):
+
+class DataplaneProbe:
+    """Whether the agent's dataplane forwards what the cluster says, read off the agent and the
+    kernel: the steering program attached to both served interfaces (and, by `read_xdp`, still
+    the XDP program the kernel runs there, or on the socket end of an interface's upcall pair),
+    every worker thread alive with its sockets bound and running slices, and no cluster change
+    left unpublished (nor publishing failing) for longer than `sync_timeout`. Called by the
+    health thread about once a second; also keeps the kubeproxy_* pending counts through
+    `metrics.check`. read_xdp=None skips the kernel's side."""
+
+    def __init__(self, agent, metrics, sync_timeout=SYNC_TIMEOUT, stall_seconds=WORKER_STALL_SECONDS,
+                 read_xdp=xdp_program_ids):
         self.agent = agent
         self.metrics = metrics
         self.sync_timeout = sync_timeout
         self.stall_seconds = stall_seconds
+        self.read_xdp = read_xdp
         self.failing_since = None          # monotonic time the current run of failed publishes was seen
         self.last_healthy = 0.0
 
@@ -197,10 +217,13 @@ class DataplaneProbe:
         if steering is None or not agent.steering_ready:
             out.append("the steering program is not loaded")
         else:
-            for ifname in (cfg.transport_interface, cfg.gateway_interface):
+            served = (cfg.transport_interface, cfg.gateway_interface)
+            for ifname in served:
                 entry = steering.ifaces.get(ifname)
                 if entry is None or entry[2] is None:
                     out.append(f"the steering program is not attached to {ifname}")
+            if not out and self.read_xdp is not None:
+                out.extend(self._kernel_problems(steering, served))
         if not agent.workers:
             out.append("no worker runs")
         for worker in agent.workers:
@@ -219,6 +242,28 @@ class DataplaneProbe:
                 if ifname and (sock is None or not sock.handle):
                     out.append(f"queue {q}: no socket bound on {ifname}")
         out.extend(self._sync_problems(monotonic_now, now))
+        return out
+
+    def _kernel_problems(self, steering, served):
+        """The kernel's view: our XDP program still runs where we attached it (an interface in
+        upcall mode has it on its pair's socket end). Another program loaded over ours, or a
+        deleted upcall pair, stops the redirects while the agent's own bookkeeping looks fine."""
+        ours = {i for i in steering.object_ids()["prog"] if i}
+        devices = {ifname: steering.upcall_pairs.get(ifname, (None, ifname))[1] for ifname in served}
+        try:
+            running = self.read_xdp(sorted(set(devices.values())))
+        except Exception as e:             # a netlink hiccup is not the dataplane's failure
+            log.warning("event=health_xdp_read_failed error=%r", str(e))
+            return []
+        out = []
+        for ifname, device in devices.items():
+            where = ifname if device == ifname else f"{device} (upcall pair of {ifname})"
+            prog = running.get(device)
+            if prog is None:
+                out.append(f"{where} is gone")
+            elif prog not in ours:
+                out.append(f"the XDP program on {where} is not ours (" +
+                           (f"program id {prog})" if prog else "none attached)"))
         return out
 
     def _sync_problems(self, monotonic_now, now):

@@ -256,3 +256,29 @@ def agent_metrics(sl, node, prefix="kubeproxy_"):
             except ValueError:
                 pass
     return out
+
+
+def detach_xdp_programs(sl, node):
+    """Detach every XDP program in `node`'s namespace behind the agent's back; the device names."""
+    links = json.loads(sl.lab.run(node.ns, ["ip", "-j", "-d", "link", "show"]).stdout)
+    detached = []
+    for link in links:
+        if "xdp" not in link:
+            continue
+        for mode in ("xdpdrv", "xdpgeneric"):
+            sl.lab.run(node.ns, ["ip", "link", "set", "dev", link["ifname"], mode, "off"], check=False)
+        detached.append(link["ifname"])
+    return detached
+
+
+def wait_for_healthz(sl, node, want_status, timeout=10.0):
+    """Poll `node`'s /healthz from the client until it answers `want_status`: (seconds, body),
+    or (None, the last answer)."""
+    started = time.monotonic()
+    answer = None
+    while time.monotonic() - started < timeout:
+        status, answer = http_get(sl, sl.cluster.client, f"http://{node.ip}:{NODE_HEALTH_PORT}/healthz", timeout=1)
+        if status == want_status:
+            return round(time.monotonic() - started, 3), answer
+        time.sleep(0.1)
+    return None, answer

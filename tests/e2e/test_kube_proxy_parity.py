@@ -79,3 +79,21 @@ def test_kube_proxy_series_are_exposed_next_to_ours(parity_lab):
     assert count > 0
     print(f"network programming latency: {count:.0f} changes, mean "
           f"{metrics['kubeproxy_network_programming_duration_seconds_sum'] / count:.3f}s")
+
+
+def test_healthz_turns_503_when_the_kernel_no_longer_runs_our_xdp_program(parity_lab):
+    """Detaching the agent's XDP programs behind its back on node1 (another tool loading over
+    them): node1's /healthz and /livez answer 503 naming the interface within a few seconds,
+    and its healthCheckNodePort says serviceProxyHealthy false; node0 stays healthy. Last in
+    this module: node1's agent is left broken."""
+    node0, node1 = parity_lab.cluster.nodes
+    detached = parity.detach_xdp_programs(parity_lab, node1)
+    assert detached, "no XDP program found on node1"
+    seconds, answer = parity.wait_for_healthz(parity_lab, node1, 503)
+    print(f"XDP detached from {detached} on node1: /healthz 503 after {seconds}s: {answer}")
+    assert seconds is not None and seconds < 5, answer
+    assert any("is not ours" in p for p in answer["problems"]), answer
+    status, body = parity.http_get(parity_lab, parity_lab.cluster.client,
+                                   f"http://{node1.ip}:{parity.HEALTH_CHECK_NODE_PORT}/")
+    assert body["serviceProxyHealthy"] is False
+    assert parity.http_get(parity_lab, parity_lab.cluster.client, f"http://{node0.ip}:{parity.NODE_HEALTH_PORT}/livez")[0] == 200

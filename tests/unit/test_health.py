@@ -166,8 +166,9 @@ def _agent(cluster=None, published=None):
                            source=source, sync=sync)
 
 
-def _probe(agent):
-    return DataplaneProbe(agent, KubeProxyMetrics(started_at=0.0), sync_timeout=30.0, stall_seconds=2.0)
+def _probe(agent, read_xdp=None):
+    return DataplaneProbe(agent, KubeProxyMetrics(started_at=0.0), sync_timeout=30.0, stall_seconds=2.0,
+                          read_xdp=read_xdp)
 
 
 def test_a_forwarding_dataplane_is_healthy():
@@ -193,6 +194,46 @@ def test_a_dataplane_that_does_not_forward_is_unhealthy_and_says_why(breaks, pro
     result = _probe(agent)(now=1000.0)
     assert not result.healthy
     assert any(problem in p for p in result.problems), result.problems
+
+
+@pytest.mark.parametrize("running, problem", [
+    ({"eth0": 41, "up-gw0": 41}, None),
+    ({"eth0": 99, "up-gw0": 41}, "the XDP program on eth0 is not ours (program id 99)"),
+    ({"eth0": 41, "up-gw0": 0}, "the XDP program on up-gw0 (upcall pair of gw0) is not ours (none attached)"),
+    ({"eth0": 41, "up-gw0": None}, "up-gw0 (upcall pair of gw0) is gone"),
+])
+def test_the_kernel_must_still_run_our_xdp_program_where_it_was_attached(running, problem):
+    """The kernel's side: our program on each served interface, or on the socket end of its
+    upcall pair; replaced, detached or a deleted pair is unhealthy, named."""
+    agent = _agent()
+    agent.steering.object_ids = lambda: {"prog": [41, 42, 0, 0], "map": []}
+    agent.steering.upcall_pairs = {"gw0": ("up-gw0-k", "up-gw0")}
+    asked = []
+
+    def read_xdp(devices):
+        asked.append(devices)
+        return running
+
+    result = _probe(agent, read_xdp)(now=1000.0)
+    assert asked == [["eth0", "up-gw0"]]
+    assert result.problems == (() if problem is None else (problem,))
+
+
+def test_a_netlink_error_is_not_a_dataplane_problem():
+    """When the kernel cannot be asked, the check is skipped (logged), not failed."""
+    agent = _agent()
+    agent.steering.object_ids = lambda: {"prog": [41], "map": []}
+    agent.steering.upcall_pairs = {}
+
+    def read_xdp(devices):
+        raise OSError("netlink busy")
+
+    assert _probe(agent, read_xdp)(now=1000.0).healthy
+
+
+def test_xdp_program_ids_reads_the_kernel():
+    """Loopback has no XDP program (0); an interface that does not exist is None."""
+    assert health.xdp_program_ids(["lo", "h14b-none0"]) == {"lo": 0, "h14b-none0": None}
 
 
 def test_a_cluster_change_unpublished_past_the_timeout_is_unhealthy():
