@@ -584,10 +584,19 @@ def start_health_servers(agent):
     """HealthServers for a started agent: /healthz and /livez on healthzBindAddress, and (with
     proxyAll, when NodePorts and LoadBalancer traffic are xskproxy's) the healthCheckNodePorts of
     its last published state."""
-    probe = DataplaneProbe(agent, agent.kube_proxy_metrics)
+    dataplane = DataplaneProbe(agent, agent.kube_proxy_metrics)
+    served = [None]
+
+    def probe():
+        # each publish hands its snapshot over at once (Agent._publish); this catches one that
+        # completed while the servers were being started
+        published = agent.sync.published if agent.sync is not None else None
+        if published is not None and published is not served[0]:
+            serve_published(servers, agent.translator.options, published)
+            served[0] = published
+        return dataplane()
+
     servers = HealthServers(probe, agent.config.healthz_bind_address)
-    if agent.sync is not None and agent.sync.published is not None:
-        serve_published(servers, agent.translator.options, agent.sync.published)
     return servers.start()
 
 

@@ -426,3 +426,30 @@ def test_many_concurrent_probes_are_all_answered(serving):
     for t in threads:
         t.join(10)
     assert results == [200] * 50
+
+
+def test_the_agents_servers_pick_up_a_publish_they_were_not_handed(monkeypatch):
+    """start_health_servers serves the agent's last published snapshot, and each check picks up
+    a newer one (a publish that completed while the servers started is not missed)."""
+    monkeypatch.setattr(health, "REFRESH_SECONDS", 0.05)
+    service = _lb("web", port=32123)
+    first = _cluster([service], [_slice("web", "web-1", _ep("10.1.0.5"))])
+    network = NodeNetwork(addresses=(Address(2, "192.0.2.10", 24),))
+    agent = _agent(first)
+    agent.sync.published = SimpleNamespace(cluster=first, network=network)
+    agent.config.healthz_bind_address = f"127.0.0.1:{_free_port()}"
+    agent.kube_proxy_metrics = KubeProxyMetrics(started_at=0.0)
+    agent.translator = SimpleNamespace(options=ProxyOptions(proxy_all=True, node_name=NODE))
+    agent.steering.object_ids = lambda: {"prog": [], "map": []}
+    agent.steering.upcall_pairs = {}
+    servers = health.start_health_servers(agent)
+    try:
+        assert ("192.0.2.10", 32123) in servers._wanted and servers._services == {("shop", "web"): 1}
+        second = _cluster([service], [])
+        agent.sync.published = SimpleNamespace(cluster=second, network=network)
+        deadline = time.monotonic() + 3
+        while servers._services != {("shop", "web"): 0}:
+            assert time.monotonic() < deadline, servers._services
+            time.sleep(0.02)
+    finally:
+        servers.close()
