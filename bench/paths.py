@@ -283,18 +283,29 @@ class _AfxdpWorker(Path):
         self.wait_ready(bench)
 
     def wait_ready(self, bench):
-        """Wait until the steering program is attached on the transport and the process still runs
-        half a second later (a start-up step after the attach can still fail)."""
+        """Wait until the steering program is attached on the transport (or, upcall mode, on the
+        socket end of its upcall pair) and the process still runs half a second later (a start-up
+        step after the attach can still fail)."""
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             self.check_running(bench)
-            if "prog/xdp" in bench.lab.ip(bench.topo.node, "link show dev tr0") and self.extra_ready(bench):
+            if self.steering_attached(bench) and self.extra_ready(bench):
                 time.sleep(0.5)
                 self.check_running(bench)
                 return
             time.sleep(0.1)
         raise RuntimeError(f"{self.name} was not ready within {self.ready_timeout:.0f} s: "
                            f"{self.output(None)}")
+
+    @staticmethod
+    def steering_attached(bench):
+        node, lab = bench.topo.node, bench.lab
+        transport = lab.ip(node, "link show dev tr0")
+        if "prog/xdp" in transport:
+            return True
+        ifindex = transport.split(":", 1)[0].strip()
+        socket_end = lab.run(node, ["ip", "link", "show", "dev", f"xskp{ifindex}u"], check=False).stdout
+        return "prog/xdp" in socket_end
 
     def check_running(self, bench):
         """Raise with what the process printed if it has exited."""

@@ -432,7 +432,34 @@ def ensure_upcall_pair(ifname, mtu):
         for end in (kernel_end, socket_end):
             _disable_ipv6(end)
             ipr.link("set", index=ipr.link_lookup(ifname=end)[0], mtu=mtu, state="up")
+    _set_features(kernel_end, lambda name: True if name == "rx-gro" else None)
+    _set_features(socket_end, lambda name: False if _is_tcp_segmentation(name) else None)
     return kernel_end, socket_end
+
+
+# What the agent sends on the socket end must reach the kernel end's own NAPI ring, not the
+# CPU's backlog queue, which a flood of received packets (RPS) fills and then drops from: veth
+# uses NAPI at the receiver when GRO is on there and the sender's skbs need no segmentation
+# (veth_skb_is_eligible_for_gro), so the kernel end gets GRO and the socket end no TSO.
+def _is_tcp_segmentation(name):
+    """Every TSO flavour (tx-tcp-segmentation, -ecn-, -mangleid-, tcp6-, accecn- on 6.18, ...)."""
+    return name.startswith("tx-tcp") and name.endswith("-segmentation")
+
+
+def _set_features(ifname, wanted):
+    """ethtool -K through pyroute2's ethtool ioctl: wanted(feature name) -> True (on), False
+    (off) or None (left as it is)."""
+    from pyroute2.ethtool import Ethtool
+    ethtool = Ethtool()
+    try:
+        features = ethtool.get_features(ifname)
+        for name, feature in features.features.items():
+            on = wanted(name)
+            if on is not None:
+                feature.enable = on
+        ethtool.set_features(ifname, features)
+    finally:
+        ethtool.close()
 
 
 def _disable_ipv6(ifname):

@@ -78,6 +78,18 @@ def test_the_served_interfaces_carry_no_xdp_and_the_pairs_carry_the_programs(upc
         assert xsk.fast_path_attached("tr0")[1] == "xskp_fast"
 
 
+def test_the_agents_transmissions_take_the_kernel_ends_napi_ring_not_the_cpus_backlog(upcall):
+    """GRO on at the kernel end and no TSO at the socket end: veth then queues what the socket end
+    sends to the kernel end's own NAPI ring; the CPU's backlog queue, which a flood of received
+    packets fills, dropped the agent's transmissions (new flows/s fell to 8 k in the bench)."""
+    topo, program, flows, config, pairs = upcall
+    kernel_end, socket_end = pairs["tr0"]
+    lab_run = lambda dev: subprocess.run(["ip", "netns", "exec", topo.node, "ethtool", "-k", dev],
+                                         capture_output=True, text=True, check=True).stdout
+    assert "generic-receive-offload: on" in lab_run(kernel_end)
+    assert "tcp-segmentation-offload: off" in lab_run(socket_end)
+
+
 @pytest.mark.parametrize("what, raw, action, counter", [
     ("a new connection to a frontend", frame(), TC_ACT_REDIRECT, "STEER_REDIRECT_FRONTEND"),
     ("a reply to a SNAT port", frame(flags="SA", src="10.0.0.100", dst=NODE, sport=80, dport=61010),
