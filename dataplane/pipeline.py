@@ -704,8 +704,10 @@ def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, s
         return V_DROP, DROP_SOURCE_RANGE
     if proto == IPPROTO_TCP and (tcp_flags & TCP_RST) != 0:
         return V_DROP, DROP_TCP_INVALID
-    use_local = decapsulated or (external and svc_etp_local(svc)) or (
-        not external and svc_itp_local(svc))
+    # externalTrafficPolicy Local is for traffic from outside: this node's Pods (the gateway)
+    # reaching an external address of the Service get every endpoint, as kube-proxy does
+    etp_local = svc_etp_local(svc) and not (ingress_iface == IFACE_GATEWAY and not decapsulated)
+    use_local = decapsulated or (external and etp_local) or (not external and svc_itp_local(svc))
     if use_local:
         ring_offset = np.int64(svc.local_ring_offset)
         ring_size = np.int64(svc.local_ring_size)

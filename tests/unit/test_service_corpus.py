@@ -41,9 +41,6 @@ XFAIL = {
     "reject": "a Service port without any usable endpoint: kube-proxy rejects new flows (TCP RST, "
               "ICMP port unreachable), the pipeline drops them (XSKP_DROP_NO_BACKEND), so clients "
               "wait for a time-out instead of failing at once",
-    "item5": "issue 14 item 5: the pipeline picks the local ring for any packet to an external "
-             "frontend of an externalTrafficPolicy Local Service, also one from this node's Pods "
-             "(dataplane/pipeline.py service_stage; see the issue note for the change)",
 }
 
 
@@ -205,7 +202,6 @@ def test_case_names_are_unique_and_objects_are_valid_kubernetes_kinds():
         assert {o["kind"] for o in case["objects"]} <= set(API_VERSIONS), case["name"]
 
 
-@pytest.mark.xfail(strict=True, reason=XFAIL["item5"])
 def test_a_pods_flow_to_an_etp_local_lb_ip_reaches_a_remote_endpoint_and_its_reply_comes_back():
     """This node's Pod opens a connection to the LB IP of an externalTrafficPolicy Local Service:
     like kube-proxy, xskproxy sends it to any endpoint, a remote one without SNAT (the Pod's
