@@ -637,6 +637,8 @@ def steering_metrics(snapshot):
     for name, value in snapshot.get("steering", {}).items():
         if name.startswith("FAST_"):
             fast.add_metric([name[len("FAST_"):].lower()], value)
+        elif name.startswith("UPCALL_"):
+            steer.add_metric([name.lower()], value)         # upcall_drop_no_socket, ...
         else:
             steer.add_metric([name[len("STEER_"):].lower()], value)
     return [steer, fast]
