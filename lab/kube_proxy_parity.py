@@ -237,7 +237,9 @@ def dns_backend_replacement(sl, settle=2.0):
             "graceful": dict(summarize([q for q in qs if graceful_at <= q[0] < crash_at], names),
                              programming_s=first_answer_from(qs, answers[y.name], graceful_at)),
             "crash": dict(summarize(qs, names, since=crash_at),
-                          first_answer_from_new_s=first_answer_from(qs, answers[z.name], crash_at)),
+                          first_answer_from_new_s=first_answer_from(qs, answers[z.name], crash_at),
+                          timeline=[(round(t - crash_at, 3), names.get(a, a), round(w, 3))
+                                    for t, a, w in qs if crash_at - 0.5 <= t < crash_at + 4]),
         }
     for proc in procs.values():
         sl.lab.stop(proc)
