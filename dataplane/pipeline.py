@@ -53,6 +53,11 @@ Decisions:
   (XSKP_ICMP_ERROR_INTERVAL_NS, burst XSKP_ICMP_ERROR_BURST, per worker, GCRA state in
   counters[XSKP_SLOT_ICMP_TAT]); those frames are XSKP_DROP_TTL_EXCEEDED. (Cilium drops IPv4
   with DROP_TTL_EXCEEDED; the kernel answers, and traceroute through a node needs it.)
+- A new flow to a Service port without any endpoint (no usable one anywhere in the cluster) is
+  answered the same way with ICMP port unreachable (type 3, code 3) from the frontend address,
+  as kube-proxy's REJECT rule does, so that clients fail at once (XSKP_CNT_ICMP_UNREACHABLE);
+  when no error may be sent it is XSKP_DROP_NO_BACKEND, as is a Local traffic policy's flow
+  that finds no local endpoint (kube-proxy drops those too).
 - SNAT: external frontends (NodePort, LB IP, externalIP) with externalTrafficPolicy Cluster and a
   remote backend are SNATed to node.node_addr, with a port in [snat_port_min, snat_port_max]:
   the pool is the whole range per destination (backend, backend port, proto), since only the
@@ -182,6 +187,7 @@ COUNTER_SLOTS = L.XSKP_COUNTER_SLOTS
 SLOT_NEIGH_MISS = L.XSKP_SLOT_NEIGH_MISS
 SLOT_ICMP_TAT = L.XSKP_SLOT_ICMP_TAT
 CNT_ICMP_TIME_EXCEEDED = L.XSKP_CNT_ICMP_TIME_EXCEEDED
+CNT_ICMP_UNREACHABLE = L.XSKP_CNT_ICMP_UNREACHABLE
 ICMP_ERROR_INTERVAL_NS = L.XSKP_ICMP_ERROR_INTERVAL_NS
 ICMP_ERROR_BURST = L.XSKP_ICMP_ERROR_BURST
 
@@ -217,6 +223,8 @@ TCP_RST = 0x04
 TCP_ACK = 0x10
 IPIP_OUTER_TTL = 64
 ICMP_TIME_EXCEEDED = 11
+ICMP_DEST_UNREACHABLE = 3
+ICMP_PORT_UNREACHABLE = 3          # its code
 ICMP_ERROR_TTL = 64              # net.ipv4.ip_default_ttl
 ICMP_ERROR_TOS = 0xc0            # IPTOS_PREC_INTERNETCONTROL, as icmp_send
 ICMP_ERROR_MAX_LEN = 576         # an ICMP error's IPv4 datagram, quote included (RFC 1812)
@@ -727,6 +735,12 @@ def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, s
     if bid == 0:
         bid = select_backend_maglev(st.maglev, st.backends, ring_offset, ring_size, flow_hash)
         if bid == 0:
+            if np.int64(svc.ring_size) == 0 and not decapsulated:
+                # no endpoint anywhere: refused at once, as kube-proxy's REJECT (a Local policy
+                # without a local endpoint is a drop, as there)
+                return answer_icmp_error(umem, lens, i, base, l3, l4 - l3, ip_end, chunk, st,
+                                         counters, now_ns, ICMP_DEST_UNREACHABLE,
+                                         ICMP_PORT_UNREACHABLE, dst, DROP_NO_BACKEND)
             return V_DROP, DROP_NO_BACKEND
     if affinity:
         affinity_remember(ft.affinity, src, sid, bid, now_ns)
@@ -932,29 +946,32 @@ def unicast_v4(addr):
 
 
 @packet_njit
-def answer_time_exceeded(umem, lens, i, base, l3, ihl, ip_end, chunk, st, counters, now_ns):
-    """Rewrite the frame at base (untagged, IPv4 at l3 with TTL <= 1) in place into an ICMP
-    time exceeded to its source (see the module docstring). Reads the routes and neighbours;
-    writes the frame, lens[i], counters. Returns (verdict, drop reason)."""
+def answer_icmp_error(umem, lens, i, base, l3, ihl, ip_end, chunk, st, counters, now_ns,
+                      icmp_type, icmp_code, from_addr, refused):
+    """Rewrite the frame at base (untagged, IPv4 at l3) in place into an ICMP error (icmp_type,
+    icmp_code) from from_addr to its source (see the module docstring). Reads the routes and
+    neighbours; writes the frame, lens[i], counters. Returns (verdict, drop reason): when no
+    error may be sent, (V_DROP, refused)."""
     src = load32(umem, l3 + 12)
     dst = load32(umem, l3 + 16)
     proto = np.int64(umem[l3 + 9])
     if (load16(umem, l3 + 6) & 0x1fff) != 0 or (umem[base] & 1) != 0:
-        return V_DROP, DROP_TTL_EXCEEDED
+        return V_DROP, refused
     if not unicast_v4(src) or not unicast_v4(dst):
-        return V_DROP, DROP_TTL_EXCEEDED
+        return V_DROP, refused
     if proto == IPPROTO_ICMP:
         l4 = l3 + ihl
         if l4 + 1 > ip_end:
-            return V_DROP, DROP_TTL_EXCEEDED
-        icmp_type = np.int64(umem[l4])
-        if icmp_type == 3 or icmp_type == 4 or icmp_type == 5 or icmp_type == 11 or icmp_type == 12:
-            return V_DROP, DROP_TTL_EXCEEDED
+            return V_DROP, refused
+        icmp_type_in = np.int64(umem[l4])
+        if (icmp_type_in == 3 or icmp_type_in == 4 or icmp_type_in == 5 or icmp_type_in == 11
+                or icmp_type_in == 12):
+            return V_DROP, refused
     reason, iface, nb = resolve_next_hop(st, src, counters)
     if reason != 0:
-        return V_DROP, DROP_TTL_EXCEEDED
+        return V_DROP, refused
     if not icmp_error_allowed(counters, now_ns):
-        return V_DROP, DROP_TTL_EXCEEDED
+        return V_DROP, refused
     quote = min(ip_end - l3, ICMP_ERROR_MAX_LEN - 28, chunk + FRAME_SIZE - (l3 + 28))
     for k in range(quote - 1, -1, -1):
         umem[l3 + 28 + k] = umem[l3 + k]
@@ -966,12 +983,12 @@ def answer_time_exceeded(umem, lens, i, base, l3, ihl, ip_end, chunk, st, counte
     umem[l3 + 8] = ICMP_ERROR_TTL
     umem[l3 + 9] = IPPROTO_ICMP
     store16(umem, l3 + 10, 0)
-    store32(umem, l3 + 12, np.int64(node.node_addr))
+    store32(umem, l3 + 12, from_addr)
     store32(umem, l3 + 16, src)
     store16(umem, l3 + 10, ipv4_header_checksum(umem, l3, 20))
     icmp = l3 + 20
-    umem[icmp] = ICMP_TIME_EXCEEDED
-    umem[icmp + 1] = 0
+    umem[icmp] = icmp_type
+    umem[icmp + 1] = icmp_code
     store16(umem, icmp + 2, 0)
     store32(umem, icmp + 4, 0)
     store16(umem, icmp + 2, ~csum_fold(csum_sum_bytes(umem, icmp, icmp + 8 + quote, 0)) & 0xffff)
@@ -980,7 +997,10 @@ def answer_time_exceeded(umem, lens, i, base, l3, ihl, ip_end, chunk, st, counte
         umem[base + k] = neighbour.mac[k]
         umem[base + 6 + k] = node.iface_mac[iface, k]
     lens[i] = l3 + 28 + quote - base
-    counters[CNT_ICMP_TIME_EXCEEDED] += 1
+    if icmp_type == ICMP_TIME_EXCEEDED:
+        counters[CNT_ICMP_TIME_EXCEEDED] += 1
+    else:
+        counters[CNT_ICMP_UNREACHABLE] += 1
     return verdict_of_iface(iface), 0
 
 
@@ -1048,8 +1068,9 @@ def process_frame(umem, addrs, lens, i, ingress_iface, st, ft, counters, now_ns)
             continue
         break
     if umem[l3 + 8] <= 1:
-        return answer_time_exceeded(umem, lens, i, base, l3, ihl, ip_end, chunk, st, counters,
-                                    now_ns)
+        return answer_icmp_error(umem, lens, i, base, l3, ihl, ip_end, chunk, st, counters, now_ns,
+                                 ICMP_TIME_EXCEEDED, 0, np.int64(st.node[0].node_addr),
+                                 DROP_TTL_EXCEEDED)
     l4 = l3 + ihl
     if is_fragment:
         if decapsulated:

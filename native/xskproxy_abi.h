@@ -339,6 +339,9 @@ enum xskp_counter {
 	XSKP_CNT_FLOW_RECALLED,         /* flows taken back from the fast path (closing, FIB change) */
 	XSKP_CNT_ICMP_TIME_EXCEEDED,    /* frames with TTL <= 1 answered in place with an ICMP time
 					 * exceeded to their source (sent under TX_*, not dropped) */
+	XSKP_CNT_ICMP_UNREACHABLE,      /* new flows to a Service port without any endpoint answered
+					 * in place with ICMP port unreachable from the frontend, as
+					 * kube-proxy's REJECT (clients fail at once, no time-out) */
 	XSKP_COUNTER_MAX,
 };
 

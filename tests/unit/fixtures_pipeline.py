@@ -394,9 +394,11 @@ def scenarios():
         Step("internalTrafficPolicy Local sends a Pod to the local backend only", GATEWAY,
              from_pod(MAC_POD_A2) / tcp(POD_A2, "10.96.0.18", 43002, 80, "S"), TX_G,
              to_gateway(MAC_POD_A1) / tcp(NODE_A, POD_A1, itp_snat, 8080, "S", ttl=63)),
-        Step("a Service without endpoints drops with NO_BACKEND", GATEWAY,
-             from_pod(MAC_POD_A2) / tcp(POD_A2, "10.96.0.17", 43003, 80, "S"), DROP,
-             reason="XSKP_DROP_NO_BACKEND"),
+        Step("a Service without endpoints refuses the connection with ICMP port unreachable from "
+             "its ClusterIP, quoting the SYN (kube-proxy's REJECT)", GATEWAY,
+             from_pod(MAC_POD_A2) / tcp(POD_A2, "10.96.0.17", 43003, 80, "S"), TX_G,
+             to_gateway(MAC_POD_A2) / IP(src="10.96.0.17", dst=POD_A2, ttl=64, tos=0xc0, id=0)
+             / ICMP(type=3, code=3) / bytes(tcp(POD_A2, "10.96.0.17", 43003, 80, "S"))),
     ]))
     # Hairpin.
     hp_snat = expected_snat_port(POD_A1, "10.96.0.10", 43004, 80, TCP_P)
