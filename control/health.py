@@ -187,7 +187,7 @@ class DataplaneProbe:
     """Whether the agent's dataplane forwards what the cluster says, read off the agent and the
     kernel: the steering program attached to both served interfaces (and, by `read_xdp`, still
     the XDP program the kernel runs there, or on the socket end of an interface's upcall pair),
-    every worker thread alive with its sockets bound and running slices, and no cluster change
+    with flowOffload the tc fast path's heartbeat fresh, every worker thread alive with its sockets bound and running slices, and no cluster change
     left unpublished (nor publishing failing) for longer than `sync_timeout`. Called by the
     health thread about once a second; also keeps the kubeproxy_* pending counts through
     `metrics.check`. read_xdp=None skips the kernel's side."""
@@ -224,6 +224,12 @@ class DataplaneProbe:
                     out.append(f"the steering program is not attached to {ifname}")
             if not out and self.read_xdp is not None:
                 out.extend(self._kernel_problems(steering, served))
+            fast_path = getattr(agent, "_fast_path_snapshot", None)
+            if fast_path is not None:
+                fast = fast_path()
+                if fast.get("enabled") and not fast.get("live"):
+                    out.append("the tc fast path's heartbeat has stopped: it executes no flow and "
+                               "makes no upcall")
         if not agent.workers:
             out.append("no worker runs")
         for worker in agent.workers:

@@ -173,7 +173,9 @@ def _probe(agent, read_xdp=None):
 
 def test_a_forwarding_dataplane_is_healthy():
     """Steering attached, worker alive with sockets and recent slices, nothing pending: healthy."""
-    result = _probe(_agent())(now=1000.0)
+    agent = _agent()
+    agent._fast_path_snapshot = lambda: {"enabled": True, "live": True}
+    result = _probe(agent)(now=1000.0)
     assert result.healthy and result.problems == () and result.last_healthy == 1000.0
 
 
@@ -185,6 +187,8 @@ def test_a_forwarding_dataplane_is_healthy():
     (lambda a: a.workers[0].sockets.__setitem__(1, None), "queue 0: no socket bound on gw0"),
     (lambda a: setattr(a.workers[0], "last_slice_at", time.monotonic() - 10), "has not returned for"),
     (lambda a: setattr(a, "workers", []), "no worker runs"),
+    (lambda a: setattr(a, "_fast_path_snapshot", lambda: {"enabled": True, "live": False}),
+     "the tc fast path's heartbeat has stopped"),
 ])
 def test_a_dataplane_that_does_not_forward_is_unhealthy_and_says_why(breaks, problem):
     """Each way the dataplane can stop forwarding makes the node unhealthy, named in problems."""
