@@ -225,6 +225,7 @@ def dns_backend_replacement(sl, settle=2.0):
     time.sleep(settle)
     graceful_at = write_parity_manifest(sl, [], [y])
     time.sleep(settle + 1.0)
+    z_neighbour = sl.lab.run(node0.ns, ["ip", "neigh", "show", z.iface.ip], check=False).stdout.strip()
     crash_at = time.time()
     os.killpg(procs[y.name].pid, signal.SIGKILL)
     write_parity_manifest(sl, [], [z])
@@ -241,6 +242,7 @@ def dns_backend_replacement(sl, settle=2.0):
                           timeline=[(round(t - crash_at, 3), names.get(a, a), round(w, 3))
                                     for t, a, w in qs if crash_at - 0.5 <= t < crash_at + 4]),
         }
+    result["new_backend_neighbour_at_crash"] = z_neighbour or "none"
     for proc in procs.values():
         sl.lab.stop(proc)
     return result
