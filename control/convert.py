@@ -17,6 +17,7 @@ from control.model import (
 )
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+TO_BE_DELETED_TAINT = "ToBeDeletedByClusterAutoscaler"   # the cluster autoscaler's, before it deletes a node
 TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
 ZONE_LABEL = "topology.kubernetes.io/zone"   # kube-proxy's only source of the node's zone
 ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
@@ -441,8 +442,11 @@ def node_from_dict(obj):
     pod_cidrs = tuple(_cidr(c, f"{cidrs_path}[{i}]" if cidrs_path.endswith("s") else cidrs_path)
                       for i, c in enumerate(_list(cidrs, cidrs_path)))
     zone = labels.get(ZONE_LABEL) or None
+    taints = _list(spec.get("taints"), "spec.taints")
+    to_be_deleted = bool(meta.get("deletionTimestamp")) or any(
+        _mapping(t, f"spec.taints[{i}]").get("key") == TO_BE_DELETED_TAINT for i, t in enumerate(taints))
     return Node(name=name, addresses=tuple(addresses), pod_cidrs=pod_cidrs, zone=zone,
-                labels=tuple(sorted(labels.items())))
+                labels=tuple(sorted(labels.items())), to_be_deleted=to_be_deleted)
 
 
 CONVERTERS = {"Service": service_from_dict, "EndpointSlice": endpoint_slice_from_dict, "Node": node_from_dict}

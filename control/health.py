@@ -141,10 +141,12 @@ def service_health_answer(namespace, name, local_endpoints, proxy_healthy):
 
 @dataclass(frozen=True)
 class NodeHealth:
-    """One look at the dataplane: healthy, what is wrong when not, when it was last healthy."""
+    """One look at the dataplane: healthy, what is wrong when not, when it was last healthy;
+    and whether the Node is eligible (not being deleted), which only /healthz reports."""
     healthy: bool = False
     problems: tuple = ("not checked yet",)
     last_healthy: float = 0.0         # Unix time; 0: never
+    node_eligible: bool = True
 
 
 def _rfc3339(unix):
@@ -153,16 +155,18 @@ def _rfc3339(unix):
 
 def node_health_answer(path, health, now):
     """(status, headers, body) for the node health server's `path`: /healthz and /livez as
-    kube-proxy's (lastUpdated, currentTime; nodeEligible on /healthz, always true here: the model
-    carries no Node taints), plus the problems found; 404 elsewhere."""
+    kube-proxy's (lastUpdated, currentTime; /healthz also fails while the Node is being deleted,
+    nodeEligible false), plus the problems found; 404 elsewhere."""
     if path not in ("/healthz", "/livez"):
         return 404, (("Content-Type", "text/plain; charset=utf-8"),), b"404 page not found\n"
     last = now if health.healthy else health.last_healthy
     body = {"lastUpdated": _rfc3339(last) if last else "", "currentTime": _rfc3339(now)}
+    healthy = health.healthy
     if path == "/healthz":
-        body["nodeEligible"] = True
+        body["nodeEligible"] = health.node_eligible
+        healthy = healthy and health.node_eligible
     body["problems"] = list(health.problems)
-    return (200 if health.healthy else 503), _JSON_HEADERS, json.dumps(body).encode()
+    return (200 if healthy else 503), _JSON_HEADERS, json.dumps(body).encode()
 
 
 # --- what "healthy" means ------------------------------------------------------------------
@@ -208,7 +212,17 @@ class DataplaneProbe:
         problems = self.problems(monotonic_now, now)
         if not problems:
             self.last_healthy = now
-        return NodeHealth(healthy=not problems, problems=tuple(problems), last_healthy=self.last_healthy)
+        return NodeHealth(healthy=not problems, problems=tuple(problems), last_healthy=self.last_healthy,
+                          node_eligible=self.node_eligible())
+
+    def node_eligible(self):
+        """False while the published state shows this Node being deleted (deletionTimestamp, or
+        the cluster autoscaler's ToBeDeletedByClusterAutoscaler taint); true otherwise, also
+        before the Node is known (kube-proxy's rule)."""
+        sync = self.agent.sync
+        published = sync.published if sync is not None else None
+        node = published.cluster.nodes.get(self.agent.config.node_name) if published is not None else None
+        return node is None or not node.to_be_deleted
 
     def problems(self, monotonic_now, now):
         agent, cfg = self.agent, self.agent.config

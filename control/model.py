@@ -105,6 +105,8 @@ class Node:
     pod_cidrs: tuple = ()             # spec.podCIDRs
     zone: Optional[str] = None        # label topology.kubernetes.io/zone (kube-proxy reads no other)
     labels: tuple = ()                # sorted (key, value) pairs
+    to_be_deleted: bool = False       # metadata.deletionTimestamp set, or tainted
+                                      # ToBeDeletedByClusterAutoscaler: kube-proxy's /healthz fails
 
     def internal_ips(self):
         return tuple(a for t, a in self.addresses if t == "InternalIP")

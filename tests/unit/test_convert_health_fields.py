@@ -2,7 +2,7 @@
 spec.healthCheckNodePort and an EndpointSlice's last-change-trigger-time annotation."""
 import pytest
 
-from control.convert import ManifestError, endpoint_slice_from_dict, service_from_dict
+from control.convert import ManifestError, endpoint_slice_from_dict, node_from_dict, service_from_dict
 
 
 def _lb_service(**spec):
@@ -40,6 +40,18 @@ def test_trigger_time_annotation_is_unix_seconds(value, expected):
     """The EndpointSlice controller's RFC 3339 trigger time becomes Unix seconds."""
     annotations = {"endpoints.kubernetes.io/last-change-trigger-time": value}
     assert endpoint_slice_from_dict(_slice(annotations)).last_change_trigger_time == expected
+
+
+@pytest.mark.parametrize("meta, spec, to_be_deleted", [
+    ({}, {}, False),
+    ({}, {"taints": [{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]}, False),
+    ({}, {"taints": [{"key": "ToBeDeletedByClusterAutoscaler", "value": "1700000000", "effect": "NoSchedule"}]}, True),
+    ({"deletionTimestamp": "2026-11-29T09:00:00Z"}, {}, True),
+])
+def test_a_node_being_deleted_is_marked(meta, spec, to_be_deleted):
+    """deletionTimestamp or the cluster autoscaler's taint: to_be_deleted (kube-proxy's /healthz fails)."""
+    node = node_from_dict({"metadata": dict({"name": "node-a"}, **meta), "spec": spec})
+    assert node.to_be_deleted is to_be_deleted
 
 
 @pytest.mark.parametrize("annotations", [None, {}, {"endpoints.kubernetes.io/last-change-trigger-time": "soon"},

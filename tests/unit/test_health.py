@@ -88,6 +88,28 @@ def test_healthz_and_livez_answer_kube_proxys_fields_and_the_problems():
     assert node_health_answer("/metrics", NodeHealth(True, (), now), now)[0] == 404
 
 
+def test_a_node_being_deleted_fails_healthz_only():
+    """nodeEligible false (the Node is being deleted): /healthz 503, /livez still 200."""
+    now = 1795942800.0
+    leaving = NodeHealth(True, (), now, node_eligible=False)
+    status, _, body = node_health_answer("/healthz", leaving, now)
+    assert status == 503 and json.loads(body)["nodeEligible"] is False
+    assert node_health_answer("/livez", leaving, now)[0] == 200
+
+
+@pytest.mark.parametrize("node, eligible", [
+    (None, True),                                              # not known yet: eligible
+    (Node(NODE), True),
+    (Node(NODE, to_be_deleted=True), False),
+    (Node("node-b", to_be_deleted=True), True),                # another node's deletion
+])
+def test_node_eligibility_follows_the_published_node(node, eligible):
+    """The probe reads this Node from the published state, as kube-proxy's SyncNode."""
+    cluster = _cluster([], [], [node] if node is not None else [])
+    result = _probe(_agent(cluster))(now=1000.0)
+    assert result.healthy and result.node_eligible is eligible
+
+
 # --- what to serve -----------------------------------------------------------------------
 
 def _lb(name, port=32000, **kw):
@@ -154,7 +176,7 @@ def _agent(cluster=None, published=None):
     with both sockets, a synced source holding `cluster`, `published` last published."""
     cluster = cluster if cluster is not None else ClusterState()
     published = published if published is not None else cluster
-    config = SimpleNamespace(transport_interface="eth0", gateway_interface="gw0")
+    config = SimpleNamespace(transport_interface="eth0", gateway_interface="gw0", node_name=NODE)
     steering = SimpleNamespace(ifaces={"eth0": (2, 0, "native"), "gw0": (3, 64, "native")})
     sock = SimpleNamespace(handle=1)
     worker = SimpleNamespace(queue=0, error=None, _thread=_Alive(), last_slice_at=time.monotonic(),
