@@ -112,7 +112,8 @@ WORKER_COUNTER_NAMES = sorted(abi.enum_members("XSKP_WC_").keys() - {"XSKP_WC_MA
 _EAGAIN_RESULT = -errno.EAGAIN
 _KICK_MAX_RETRIES = abi.lib.XSKP_KICK_MAX_RETRIES
 IDLE_SPIN_NS = 200_000  # keep polling the rings this long after the last frame, then sleep
-IDLE_POLL_MS = 1         # longest poll() sleep: bounds the latency of the stop flag
+IDLE_POLL_MS = 10        # longest poll() sleep of an idle worker: bounds the stop flag's latency;
+                         # an idle worker wakes 100 times a second (the sweep catches up by time)
 SLICE_NS = 5_000_000     # return to Python every 5 ms
 
 

@@ -494,6 +494,7 @@ int xskp_upcall(struct xdp_md *ctx)
 #define IP_SADDR_OFFSET (L3_OFFSET + offsetof(struct iphdr, saddr))
 #define IP_DADDR_OFFSET (L3_OFFSET + offsetof(struct iphdr, daddr))
 #define HEADERS_MAX (ETH_HLEN + 60 + 20)  /* Ethernet, IPv4 with options, TCP without options */
+#define HEADERS_PLAIN (ETH_HLEN + 20 + TCP_FLAGS_OFFSET + 1)  /* no IP options: up to TCP flags */
 
 static __always_inline int fast_pass(__u32 reason)
 {
@@ -749,9 +750,10 @@ int xskp_fast(struct __sk_buff *skb)
 		return fast_pass(FAST_PASS_NOT_LIVE);
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
-	if (data + HEADERS_MAX > data_end) {
-		/* headers in the linear part; short frames stay short (bounds checked below) */
-		bpf_skb_pull_data(skb, HEADERS_MAX);
+	/* the headers read below in the linear part, pulled only when they are not (a pull of a
+	 * cloned skb copies its head); short frames stay short (bounds checked below) */
+	if (data + HEADERS_PLAIN > data_end) {
+		bpf_skb_pull_data(skb, HEADERS_PLAIN);
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
 	}
@@ -760,6 +762,15 @@ int xskp_fast(struct __sk_buff *skb)
 	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl < 5 ||
 	    ip->version != 4)
 		return fast_pass(FAST_PASS_NO_MATCH);
+	if ((ip->ihl != 5 || ip->protocol == IPPROTO_IPIP) && data + HEADERS_MAX > data_end) {
+		bpf_skb_pull_data(skb, HEADERS_MAX);    /* IP options, or an inner header (DSR) */
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		eth = data;
+		ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > data_end)
+			return fast_pass(FAST_PASS_NO_MATCH);
+	}
 	if (ip->frag_off & bpf_htons(IP_FRAGMENT_BITS))
 		return fast_pass(FAST_PASS_NO_MATCH);
 	l4_off = ETH_HLEN + ip->ihl * 4;

@@ -1,8 +1,9 @@
 """Tagged frames with real traffic (root): what the steering program does with a SYN tagged VLAN
-10 to a NodePort, in generic (skb) and native XDP on veth. A tag in the frame's data is seen
-and left to the kernel in both modes; a tag carried in skb metadata (a veth peer's tx VLAN
-offload, or a NIC's rx VLAN offload) is not visible to XDP at all (xdp_md has no VLAN field),
-which the xfail below measures until the program reads bpf_xdp_metadata_rx_vlan_tag."""
+10 to a NodePort, in generic (skb) and native XDP on veth, and in upcall mode (tc). A tag in the
+frame's data is seen and left to the kernel in every mode; a tag carried in skb metadata (a veth
+peer's tx VLAN offload, or a NIC's rx VLAN offload) is not visible to XDP at all (xdp_md has no
+VLAN field), which the xfails below measure until the program reads
+bpf_xdp_metadata_rx_vlan_tag; tc sees it (skb->vlan_present), so upcall mode leaves it alone."""
 import shutil
 import subprocess
 import time
@@ -14,6 +15,8 @@ from xsk_test_support import REPO, in_netns, needs_native, needs_root
 pytestmark = [needs_root, needs_native]
 
 NODE, CLIENT, NODE_PORT = "10.0.0.1", "10.0.0.100", 30080
+METADATA_TAG_INVISIBLE = ("a tag in skb metadata is invisible to XDP (generic mode, and native veth "
+                          "without the rx_vlan_tag kfunc): the SYN is steered as untagged")
 VLAN_PUSH_BPF = r"""
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -32,19 +35,30 @@ char _license[] SEC("license") = "GPL";
 
 def _counted(lab, topo, mode, send):
     """Counters the steering program (attached to tr0 in `mode`, NodePort on the node address)
-    changed while `send()` ran in the client namespace."""
-    from dataplane import xsk
+    changed while `send()` ran in the client namespace. Upcall mode: tr0's upcall pair, the tc
+    program at tr0 with a live heartbeat."""
+    from control import netlink
+    from dataplane import abi, xsk
     with in_netns(topo.node):
         program = xsk.SteeringProgram()
         try:
-            assert program.attach("tr0", "transport", mode=mode) == mode
+            pair = netlink.ensure_upcall_pair("tr0", abi.lib.XSKP_UPCALL_MTU) if mode == "upcall" else None
+            program.prepare("tr0", "transport", upcall_pair=pair)
             program.add_frontend(NODE, NODE_PORT, "tcp", "transport")
+            assert program.attach("tr0", mode=mode) == mode
+            if mode == "upcall":
+                program.attach_fast_path("tr0")
+                flows, config = program.fast_tables()
+                config[0]["flow_mask"] = flows.shape[0] - 1
+                config[0]["alive_until_ns"] = time.monotonic_ns() + 60 * 10**9
             before = program.counters()
             send()
             time.sleep(0.2)
             after = program.counters()
         finally:
             program.close()
+            if mode == "upcall":
+                netlink.remove_upcall_pair("tr0")
     return {k: after[k] - before[k] for k in after if after[k] != before[k]}
 
 
@@ -69,9 +83,21 @@ def test_a_syn_tagged_in_its_data_goes_to_the_kernel(mode):
     assert not any(k.startswith("STEER_REDIRECT") for k in counted), counted
 
 
-@pytest.mark.xfail(strict=True, reason="a tag in skb metadata is invisible to XDP (generic mode, and "
-                   "native veth without the rx_vlan_tag kfunc): the SYN is steered as untagged")
-@pytest.mark.parametrize("mode", ["skb", "native"])
+def test_in_upcall_mode_a_syn_tagged_in_its_data_goes_to_the_kernel():
+    """Upcall mode: the kernel moves an in-data tag into skb metadata before tc, and the tc
+    program leaves tagged frames to the kernel: nothing is steered."""
+    from lab import Lab, forwarder_lab
+    with Lab("xvlan") as lab:
+        topo = forwarder_lab(lab)
+        counted = _counted(lab, topo, "upcall", lambda: _tagged_syn_from_client(lab, topo))
+    assert counted.get("FAST_PASS_NO_MATCH", 0) >= 1, counted
+    assert not any(k.startswith("STEER_REDIRECT") for k in counted), counted
+
+
+@pytest.mark.parametrize("mode", [
+    pytest.param("skb", marks=pytest.mark.xfail(strict=True, reason=METADATA_TAG_INVISIBLE)),
+    pytest.param("native", marks=pytest.mark.xfail(strict=True, reason=METADATA_TAG_INVISIBLE)),
+    "upcall"])
 def test_a_syn_whose_tag_travels_in_skb_metadata_goes_to_the_kernel(mode, tmp_path):
     """The client's tc pushes VLAN 10 into skb->vlan_tci (as a VLAN device with tx offload does);
     the node's steering program must not steer the connect() SYN to the NodePort."""
