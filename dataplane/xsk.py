@@ -348,18 +348,19 @@ class SteeringProgram:
         sockets can then be bound and maps filled before the program sees a packet. upcall_pair:
         (kernel end, socket end) of ifname's upcall veth pair, for attach(mode='upcall')."""
         ifindex = ifindex_of(ifname)
-        if upcall_pair:
-            self.upcall_pairs[ifname] = tuple(upcall_pair)
         if ifname in self.ifaces:
             raise ValueError(f"interface {ifname}: the steering program is already set up there")
         lock = _InterfaceLock(ifname, ifindex)
         used = {base for _, base, _ in self.ifaces.values()}
         slot = next(s for s in range(abi.lib.STEER_MAX_IFACES) if s * abi.lib.STEER_MAX_QUEUES not in used)
         self.ifaces[ifname] = (ifindex, slot * abi.lib.STEER_MAX_QUEUES, None)
+        if upcall_pair:
+            self.upcall_pairs[ifname] = tuple(upcall_pair)
         try:
             self.set_roles(ifname, roles)
         except BaseException:
             del self.ifaces[ifname]
+            self.upcall_pairs.pop(ifname, None)
             lock.release()
             raise
         self._locks[ifname] = lock
@@ -404,7 +405,7 @@ class SteeringProgram:
         _raise_if_error(self._px.lib.xskp_steer_attach(self.handle, socket_index, abi.lib.XSKP_ATTACH_UPCALL, mode_out),
                         f"attaching xskp_upcall (native XDP) to {socket_end} (upcall pair of {ifname})")
         # a predecessor in XDP mode may have left its steering program on ifname itself
-        prog_id, mode_name, name = attached_program(ifname)
+        prog_id, _, name = attached_program(ifname)
         if prog_id and name == "xskp_steer":
             _raise_if_error(self._px.lib.xskp_xdp_remove(ifindex, prog_id),
                             f"removing a previous agent's XDP steering program from {ifname}")
