@@ -463,11 +463,14 @@ def _set_features(ifname, wanted):
 
 
 def _disable_ipv6(ifname):
+    """Hygiene only: the kernel end's tc program drops whatever the kernel itself would send
+    (IPv6 neighbour discovery) as UPCALL_DROP_TX_STRAY; a container's read-only /proc/sys or a
+    kernel without IPv6 leaves IPv6 on."""
     try:
         with open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "w") as f:
             f.write("1")
-    except FileNotFoundError:
-        pass                                            # a kernel without IPv6
+    except OSError as e:
+        log.debug("event=upcall_pair_ipv6_left_on iface=%s error=%r", ifname, str(e))
 
 
 def remove_upcall_pair(ifname=None, ifindex=None):
