@@ -35,7 +35,8 @@ def health_check_services(cluster, node_name, options, skip_reason):
     """{(namespace, name): (healthCheckNodePort, local ready endpoints)} for every Service with a
     healthCheckNodePort that xskproxy proxies (`skip_reason(service, options)` None), counted as
     kube-proxy counts them: distinct addresses of ready endpoints on `node_name` in the
-    Service's EndpointSlices (terminating ones do not count: a node with only those fails)."""
+    Service's EndpointSlices (terminating ones do not count: a node with only those fails), slices
+    labelled service-proxy-name or headless left out as kube-proxy's selector leaves them."""
     wanted = {key: s.health_check_node_port for key, s in cluster.services.items()
               if s.health_check_node_port and skip_reason(s, options) is None}
     if not wanted:
@@ -43,7 +44,8 @@ def health_check_services(cluster, node_name, options, skip_reason):
     local = {key: set() for key in wanted}
     for s in cluster.endpoint_slices.values():
         addresses = local.get(s.service_key)
-        if addresses is None or s.address_type not in ("IPv4", "IPv6"):
+        if (addresses is None or s.address_type not in ("IPv4", "IPv6")
+                or s.proxy_ignored_label is not None):      # a slice kube-proxy does not watch
             continue
         for e in s.endpoints:
             if e.ready and e.node_name == node_name:

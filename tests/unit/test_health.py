@@ -145,6 +145,16 @@ def test_local_endpoints_are_distinct_ready_addresses_on_this_node():
     assert got == {("shop", "web"): (32000, 2), ("shop", "idle"): (32001, 0)}
 
 
+def test_a_slice_labelled_for_another_proxy_does_not_count():
+    """kube-proxy lists slices without service-proxy-name and headless labels: an endpoint only
+    such a slice has is not a local endpoint (the node answers 503)."""
+    labelled = EndpointSlice("shop", "web-x", "web", address_type="IPv4", endpoints=(_ep("10.1.0.5"),),
+                             proxy_ignored_label="service.kubernetes.io/service-proxy-name")
+    cluster = _cluster([_lb("web")], [labelled])
+    assert health_check_services(cluster, NODE, ProxyOptions(proxy_all=True), skip_reason) == \
+        {("shop", "web"): (32000, 0)}
+
+
 def test_services_another_proxy_owns_get_no_health_check_port():
     """A Service labelled service.kubernetes.io/service-proxy-name, or in skipServices, is not ours."""
     cluster = _cluster([_lb("web", service_proxy_name="other"), _lb("kept", port=32001)], [])
