@@ -41,12 +41,12 @@ class ServiceLab:
     """A cluster lab with Services, servers, kernel fallback rules and (optionally) agents."""
 
     def __init__(self, lab, nodes=2, pods_per_node=2, workdir=None, pod_features=None,
-                 client_features=None, agent_options=None, gateway="veth", mtu=None):
+                 client_features=None, agent_options=None, gateway="veth", mtu=None, queues=1):
         self.lab = lab
         self.workdir = workdir or tempfile.mkdtemp(prefix="xskproxy-lab-")
         self.cluster = cluster_lab(lab, nodes=nodes, pods_per_node=pods_per_node,
                                    pod_features=pod_features, client_features=client_features,
-                                   gateway=gateway, mtu=mtu)
+                                   gateway=gateway, mtu=mtu, queues=queues)
         self.agent_options = agent_options or {}
         self.agents = {}
         self.manifest_dir = os.path.join(self.workdir, "manifests")
