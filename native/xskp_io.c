@@ -545,30 +545,23 @@ int xskp_steer_open(uint64_t *steer_out, const char *obj_path, uint32_t flow_ent
 	err = bpf_object__load(st->obj);
 	if (err)
 		goto err_close;
-	prog = bpf_object__find_program_by_name(st->obj, STEER_PROG_NAME);
-	if (!prog) {
-		err = -ENOENT;
-		goto err_close;
+	{
+		/* the object's programs, each found by name */
+		const struct { const char *name; int *fd; } programs[] = {
+			{ STEER_PROG_NAME, &st->prog_fd }, { FAST_PROG_NAME, &st->fast_prog_fd },
+			{ UPCALL_PROG_NAME, &st->upcall_prog_fd },
+			{ UPCALL_TX_PROG_NAME, &st->upcall_tx_prog_fd },
+		};
+
+		for (i = 0; i < (int)(sizeof(programs) / sizeof(programs[0])); i++) {
+			prog = bpf_object__find_program_by_name(st->obj, programs[i].name);
+			if (!prog) {
+				err = -ENOENT;
+				goto err_close;
+			}
+			*programs[i].fd = bpf_program__fd(prog);
+		}
 	}
-	st->prog_fd = bpf_program__fd(prog);
-	prog = bpf_object__find_program_by_name(st->obj, FAST_PROG_NAME);
-	if (!prog) {
-		err = -ENOENT;
-		goto err_close;
-	}
-	st->fast_prog_fd = bpf_program__fd(prog);
-	prog = bpf_object__find_program_by_name(st->obj, UPCALL_PROG_NAME);
-	if (!prog) {
-		err = -ENOENT;
-		goto err_close;
-	}
-	st->upcall_prog_fd = bpf_program__fd(prog);
-	prog = bpf_object__find_program_by_name(st->obj, UPCALL_TX_PROG_NAME);
-	if (!prog) {
-		err = -ENOENT;
-		goto err_close;
-	}
-	st->upcall_tx_prog_fd = bpf_program__fd(prog);
 	for (i = 0; i < STEER_MAP_MAX; i++) {
 		st->map_fds[i] = bpf_object__find_map_fd_by_name(st->obj, steer_map_names[i]);
 		if (st->map_fds[i] < 0) {
