@@ -313,6 +313,22 @@ def write_macs_from_entry(umem, base, e):
         umem[base + 6 + k] = e.src_mac[k]
 
 
+@packet_njit(inline="always")
+def write_ipv4_header(umem, o, tos, total_len, frag_bits, ttl, proto, src, dst):
+    """A 20-byte IPv4 header at o (id 0; frag_bits: flags and offset, e.g. DF) with its checksum."""
+    umem[o] = 0x45
+    umem[o + 1] = tos
+    store16(umem, o + 2, total_len)
+    store16(umem, o + 4, 0)
+    store16(umem, o + 6, frag_bits)
+    umem[o + 8] = ttl
+    umem[o + 9] = proto
+    store16(umem, o + 10, 0)
+    store32(umem, o + 12, src)
+    store32(umem, o + 16, dst)
+    store16(umem, o + 10, ipv4_header_checksum(umem, o, 20))
+
+
 @packet_njit
 def encapsulate_ipip(umem, addrs, lens, i, base, l2_len, l3, ip_end, chunk, outer_src, outer_dst):
     """Prepend an outer IPv4 header (IPIP) between L2 and the packet, moving the frame start 20
@@ -324,17 +340,8 @@ def encapsulate_ipip(umem, addrs, lens, i, base, l2_len, l3, ip_end, chunk, oute
         umem[new_base + k] = umem[base + k]
     o = new_base + l2_len
     inner_len = ip_end - l3
-    umem[o] = 0x45
-    umem[o + 1] = umem[l3 + 1]
-    store16(umem, o + 2, inner_len + 20)
-    store16(umem, o + 4, 0)
-    store16(umem, o + 6, load16(umem, l3 + 6) & 0x4000)
-    umem[o + 8] = IPIP_OUTER_TTL
-    umem[o + 9] = IPPROTO_IPIP
-    store16(umem, o + 10, 0)
-    store32(umem, o + 12, outer_src)
-    store32(umem, o + 16, outer_dst)
-    store16(umem, o + 10, ipv4_header_checksum(umem, o, 20))
+    write_ipv4_header(umem, o, umem[l3 + 1], inner_len + 20, load16(umem, l3 + 6) & 0x4000,
+                      IPIP_OUTER_TTL, IPPROTO_IPIP, outer_src, outer_dst)
     addrs[i] = new_base
     lens[i] = l2_len + 20 + inner_len
     return new_base
@@ -976,16 +983,8 @@ def answer_icmp_error(umem, lens, i, base, l3, ihl, ip_end, chunk, st, counters,
     for k in range(quote - 1, -1, -1):
         umem[l3 + 28 + k] = umem[l3 + k]
     node = st.node[0]
-    umem[l3] = 0x45
-    umem[l3 + 1] = ICMP_ERROR_TOS
-    store16(umem, l3 + 2, 28 + quote)
-    store32(umem, l3 + 4, 0)
-    umem[l3 + 8] = ICMP_ERROR_TTL
-    umem[l3 + 9] = IPPROTO_ICMP
-    store16(umem, l3 + 10, 0)
-    store32(umem, l3 + 12, from_addr)
-    store32(umem, l3 + 16, src)
-    store16(umem, l3 + 10, ipv4_header_checksum(umem, l3, 20))
+    write_ipv4_header(umem, l3, ICMP_ERROR_TOS, 28 + quote, 0, ICMP_ERROR_TTL, IPPROTO_ICMP,
+                      from_addr, src)
     icmp = l3 + 20
     umem[icmp] = icmp_type
     umem[icmp + 1] = icmp_code
