@@ -4,7 +4,6 @@ the path), CPU time per packet (or per transaction) from /proc/stat deltas.
 
 Never asserts a speed; it reports what it saw, including what the generator offered.
 """
-import ipaddress
 import json
 import os
 import re
@@ -13,7 +12,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from lab import ForwarderLab, Lab, forwarder_lab
+from lab import Lab, forwarder_lab
+from lab.netns import BRIDGE_POD_PORT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAFFICGEN = os.environ.get("XSKP_TRAFFICGEN") or os.path.join(REPO, "build", "bench", "xskp-trafficgen")
@@ -187,45 +187,6 @@ def xdp_attach_mode(link):
     return XDP_ATTACH_MODES.get(xdp.get("mode"), f"mode {xdp.get('mode')}")
 
 
-BRIDGE_POD_PORT = "p0"   # bridge_gateway_lab: the Pod's veth peer in the node namespace, a port of gw0
-
-
-def bridge_gateway_lab(lab, transport_net="10.0.0.0/24", pod_net="10.244.0.0/24"):
-    """forwarder_lab's topology and addresses with the gateway as lab.cluster_lab(gateway="bridge") builds
-    it: gw0 is a Linux bridge in the node namespace holding the node's gateway address, the Pod's veth
-    peer BRIDGE_POD_PORT is enslaved to it; gw0's MAC pinned, bridged frames past iptables
-    (bridge-nf-call-*=0). An agent serving gw0 attaches there in generic (skb) mode: a bridge has no
-    native XDP, as Antrea's antrea-gw0 (an OVS internal port) has none. Permanent neighbours everywhere,
-    as forwarder_lab's static_neighbours. Returns a lab.ForwarderLab (gateway = the bridge)."""
-    tnet, pnet = ipaddress.ip_network(transport_net), ipaddress.ip_network(pod_net)
-    node_ip, client_ip, gw_ip, pod_ip = str(tnet[1]), str(tnet[100]), str(pnet[1]), str(pnet[2])
-    client, node, pods = (lab.add_namespace(role) for role in ("client", "node", "pods"))
-    lab.add_veth(client, "eth0", node, "tr0")
-    lab.ip(node, "link add gw0 type bridge")
-    mac = json.loads(lab.ip(node, ["-j", "link", "show", "dev", "gw0"]))[0]["address"]
-    lab.ip(node, ["link", "set", "dev", "gw0", "address", mac])   # set, not random: it stays
-    for family in ("iptables", "ip6tables", "arptables"):
-        lab.sysctl(node, f"net.bridge.bridge-nf-call-{family}", 0)
-    lab.ip(node, "link set dev gw0 up")
-    lab.add_veth(pods, "eth0", node, BRIDGE_POD_PORT)
-    lab.ip(node, f"link set dev {BRIDGE_POD_PORT} master gw0")
-    lab.add_address(client, "eth0", f"{client_ip}/{tnet.prefixlen}")
-    lab.add_address(node, "tr0", f"{node_ip}/{tnet.prefixlen}")
-    lab.add_address(node, "gw0", f"{gw_ip}/{pnet.prefixlen}")
-    lab.add_address(pods, "eth0", f"{pod_ip}/{pnet.prefixlen}")
-    lab.add_route(client, "default", via=node_ip)
-    lab.add_route(pods, "default", via=gw_ip)
-    lab.sysctl(node, "net.ipv4.ip_forward", 1)
-    topo = ForwarderLab(lab=lab, client=client, node=node, pods=pods,
-                        client_if=lab.iface(client, "eth0"), transport=lab.iface(node, "tr0"),
-                        gateway=lab.iface(node, "gw0"), pod_if=lab.iface(pods, "eth0"))
-    lab.set_neighbour(client, "eth0", node_ip, topo.transport.mac)
-    lab.set_neighbour(node, "tr0", client_ip, topo.client_if.mac)
-    lab.set_neighbour(node, "gw0", pod_ip, topo.pod_if.mac)
-    lab.set_neighbour(pods, "eth0", gw_ip, topo.gateway.mac)
-    return topo
-
-
 # A sample is "clean" when other processes used less than this share of either core.
 CLEAN_NOISE_SHARE = 0.05
 
@@ -253,7 +214,7 @@ class BenchLab:
         method). "napi": the transport's NAPI runs threaded, pinned to the path core, so the path core
         pays for receiving too and the generator core only generates.
         gateway "veth": the node's gw0 is a veth to the Pod (lab.forwarder_lab); "bridge": gw0 is a Linux
-        bridge in the node namespace with the Pod's veth peer enslaved (bridge_gateway_lab), as
+        bridge in the node namespace with the Pod's veth peer enslaved (forwarder_lab's), as
         lab.cluster_lab(gateway="bridge") builds it and as Antrea's antrea-gw0 is an L3 port to the Pods."""
         if rx_mode not in self.RX_MODES:
             raise ValueError(f"rx_mode: {rx_mode!r} is not one of {', '.join(self.RX_MODES)}")
@@ -278,7 +239,7 @@ class BenchLab:
 
     def build(self):
         lab = self.lab
-        self.topo = t = forwarder_lab(lab) if self.gateway == "veth" else bridge_gateway_lab(lab)
+        self.topo = t = forwarder_lab(lab, gateway=self.gateway)
         # the client namespace is also a Pod of another node (cross-node Pod-to-Pod rows)
         lab.add_address(t.client, "eth0", f"{PEER_POD_IP}/32")
         # replies and flowtable reverse routes for the generator's sources

@@ -368,10 +368,16 @@ class ForwarderLab:
         return [self.client, self.node, self.pods]
 
 
+BRIDGE_POD_PORT = "p0"   # forwarder_lab(gateway="bridge"): the Pod's veth peer, a port of gw0
+
+
 def forwarder_lab(lab, queues=1, ip_forward=True, static_neighbours=True, mtu=None, tag="",
                   transport_net="10.0.0.0/24", pod_net="10.244.0.0/24",
-                  client_features=None, pod_features=None, node_features=None):
+                  client_features=None, pod_features=None, node_features=None, gateway="veth"):
     """Build client --(eth0|tr0)-- node --(gw0|eth0)-- pods on `lab`; returns a ForwarderLab.
+
+    gateway="bridge": gw0 is a Linux bridge in the node namespace (as cluster_lab's), the Pod's
+    veth peer BRIDGE_POD_PORT enslaved to it.
 
     Addresses: node .1 and client .100 on transport_net; gateway .1 and Pod .2 on pod_net. Client
     and Pod route everything through the node. `queues` sets numtxqueues/numrxqueues on both
@@ -384,7 +390,14 @@ def forwarder_lab(lab, queues=1, ip_forward=True, static_neighbours=True, mtu=No
     gw_ip, pod_ip = str(pnet[1]), str(pnet[2])
     client, node, pods = (lab.add_namespace(tag + role) for role in ("client", "node", "pods"))
     lab.add_veth(client, "eth0", node, "tr0", queues=queues, mtu=mtu)
-    lab.add_veth(node, "gw0", pods, "eth0", queues=queues, mtu=mtu)
+    if gateway == "bridge":
+        _add_gateway_bridge(lab, node, "gw0", queues=queues, mtu=mtu)
+        lab.add_veth(pods, "eth0", node, BRIDGE_POD_PORT, queues=queues, mtu=mtu)
+        lab.ip(node, f"link set dev {BRIDGE_POD_PORT} master gw0")
+    elif gateway == "veth":
+        lab.add_veth(node, "gw0", pods, "eth0", queues=queues, mtu=mtu)
+    else:
+        raise ValueError(f"gateway: {gateway!r} is not one of {', '.join(GATEWAY_KINDS)}")
     lab.add_address(client, "eth0", f"{client_ip}/{tnet.prefixlen}")
     lab.add_address(node, "tr0", f"{node_ip}/{tnet.prefixlen}")
     lab.add_address(node, "gw0", f"{gw_ip}/{pnet.prefixlen}")
