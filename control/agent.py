@@ -260,7 +260,7 @@ class Agent:
         before tc sees it, and native XDP on a veth turns its peer's TSO off; a physical NIC's
         native XDP runs before any skb exists and costs the fast path nothing."""
         mode = self.config.xdp_mode
-        if mode == "auto" and self.config.flow_offload and _link_kind(ifname) is not None:
+        if mode == "auto" and self.config.flow_offload and netlink.link_kind(ifname) is not None:
             return "upcall"
         return mode
 
@@ -527,17 +527,6 @@ def _read_json(path, default):
             return json.load(f)
     except (OSError, ValueError):
         return default
-
-
-def _link_kind(ifname):
-    """The rtnetlink kind of an interface ("veth", "bridge", ...; None for a physical one)."""
-    from pyroute2 import IPRoute
-    with IPRoute() as ipr:
-        indexes = ipr.link_lookup(ifname=ifname)
-        if not indexes:
-            return None
-        info = ipr.get_links(indexes[0])[0].get_attr("IFLA_LINKINFO")
-        return info.get_attr("IFLA_INFO_KIND") if info is not None else None
 
 
 def _write_json(path, data):

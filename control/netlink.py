@@ -404,12 +404,23 @@ def upcall_pair_names(ifindex):
     return f"xskp{ifindex}k", f"xskp{ifindex}u"
 
 
+def _kind(link):
+    info = link.get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info is not None else None
+
+
+def link_kind(ifname):
+    """The rtnetlink kind of an interface ("veth", "bridge", ...; None for a physical one or
+    none by that name)."""
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        indexes = ipr.link_lookup(ifname=ifname)
+        return _kind(ipr.get_links(indexes[0])[0]) if indexes else None
+
+
 def _veth_peer_index(ipr, index):
     link = ipr.get_links(index)[0]
-    info = link.get_attr("IFLA_LINKINFO")
-    if info is None or info.get_attr("IFLA_INFO_KIND") != "veth":
-        return None
-    return link.get_attr("IFLA_LINK")
+    return link.get_attr("IFLA_LINK") if _kind(link) == "veth" else None
 
 
 def ensure_upcall_pair(ifname, mtu):
@@ -473,16 +484,12 @@ def _disable_ipv6(ifname):
         log.debug("event=upcall_pair_ipv6_left_on iface=%s error=%r", ifname, str(e))
 
 
-def remove_upcall_pair(ifname=None, ifindex=None):
+def remove_upcall_pair(ifname):
     """Delete ifname's upcall pair (both ends go with one); absent: nothing. True if deleted."""
     from pyroute2 import IPRoute
     with IPRoute() as ipr:
-        if ifindex is None:
-            served = ipr.link_lookup(ifname=ifname)
-            if not served:
-                return False
-            ifindex = served[0]
-        found = ipr.link_lookup(ifname=upcall_pair_names(ifindex)[0])
+        served = ipr.link_lookup(ifname=ifname)
+        found = served and ipr.link_lookup(ifname=upcall_pair_names(served[0])[0])
         if not found:
             return False
         ipr.link("del", index=found[0])
