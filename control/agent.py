@@ -56,7 +56,8 @@ MAX_MISSED_HOPS = 1024        # next hops learned from the pipeline's misses, ol
 
 
 def _worker_class():
-    """dataplane.forwarder.Worker, extended to pick each slice's tables from the state store."""
+    """dataplane.forwarder.Worker, extended to pick each slice's tables from the state store
+    (a publish asks every worker to return from its slice)."""
     from dataplane import forwarder
 
     class StoreWorker(forwarder.Worker):
@@ -65,16 +66,9 @@ def _worker_class():
             super().__init__(state=(generation.tables, flow_tables), **kwargs)
             self.reader, self.flow_tables = reader, flow_tables
 
-        def _run(self):
-            try:
-                while not self._stop.is_set():
-                    generation = self.reader.pick()
-                    self.state = (generation.tables, self.flow_tables)
-                    self.last_slice_at = time.monotonic()    # the health probe's sign of life
-                    forwarder.run_slice(self.umem.frames, self.frame_mask, self._buffer_tuple,
-                                        self.state, self.counters, forwarder.SLICE_NS)
-            except BaseException as exc:  # surfaced by the agent's supervision, never lost
-                self.error = exc
+        def _next_slice(self):
+            super()._next_slice()
+            self.state = (self.reader.pick().tables, self.flow_tables)
 
     return forwarder, StoreWorker
 
@@ -353,6 +347,8 @@ class Agent:
                     apply_backend_steering(self.steering, translation.steering)
                 generation = self.store.publish(translation.tables, translation.generation,
                                                 {"stats": translation.stats})
+                for worker in self.workers:
+                    worker.ask_to_return()                  # its next slice picks the generation
                 self._to_describe = (generation.number, translation.tables, translation.service_names)
                 self.last_translation_stats = dict(translation.stats,
                                                    seconds=round(time.perf_counter() - started, 6))

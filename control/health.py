@@ -256,9 +256,9 @@ class DataplaneProbe:
             elif thread is None or not thread.is_alive():
                 out.append(f"queue {q}: the worker is not running")
             else:
-                last = getattr(worker, "last_slice_at", None)
-                if last is not None and monotonic_now - last > self.stall_seconds:
-                    out.append(f"queue {q}: the worker has not returned for {monotonic_now - last:.1f}s")
+                last = worker.last_pass_at()
+                if last and monotonic_now - last > self.stall_seconds:
+                    out.append(f"queue {q}: the worker's loop has not run for {monotonic_now - last:.1f}s")
             for i, ifname in enumerate((cfg.transport_interface, cfg.gateway_interface)):
                 sock = worker.sockets[i] if i < len(worker.sockets) else None
                 if ifname and (sock is None or not sock.handle):

@@ -32,6 +32,7 @@ L = abi.lib
 SWEEP_PERIOD_NS = 250_000_000          # a whole pass over the flow table this often
 SWEEP_MIN_SLOTS = 256                  # never bother with fewer slots at a time
 ROUTE_IDLE_NS = L.XSKP_CT_TIMEOUT_UDP_S * 1_000_000_000   # a cached route unused this long goes
+SHED_HOLD_NS = L.XSKP_SHED_HOLD_NS
 CT_REPLY = L.XSKP_CT_REPLY
 CT_FIN_SEEN = L.XSKP_CT_FIN_SEEN
 CT_OFFLOADED = L.XSKP_CT_OFFLOADED
@@ -48,6 +49,14 @@ IPPROTO_TCP = 6
 TCP_FIN = 0x01
 TCP_RST = 0x04
 TCP_ACK = 0x10
+
+
+@packet_njit
+def shed_new_flows(ft, now_ns):
+    """A worker is behind (its rx ring over XSKP_SHED_BACKLOG): for XSKP_SHED_HOLD_NS the tc
+    program drops new flows' first packets before their upcall (UPCALL_DROP_SHED)."""
+    if ft.flows.shape[0] != 0:
+        ft.fast_config[0].shed_until_ns = np.uint64(now_ns) + np.uint64(SHED_HOLD_NS)
 
 
 @packet_njit

@@ -3,8 +3,9 @@ gateway AF_XDP sockets of one shared UMEM, calling pyxdp's batch functions direc
 first per-batch step (an L2 forwarder) and `python -m dataplane.forwarder`.
 
 The loop never raises and never allocates per packet: it counts (worker counters, per
-interface, enum xskp_worker_counter) and recycles. It returns to Python every few milliseconds
-so that the caller can stop it or hand it new tables (Worker.set_state).
+interface, enum xskp_worker_counter) and recycles. It needs the GIL only when it returns to
+Python, which it does when asked (Worker.set_state, Worker.stop set a flag it reads every
+pass): a control thread holding the GIL for seconds does not stop the packets.
 
 Per-batch step contract (the full pipeline, dataplane/pipeline.py, takes the same shape):
     process_batch(umem, addrs, lens, n, ingress_iface, state, counters, verdicts_out, now)
@@ -37,7 +38,7 @@ from dataplane import abi
 from dataplane._jit import packet_njit
 from dataplane import xsk
 from dataplane.pipeline import process_batch as _pipeline_process_batch
-from dataplane._fastpath import fast_path_step as _fast_path_step
+from dataplane._fastpath import fast_path_step as _fast_path_step, shed_new_flows as _shed_new_flows
 
 # ---- pyxdp's hot-path functions, as numba sees them ----------------------------------------
 # Declared by symbol name (resolved to pyxdp's addresses by bind_native()), so that numba can
@@ -49,12 +50,13 @@ xskp_fill_free = types.ExternalFunction("xskp_fill_free", _u32(_u64, _u32))
 xskp_rx = types.ExternalFunction("xskp_rx", _u32(_u64, _ptr, _ptr, _u32))
 xskp_tx = types.ExternalFunction("xskp_tx", _u32(_u64, _ptr, _ptr, _u32))
 xskp_complete = types.ExternalFunction("xskp_complete", _u32(_u64, _ptr, _u32))
+xskp_rx_backlog = types.ExternalFunction("xskp_rx_backlog", _u32(_u64))
 xskp_kick_tx = types.ExternalFunction("xskp_kick_tx", _i32(_u64))
 xskp_wakeup_rx = types.ExternalFunction("xskp_wakeup_rx", _i32(_u64))
 xskp_poll_rx = types.ExternalFunction("xskp_poll_rx", _i32(_u64, _u64, _i32))
 xskp_now_ns = types.ExternalFunction("xskp_now_ns", _u64())
 xskp_batch_probe = types.ExternalFunction("xskp_batch_probe", _u32(_ptr, _u32))
-_HOT_PATH_SYMBOLS = ("xskp_fill", "xskp_fill_free", "xskp_rx", "xskp_tx", "xskp_complete",
+_HOT_PATH_SYMBOLS = ("xskp_fill", "xskp_fill_free", "xskp_rx", "xskp_tx", "xskp_complete", "xskp_rx_backlog",
                      "xskp_kick_tx", "xskp_wakeup_rx", "xskp_poll_rx", "xskp_now_ns",
                      "xskp_batch_probe")
 _native_bound = False
@@ -102,6 +104,8 @@ _WC_FILL_SHORT = abi.lib.XSKP_WC_FILL_SHORT
 _WC_RX_WAKEUPS = abi.lib.XSKP_WC_RX_WAKEUPS
 _WC_EMPTY_POLLS = abi.lib.XSKP_WC_EMPTY_POLLS
 _WC_IDLE_SLEEPS = abi.lib.XSKP_WC_IDLE_SLEEPS
+_WC_RX_BEHIND = abi.lib.XSKP_WC_RX_BEHIND
+_SHED_BACKLOG = abi.lib.XSKP_SHED_BACKLOG
 _DROP_TRUNCATED = abi.lib.XSKP_DROP_TRUNCATED
 _DROP_TTL_EXCEEDED = abi.lib.XSKP_DROP_TTL_EXCEEDED
 _DROP_UNSUPPORTED = abi.lib.XSKP_DROP_UNSUPPORTED
@@ -114,7 +118,10 @@ _KICK_MAX_RETRIES = abi.lib.XSKP_KICK_MAX_RETRIES
 IDLE_SPIN_NS = 200_000  # keep polling the rings this long after the last frame, then sleep
 IDLE_POLL_MS = 10        # longest poll() sleep of an idle worker: bounds the stop flag's latency;
                          # an idle worker wakes 100 times a second (the sweep catches up by time)
-SLICE_NS = 5_000_000     # return to Python every 5 ms
+UNTIL_ASKED = 1 << 62    # a worker's slice: until its loop_control asks it to return
+# loop_control[]: a worker's two words shared between Python and its loop
+LC_RETURN = 0            # set by Python: return at the end of this pass (new state, stop)
+LC_PASS_AT = 1           # set by the loop: xskp_now_ns() of its latest pass (a sign of life)
 
 
 # ---- the first per-batch step: an L2 forwarder ---------------------------------------------
@@ -174,12 +181,12 @@ def process_batch_l2(umem, addrs, lens, n, ingress_iface, state, counters, verdi
 WorkerBuffers = namedtuple(
     "WorkerBuffers",
     "socks free_frames free_count outstanding kick_pending last_active rx_addrs rx_lens tx_addrs "
-    "tx_lens tx_counts verdicts comp_addrs worker_counters")
+    "tx_lens tx_counts verdicts comp_addrs worker_counters loop_control")
 # njit code gets tuple(WorkerBuffers) and indexes it with these positions: under `python -m`
 # this module is __main__, and a namedtuple type of __main__ makes numba miss its disk cache.
 (_B_SOCKS, _B_FREE_FRAMES, _B_FREE_COUNT, _B_OUTSTANDING, _B_KICK_PENDING, _B_LAST_ACTIVE, _B_RX_ADDRS,
  _B_RX_LENS, _B_TX_ADDRS, _B_TX_LENS, _B_TX_COUNTS, _B_VERDICTS, _B_COMP_ADDRS,
- _B_WORKER_COUNTERS) = range(14)
+ _B_WORKER_COUNTERS, _B_LOOP_CONTROL) = range(15)
 
 
 def make_worker_buffers(umem, sockets):
@@ -196,7 +203,8 @@ def make_worker_buffers(umem, sockets):
         tx_addrs=np.zeros((IFACE_MAX, BATCH), np.uint64), tx_lens=np.zeros((IFACE_MAX, BATCH), np.uint32),
         tx_counts=np.zeros(IFACE_MAX, np.int64), verdicts=np.zeros(BATCH, np.int32),
         comp_addrs=np.zeros(BATCH, np.uint64),
-        worker_counters=np.zeros((IFACE_MAX, abi.lib.XSKP_WC_MAX), np.uint64))
+        worker_counters=np.zeros((IFACE_MAX, abi.lib.XSKP_WC_MAX), np.uint64),
+        loop_control=np.zeros(2, np.uint64))
 
 
 @packet_njit
@@ -228,21 +236,24 @@ def _process_batch_for_state(umem, addrs, lens, n, ingress_iface, state, counter
     raise TypeError(f"worker state {state}: expected (macs,) or (ServiceTables, FlowTables)")
 
 
-def housekeeping(state, counters, now):
+def housekeeping(state, counters, now, behind):
     """Per-pass work besides frames, chosen like process_batch: for the full pipeline, the kernel
-    fast path's heartbeat and sweep (dataplane/_fastpath.py); nothing for the L2 forwarder."""
+    fast path's sweep (dataplane/_fastpath.py) and, when the last pass found a receive ring
+    `behind`, admission (tc sheds new flows for a while); nothing for the L2 forwarder."""
     raise TypeError("housekeeping is callable from njit code only")
 
 
 @overload(housekeeping, jit_options={"nogil": True, "_nrt": False})
-def _housekeeping_for_state(state, counters, now):
+def _housekeeping_for_state(state, counters, now, behind):
     if isinstance(state, types.BaseTuple) and len(state) == 2 and all(
             isinstance(part, types.BaseTuple) for part in state):
-        def pipeline(state, counters, now):
+        def pipeline(state, counters, now, behind):
             _fast_path_step(state[0], state[1], now, counters)
+            if behind:
+                _shed_new_flows(state[1], now)
         return pipeline
 
-    def nothing(state, counters, now):
+    def nothing(state, counters, now, behind):
         pass
     return nothing
 
@@ -255,24 +266,28 @@ def _free_frame(free_frames, free_count, addr, frame_mask):
 
 @packet_njit
 def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
-    """Move frames for slice_ns nanoseconds (0: one pass, which also fills the fill rings):
-    complete, receive, process_batch, transmit on the egress interface, kick, refill, sleep in
-    poll() when idle. buffers is tuple(WorkerBuffers). Reads and writes the UMEM frames, buffers
-    (free stack, worker counters) and counters; returns the frames received."""
+    """Move frames for slice_ns nanoseconds (0: one pass, which also fills the fill rings) or
+    until buffers' loop_control[LC_RETURN] is set: complete, receive, process_batch, transmit on
+    the egress interface, kick, refill, sleep in poll() when idle. buffers is
+    tuple(WorkerBuffers). Reads and writes the UMEM frames, buffers (free stack, worker counters,
+    loop_control[LC_PASS_AT]) and counters; returns the frames received."""
     socks, wc, outstanding = buffers[_B_SOCKS], buffers[_B_WORKER_COUNTERS], buffers[_B_OUTSTANDING]
     rx_addrs, rx_lens, verdicts = buffers[_B_RX_ADDRS], buffers[_B_RX_LENS], buffers[_B_VERDICTS]
     tx_addrs, tx_lens, tx_counts = buffers[_B_TX_ADDRS], buffers[_B_TX_LENS], buffers[_B_TX_COUNTS]
     comp, free_frames, free_count = buffers[_B_COMP_ADDRS], buffers[_B_FREE_FRAMES], buffers[_B_FREE_COUNT]
     kick_pending, last_active_ns = buffers[_B_KICK_PENDING], buffers[_B_LAST_ACTIVE]
+    loop_control = buffers[_B_LOOP_CONTROL]
     rx_addrs_ptr, rx_lens_ptr = array_data_ptr(rx_addrs), array_data_ptr(rx_lens)
     comp_ptr = array_data_ptr(comp)
     received = 0
     deadline = xskp_now_ns() + slice_ns
     last_active = last_active_ns[0]  # carried across slices: an idle worker stays asleep
+    behind = False                   # a receive ring held over XSKP_SHED_BACKLOG frames
     while True:  # at least one pass, then until the deadline
         now = xskp_now_ns()
         active = False
-        housekeeping(state, counters, now)
+        housekeeping(state, counters, now, behind)
+        behind = False
         # 1. frames the kernel has sent are free again
         for i in range(IFACE_MAX):
             if socks[i] == 0 or outstanding[i] == 0:
@@ -293,6 +308,9 @@ def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
             active = True
             received += n
             wc[i, _WC_RX] += n
+            if n == BATCH and xskp_rx_backlog(socks[i]) > _SHED_BACKLOG:
+                behind = True
+                wc[i, _WC_RX_BEHIND] += 1
             process_batch(umem, rx_addrs, rx_lens, n, i, state, counters, verdicts, now)
             tx_counts[:] = 0
             for k in range(n):
@@ -362,7 +380,8 @@ def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
         elif now - last_active > IDLE_SPIN_NS:
             wc[IFACE_TRANSPORT, _WC_IDLE_SLEEPS] += 1  # counted once, on the first row
             xskp_poll_rx(socks[0], socks[1], IDLE_POLL_MS)
-        if now >= deadline:
+        loop_control[LC_PASS_AT] = now
+        if now >= deadline or loop_control[LC_RETURN] != 0:
             break
     last_active_ns[0] = last_active
     return received
@@ -444,16 +463,32 @@ class Worker:
     def _run(self):
         try:
             while not self._stop.is_set():
+                self._next_slice()
                 run_slice(self.umem.frames, self.frame_mask, self._buffer_tuple, self.state,
-                               self.counters, SLICE_NS)
+                          self.counters, UNTIL_ASKED)
         except BaseException as exc:  # surfaced by stop()/the runner, never silently lost
             self.error = exc
 
+    def _next_slice(self):
+        """Between two slices, in the loop's thread: take what was asked for (cleared first, so
+        that a request arriving meanwhile makes the next slice return too)."""
+        self.buffers.loop_control[LC_RETURN] = 0
+
+    def ask_to_return(self):
+        """Make the loop return to Python after its current pass (within IDLE_POLL_MS when idle)."""
+        self.buffers.loop_control[LC_RETURN] = 1
+
     def set_state(self, state):
         self.state = state
+        self.ask_to_return()
+
+    def last_pass_at(self):
+        """time.monotonic() of the loop's latest pass (0.0 before the first)."""
+        return int(self.buffers.loop_control[LC_PASS_AT]) / 1e9
 
     def stop(self):
         self._stop.set()
+        self.ask_to_return()
         if self._thread is not None:
             self._thread.join()
             self._thread = None

@@ -353,6 +353,14 @@ uint32_t xskp_rx(uint64_t sock, uint64_t *addrs, uint32_t *lens, uint32_t max)
 	return n;
 }
 
+uint32_t xskp_rx_backlog(uint64_t sock)
+{
+	struct xskp_socket *s = (struct xskp_socket *)(uintptr_t)sock;
+
+	s->rx.cached_prod = __atomic_load_n(s->rx.producer, __ATOMIC_ACQUIRE);
+	return s->rx.cached_prod - s->rx.cached_cons;
+}
+
 uint32_t xskp_tx(uint64_t sock, const uint64_t *addrs, const uint32_t *lens, uint32_t n)
 {
 	struct xskp_socket *s = (struct xskp_socket *)(uintptr_t)sock;

@@ -693,7 +693,7 @@ static __always_inline int fast_decapsulate(struct __sk_buff *skb, const struct 
  * to the kernel, a translated flow's frame is dropped (as STEER_DROP_TOO_BIG in XDP mode). */
 static __always_inline int fast_upcall(struct __sk_buff *skb, const struct xskp_fast_config *cfg,
 				       const struct steer_iface *iface, struct iphdr *ip,
-				       __u32 l4_off, __u16 sport, __u16 dport, __u64 now)
+				       __u32 l4_off, __u16 sport, __u16 dport, __u8 tcp_flags, __u64 now)
 {
 	__u32 decision = steer_decide(skb, 0, ip, sport, dport, iface);
 	__u32 frame_len = skb->len;
@@ -707,6 +707,14 @@ static __always_inline int fast_upcall(struct __sk_buff *skb, const struct xskp_
 			return fast_pass(STEER_REDIRECT_FAILED);   /* during a hold: the kernel routes */
 	} else if (cfg->alive_until_ns <= now) {
 		count(STEER_DROP_HELD);     /* a handover's hold: retransmitted to the next agent */
+		return TC_ACT_SHOT;
+	}
+	/* admission: while a worker is behind, a new flow's first packet goes no further (the
+	 * upcall's veth hop, XDP and copy would cost the worker's CPU for a frame its full ring
+	 * would drop anyway); packets of flows under way still go up */
+	if (cfg->shed_until_ns > now && decision == STEER_REDIRECT_FRONTEND &&
+	    (ip->protocol == IPPROTO_UDP || (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)) {
+		count(UPCALL_DROP_SHED);
 		return TC_ACT_SHOT;
 	}
 	if (skb->gso_size)
@@ -811,7 +819,7 @@ int xskp_fast(struct __sk_buff *skb)
 			return fast_pass(FAST_PASS_NO_MATCH);
 	}
 	if (upcall)
-		return fast_upcall(skb, cfg, iface, ip, l4_off, sport, dport, now);
+		return fast_upcall(skb, cfg, iface, ip, l4_off, sport, dport, tcp_flags, now);
 	if (fast_routing_live(cfg, now)) {
 		prefix_key.prefixlen = 32;
 		prefix_key.addr = ip->daddr;

@@ -119,6 +119,26 @@ def test_an_offloaded_flow_runs_in_the_fast_path_but_its_expiring_ttl_is_upcalle
     assert expiring == (TC_ACT_REDIRECT, {"STEER_REDIRECT_FRONTEND": 1})
 
 
+def test_while_a_worker_is_behind_new_flows_are_shed_at_tc_and_flows_under_way_go_up(upcall):
+    """Admission: with shed_until_ns ahead (a worker found its rx ring over half full), a new
+    connection's SYN and a UDP datagram to a frontend are dropped at tc (UPCALL_DROP_SHED); the
+    handshake's ACK and a SNAT reply still go up; once it passes, SYNs go up again."""
+    topo, program, flows, config, pairs = upcall
+    with in_netns(topo.node):
+        config[0]["shed_until_ns"] = time.monotonic_ns() + 600 * 10**9
+        try:
+            shed = [run(program, frame()), run(program, frame("udp", dport=DNS_PORT))]
+            kept = [run(program, frame(flags="A")),
+                    run(program, frame(flags="SA", src=CLIENT, dst=NODE, sport=80, dport=61010))]
+        finally:
+            config[0]["shed_until_ns"] = 0
+        after = run(program, frame())
+    assert shed == [(TC_ACT_SHOT, {"UPCALL_DROP_SHED": 1})] * 2
+    assert kept == [(TC_ACT_REDIRECT, {"STEER_REDIRECT_FRONTEND": 1}),
+                    (TC_ACT_REDIRECT, {"STEER_REDIRECT_SNAT_REPLY": 1})]
+    assert after == (TC_ACT_REDIRECT, {"STEER_REDIRECT_FRONTEND": 1})
+
+
 def test_without_a_heartbeat_the_kernel_takes_everything_and_a_hold_drops_what_we_translate(upcall):
     topo, program, flows, config, pairs = upcall
     with in_netns(topo.node):

@@ -189,7 +189,7 @@ def _agent(cluster=None, published=None):
     config = SimpleNamespace(transport_interface="eth0", gateway_interface="gw0", node_name=NODE)
     steering = SimpleNamespace(ifaces={"eth0": (2, 0, "native"), "gw0": (3, 64, "native")})
     sock = SimpleNamespace(handle=1)
-    worker = SimpleNamespace(queue=0, error=None, _thread=_Alive(), last_slice_at=time.monotonic(),
+    worker = SimpleNamespace(queue=0, error=None, _thread=_Alive(), last_pass_at=time.monotonic,
                              sockets=[sock, sock])
     source = SimpleNamespace(snapshot=lambda: cluster, has_synced=lambda: True)
     sync = SimpleNamespace(consecutive_failures=0, last_error=None, counters={"notifications": 1},
@@ -217,7 +217,7 @@ def test_a_forwarding_dataplane_is_healthy():
     (lambda a: setattr(a.workers[0], "error", RuntimeError("boom")), "queue 0: the worker failed"),
     (lambda a: setattr(a.workers[0], "_thread", None), "queue 0: the worker is not running"),
     (lambda a: a.workers[0].sockets.__setitem__(1, None), "queue 0: no socket bound on gw0"),
-    (lambda a: setattr(a.workers[0], "last_slice_at", time.monotonic() - 10), "has not returned for"),
+    (lambda a: setattr(a.workers[0], "last_pass_at", lambda: time.monotonic() - 10), "loop has not run for"),
     (lambda a: setattr(a, "workers", []), "no worker runs"),
     (lambda a: setattr(a, "_fast_path_snapshot", lambda: {"enabled": True, "live": False}),
      "the tc fast path's heartbeat has stopped"),
@@ -276,7 +276,7 @@ def test_a_cluster_change_unpublished_past_the_timeout_is_unhealthy():
     """The source holds a Service the tables do not: healthy while recent, unhealthy after
     sync_timeout, healthy again once published (kube-proxy's queued-update rule)."""
     agent = _agent(cluster=_cluster([_lb("web")], []), published=ClusterState())
-    agent.workers[0].last_slice_at = None             # this test moves the clock, not the worker
+    agent.workers[0].last_pass_at = lambda: 0.0        # this test moves the clock, not the worker
     probe = _probe(agent)
     start = time.monotonic()
     assert probe(now=1000.0, monotonic_now=start).healthy
@@ -292,7 +292,7 @@ def test_publishing_failing_past_the_timeout_is_unhealthy():
     """Publishes failing in a row for longer than sync_timeout: unhealthy, with the error."""
     agent = _agent()
     agent.sync.consecutive_failures, agent.sync.last_error = 3, "ConfigError: tables.maxServices: too many"
-    agent.workers[0].last_slice_at = None
+    agent.workers[0].last_pass_at = lambda: 0.0
     probe = _probe(agent)
     start = time.monotonic()
     assert probe(monotonic_now=start).healthy
