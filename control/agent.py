@@ -134,7 +134,7 @@ class Agent:
                                            netns=self.netns)
         self.source = self._make_source()
         self.sync = SyncLoop(collector(self.source, self.network), self._publish)
-        self.source.on_change = self.sync.notify
+        self.source.on_change = self.kube_proxy_metrics.notifier(self.sync.notify, time.time)
         self.source.start()
         self._first_sync()
 

@@ -7,6 +7,10 @@ What each series means here (kube-proxy's meaning where it has one):
 - sync_proxy_rules_last_timestamp_seconds: the last time the tables were known to match the
   cluster state: a publish, or a check that found nothing pending (kube-proxy's periodic resync
   plays that part; a quiet cluster must not look stale).
+- sync_proxy_rules_last_queued_timestamp_seconds: the last time a change of the cluster state (a
+  Service, EndpointSlice or Node from the source) was queued for a publish, as kube-proxy stamps
+  it in Sync(), which each of its Service, EndpointSlice and Node handlers calls; 0 before the
+  first. Later than last_timestamp_seconds while a queued change waits for its publish.
 - network_programming_duration_seconds: from an EndpointSlice's last-change-trigger-time
   annotation (the change of the Pod or Service, stamped by the EndpointSlice controller) to the
   publish after which every worker forwards with it; changes older than the agent are skipped.
@@ -87,9 +91,23 @@ class KubeProxyMetrics:
         self.service_changes_pending = 0
         self.endpoint_changes_pending = 0
         self.last_synced = 0.0                        # Unix time; 0: never
+        self.last_queued = 0.0                        # Unix time a cluster change was queued; 0: never
         self.out_of_sync_since = None                 # monotonic time a difference was first seen
         self._in_sync_notifications = None            # the source's notification count then
         self._lock = threading.Lock()
+
+    def queued(self, now):
+        """A change of the cluster state was queued for a publish at Unix time `now`."""
+        with self._lock:
+            self.last_queued = now
+
+    def notifier(self, notify, clock):
+        """A cluster source's on_change: stamps the change as queued at clock() (Unix time), then
+        calls notify() (the sync loop's), so the stamp never comes after the publish it asks for."""
+        def on_change():
+            self.queued(clock())
+            notify()
+        return on_change
 
     def published(self, old, new, seconds, now):
         """A publish of ClusterState `new` (replacing `old`, None at first) took `seconds` and
@@ -146,13 +164,15 @@ class KubeProxyMetrics:
                 "In Cluster Network Programming Latency in seconds (EndpointSlice trigger time to "
                 "the publish every worker uses)",
                 buckets=self.programming.cumulative(), sum_value=self.programming.sum)
-            values = (self.last_synced, self.endpoint_changes_pending, self.endpoint_changes_total,
-                      self.service_changes_pending, self.service_changes_total)
-        last, endpoints_pending, endpoints_total, services_pending, services_total = values
+            values = (self.last_synced, self.last_queued, self.endpoint_changes_pending,
+                      self.endpoint_changes_total, self.service_changes_pending, self.service_changes_total)
+        last, queued, endpoints_pending, endpoints_total, services_pending, services_total = values
         yield sync
         yield programming
         yield GaugeMetricFamily("kubeproxy_sync_proxy_rules_last_timestamp_seconds",
                                 "The last time proxy rules were successfully synced", value=last)
+        yield GaugeMetricFamily("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+                                "The last time a sync of proxy rules was queued", value=queued)
         yield GaugeMetricFamily("kubeproxy_sync_proxy_rules_endpoint_changes_pending",
                                 "Pending proxy rules Endpoint changes", value=endpoints_pending)
         yield CounterMetricFamily("kubeproxy_sync_proxy_rules_endpoint_changes",

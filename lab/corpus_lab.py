@@ -340,6 +340,17 @@ class CorpusLab:
         except ValueError:
             return int(code), body
 
+    def metrics(self, prefix="kubeproxy_"):
+        """{sample: value} of n1's agent's Prometheus metrics whose names start with `prefix`."""
+        proc = self.lab.run(self.ns["n1"], ["curl", "-s", "-m", "3", "http://127.0.0.1:9847/metrics"],
+                            check=False, timeout=10)
+        out = {}
+        for line in proc.stdout.splitlines():
+            if line.startswith(prefix):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
     def wait_port(self, role, address, port, timeout):
         """Until a TCP connect from namespace `role` to address:port succeeds."""
         proc = self.lab.run(self.ns[role], [sys.executable, SCRIPT, "wait-port", address,

@@ -154,6 +154,19 @@ def test_health_check_node_port_turns_503_when_the_last_local_endpoint_goes(corp
     assert not failures, "\n".join(failures)
 
 
+def test_kube_proxy_queued_and_synced_timestamps_follow_a_load(corpus):
+    """Loading a case queues a sync (kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds moves
+    to the load) and its publish completes after it (..._last_timestamp_seconds not earlier)."""
+    case = selected()[0][0]
+    before = time.time()
+    corpus.load(case)
+    metrics = corpus.metrics()
+    queued = metrics["kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds"]
+    synced = metrics["kubeproxy_sync_proxy_rules_last_timestamp_seconds"]
+    print(f"loaded at {before:.3f}: queued {queued - before:+.3f}s, synced {synced - before:+.3f}s")
+    assert before <= queued <= synced <= time.time(), metrics
+
+
 def test_the_agent_took_every_case_without_an_error(corpus):
     """Every manifest loaded and every publish succeeded, and the agent logged no error: no case
     was judged on a state the agent refused or half applied."""

@@ -106,3 +106,22 @@ def test_an_unchanged_notification_count_skips_the_comparison():
 
     assert metrics.check(Exploding(), state, notifications=3, now=11.0, monotonic_now=2.0) is True
     assert metrics.last_synced == 11.0
+
+
+def test_the_last_queued_timestamp_is_the_last_change_handed_to_the_sync_loop():
+    """kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds: 0 until a change is queued; a
+    source's on_change made by notifier() stamps the clock's time, then notifies the sync loop
+    (stamp first: the publish it asks for can never precede it); a publish does not move it."""
+    metrics = KubeProxyMetrics(started_at=0.0)
+    assert _samples(metrics)[("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds", ())] == 0
+    seen_at_notify = []
+    clock = iter([1000.0, 1003.5])
+    on_change = metrics.notifier(lambda: seen_at_notify.append(metrics.last_queued), lambda: next(clock))
+    on_change()
+    assert seen_at_notify == [1000.0]
+    metrics.published(None, _state([_svc("a")], []), 0.01, 1000.2)
+    on_change()
+    samples = _samples(metrics)
+    assert samples[("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds", ())] == 1003.5
+    assert samples[("kubeproxy_sync_proxy_rules_last_timestamp_seconds", ())] == 1000.2
+    assert seen_at_notify == [1000.0, 1003.5]
