@@ -53,6 +53,17 @@ SECURITY_MIRROR=${SECURITY_MIRROR%/}
 
 mkdir -p "$CACHE/rootfs" "$CACHE/debs"
 
+# Hybrid cgroups (v1 controllers, a v2 hierarchy beside them), as on this lab machine: crun
+# refuses them, runc runs, with rlimits no higher than a root without CAP_SYS_RESOURCE may set
+# (tests/e2e/test_container_smoke.py makes the same choice).
+PODMAN=(podman)
+BUILD_OPTS=()
+if [ -d /sys/fs/cgroup/unified ] && [ ! -f /sys/fs/cgroup/cgroup.controllers ]; then
+  command -v runc >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc >/dev/null
+  PODMAN=(podman --runtime runc)
+  BUILD_OPTS=(--ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit nproc=32768:32768)
+fi
+
 # base_image NAME PACKAGES...: a podman image localhost/xskproxy-base:NAME-<key> made from a
 # debootstrap tarball, itself cached. Prints the image name.
 base_image() {
@@ -136,7 +147,7 @@ dirty=$(git status --porcelain --untracked-files=no -- dataplane control lab nat
 
 say "podman build $IMAGE (bases $BUILD_BASE, $RUNTIME_BASE)"
 started=$(date +%s)
-podman build --pull=never -f deploy/Containerfile -t "$IMAGE" \
+"${PODMAN[@]}" build --pull=never "${BUILD_OPTS[@]}" -f deploy/Containerfile -t "$IMAGE" \
   --build-arg BUILD_BASE="$BUILD_BASE" --build-arg RUNTIME_BASE="$RUNTIME_BASE" \
   --label org.opencontainers.image.revision="$revision" \
   --label org.opencontainers.image.source="xskproxy" \
