@@ -290,10 +290,12 @@ class CorpusLab:
     def _wait_marker(self, port, timeout):
         try:
             self.wait_port("n1", NODES["n1"][0], port, timeout=timeout)
-        except TimeoutError:
+        except TimeoutError as e:
             if self.agent is not None and self.agent.poll() is not None:
                 raise RuntimeError(f"n1's agent exited with {self.agent.returncode}: see {self.log_path}")
-            raise
+            last = (self.log_tail(1) or "nothing").strip()
+            # a last line event=fast_path: the workers were still compiling (a cold numba cache)
+            raise TimeoutError(f"{e}; the agent's last log line: {last}") from None
 
     def load(self, case, kernel_probes=(), timeout=15.0):
         """Put `case` in force on n1 (its objects replace the previous case's; returns once the
