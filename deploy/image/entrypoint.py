@@ -2,9 +2,9 @@
 process. Never touches the network, the state directory or anything the agent owns.
 
 numba only uses a cache directory it can write, and the root filesystem is read-only, so the
-cache warmed at build time (/opt/xskproxy/numba-cache) is copied into the writable emptyDir that
-app/dataplane/__pycache__ links to, unless the emptyDir already holds it (a restarted container
-of the same Pod). Its entries are tuned for the build machine's CPU and for any x86-64 CPU:
+cache warmed at build time (/opt/xskproxy/numba-cache) is copied into the writable emptyDir
+(NUMBA_CACHE_DIR; app/dataplane/__pycache__ links to its dataplane/), unless the emptyDir already
+holds it (a restarted container of the same Pod). Its entries are tuned for the build machine's CPU and for any x86-64 CPU:
 XSKPROXY_NUMBA_CPU=auto (default) takes the first on the same CPU, else the generic ones;
 host or generic force one (host on another CPU compiles at start: 20 s or more). Setting
 XSKPROXY_BAKED_NUMBA_CACHE=off leaves the cache cold (to measure a first start).
@@ -17,7 +17,7 @@ import shutil
 import sys
 
 BAKED = "/opt/xskproxy/numba-cache"
-RUNTIME = "/var/cache/xskproxy-numba/dataplane"    # what app/dataplane/__pycache__ links to
+RUNTIME = "/var/cache/xskproxy-numba"      # NUMBA_CACHE_DIR; its dataplane/ is app/dataplane/__pycache__
 STAMP = ".stamp"
 
 
@@ -57,10 +57,13 @@ def fill_cache(baked=BAKED, runtime=RUNTIME):
     if stamp is not None and _read(os.path.join(runtime, STAMP)) == stamp:
         return 0
     copied = 0
-    for name in sorted(os.listdir(baked)):
-        if name != STAMP:
-            shutil.copy2(os.path.join(baked, name), os.path.join(runtime, name))
-            copied += 1
+    for root, _dirs, files in os.walk(baked):
+        into = os.path.join(runtime, os.path.relpath(root, baked))
+        os.makedirs(into, exist_ok=True)
+        for name in files:
+            if root != baked or name != STAMP:
+                shutil.copy2(os.path.join(root, name), os.path.join(into, name))
+                copied += 1
     if stamp is not None:
         shutil.copy2(os.path.join(baked, STAMP), os.path.join(runtime, STAMP))   # last: complete
     return copied
@@ -77,6 +80,10 @@ def main():
     else:
         cpu = os.environ["NUMBA_CPU_NAME"]
     if os.environ.get("XSKPROXY_BAKED_NUMBA_CACHE", "on") == "off":
+        try:
+            os.makedirs(os.path.join(RUNTIME, "dataplane"), exist_ok=True)   # the same layout, empty
+        except OSError:
+            pass
         _log(event="numba_cache", cpu=cpu, baked="off")
     else:
         copied = fill_cache()

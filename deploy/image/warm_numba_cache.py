@@ -6,8 +6,10 @@ made as the agent makes them, the worker loop runs one pass with no socket bound
 Run from the application directory with the image's final paths: the cache of dataplane/ is keyed
 on a digest of its sources and their paths (dataplane/_jit.py), so it must be made where it is
 used. Once with the build machine's CPU and once with NUMBA_CPU_NAME=generic (the image's
-entrypoint uses the generic code on any other CPU). Writes <cache>/.stamp (the digest) and, for
-the host run, <cache>/cpu.json (the CPU the host-tuned entries are for).
+entrypoint uses the generic code on any other CPU). CACHE_DIR is NUMBA_CACHE_DIR, whose
+dataplane/ app/dataplane/__pycache__ links to (dataplane/maglev.py's functions, not keyed by
+_jit.py, land in NUMBA_CACHE_DIR's own layout beside it). Writes CACHE_DIR/.stamp (the digest)
+and, for the host run, CACHE_DIR/cpu.json (the CPU the host-tuned entries are for).
 
 Usage (in the application directory): python deploy/image/warm_numba_cache.py CACHE_DIR
 """
