@@ -43,3 +43,14 @@ bench: build
 
 clean:
 	rm -rf build *.egg-info native/_pyxdp_gen* pyxdp*.so
+
+# The container image (deploy/Containerfile) from the committed tree, without a registry:
+# debootstrap bases, wheels from the configured index, numba's cache warmed at build. IMAGE=...
+.PHONY: image image-smoke
+IMAGE ?= xskproxy:dev
+image: bootstrap
+	bash scripts/build_image.sh $(IMAGE)
+
+# That image's agents in the e2e lab, as the DaemonSet runs them (tests/e2e/test_container_smoke.py)
+image-smoke:
+	XSKPROXY_IMAGE=$(IMAGE) $(PYTEST) -q -s -p no:cacheprovider tests/e2e/test_container_smoke.py
