@@ -42,7 +42,7 @@ from control.sync import SyncLoop, collector
 from control.translate import (ProxyOptions, Translator, apply_backend_steering, apply_steering_changes,
                                describe_tables)
 from dataplane import abi, store
-from dataplane.tables import counters_by_name, next_pow2, with_fast_path
+from dataplane.tables import counters_by_name, next_pow2, with_fast_path, with_partition
 
 log = logging.getLogger("xskproxy.agent")
 
@@ -115,9 +115,13 @@ class Agent:
             xsk.ifindex_of(ifname)                 # one clear OSError when an interface is missing
         store.make_state_dir(cfg.state_dir)        # one OSError naming stateDir and the path
 
+        served = ((cfg.transport_interface, "transport"), (cfg.gateway_interface, "gateway"))
+        wanted = {ifname: self._xdp_mode(ifname) for ifname, _ in served}
+        self.worker_count = self._worker_count(wanted)
+
         # per-flow state first: a restarted agent adopts its predecessor's flows
         adopted_ids, fib_base = {}, 0
-        for queue in range(cfg.queues):
+        for queue in range(self.worker_count):
             tables = store.open_flow_tables(cfg.state_dir, queue, cfg.tables.conntrack_entries,
                                             cfg.tables.affinity_entries)
             self.flow_tables.append(tables)
@@ -142,19 +146,20 @@ class Agent:
         self.steering = xsk.SteeringProgram(
             flow_entries=next_pow2(cfg.tables.flow_entries),
             adopt_from=cfg.transport_interface if cfg.flow_offload else None)
-        served = ((cfg.transport_interface, "transport"), (cfg.gateway_interface, "gateway"))
-        wanted = {ifname: self._xdp_mode(ifname) for ifname, _ in served}
         socket_devices = {}
         for ifname, role in served:
             pair = None
             if wanted[ifname] == "upcall":
-                pair = netlink.ensure_upcall_pair(ifname, abi.lib.XSKP_UPCALL_MTU)
+                pair = netlink.ensure_upcall_pair(ifname, abi.lib.XSKP_UPCALL_MTU, queues=self.worker_count)
                 socket_devices[ifname] = pair[1]
                 self.upcall_interfaces.append(ifname)
-            self.steering.prepare(ifname, role, upcall_pair=pair)   # the lock: one agent at a time
+            self.steering.prepare(ifname, role, upcall_pair=pair,   # the lock: one agent at a time
+                                  queues=self.worker_count)
         self._set_up_fast_path()
+        self.flow_tables = [with_partition(tables, queue, self.worker_count)
+                            for queue, tables in enumerate(self.flow_tables)]
         self.neighbours.adopt(xsk.ifindex_of(ifname) for ifname, _ in served)
-        for queue in range(cfg.queues):
+        for queue in range(self.worker_count):
             worker = store_worker(self.store.reader(f"queue-{queue}"), self.flow_tables[queue],
                                   steering=self.steering, transport=cfg.transport_interface,
                                   gateway=cfg.gateway_interface, queue=queue,
@@ -183,7 +188,7 @@ class Agent:
                  "bpf_progs=%s bpf_maps=%s",
                  cfg.node_name, ",".join(f"{k}:{v}" for k, v in modes.items()),
                  ",".join(s.mode_name for w in self.workers for s in w.sockets if s is not None),
-                 cfg.queues, self.store.current.number, cfg.flow_offload,
+                 self.worker_count, self.store.current.number, cfg.flow_offload,
                  ",".join(map(str, ids["prog"])), ",".join(map(str, ids["map"])))
         # changes between the last read and the watcher's start gave no notification: re-read
         self.network.start(self.sync.notify)
@@ -249,14 +254,45 @@ class Agent:
         _write_json(os.path.join(self.config.state_dir, FAST_PATH_QDISCS), sorted(created))
 
     def _xdp_mode(self, ifname):
-        """xdpMode, with auto meaning upcall on a virtual interface when the fast path carries
-        bulk traffic: generic XDP there copies every multi-page skb (a Pod's GSO super-frames)
-        before tc sees it, and native XDP on a veth turns its peer's TSO off; a physical NIC's
-        native XDP runs before any skb exists and costs the fast path nothing."""
+        """xdpMode, with auto meaning upcall, when the fast path carries bulk traffic, on a virtual
+        interface (generic XDP there copies every multi-page skb, a Pod's GSO super-frames, before
+        tc sees it, and native XDP on a veth turns its peer's TSO off) and on an interface with
+        several receive queues (XDP hands a frame to the socket of the queue it arrived on, so a
+        reply arriving on another queue than its request would miss its flow; tc spreads flows
+        over the workers by a key both directions share). A single-queue NIC keeps native XDP: it
+        runs before any skb exists and costs the fast path nothing."""
         mode = self.config.xdp_mode
-        if mode == "auto" and self.config.flow_offload and netlink.link_kind(ifname) is not None:
+        if mode == "auto" and self.config.flow_offload and (
+                netlink.link_kind(ifname) is not None or netlink.rx_queue_count(ifname) > 1):
             return "upcall"
         return mode
+
+    def _worker_count(self, modes):
+        """How many workers (queues) serve the interfaces: `queues`, or for auto one per receive
+        queue of the served interfaces, at most one per CPU. States at start what a count
+        leaves undone: in XDP mode, frames on queues without a worker go to the kernel
+        (STEER_PASS_UNSERVED_QUEUE), and with several workers a reply may reach another worker
+        than its request."""
+        channels = {ifname: netlink.rx_queue_count(ifname) for ifname in modes}
+        wanted = self.config.queues
+        count = min(max(channels.values()), os.cpu_count() or 1) if wanted == "auto" else wanted
+        for ifname, mode in modes.items():
+            if mode == "upcall":
+                continue
+            if channels[ifname] > count:
+                log.warning("event=queues_unserved iface=%s channels=%d workers=%d xdp_mode=%s: frames on "
+                            "queues %d-%d go to the kernel (STEER_PASS_UNSERVED_QUEUE); xdpMode auto or "
+                            "upcall serves every queue", ifname, channels[ifname], count, mode, count,
+                            channels[ifname] - 1)
+            if count > 1:
+                log.warning("event=queues_split_flows iface=%s workers=%d xdp_mode=%s: each queue's worker "
+                            "keeps its own flows, and a reply arriving on another queue than its request "
+                            "misses them (XSKP_DROP_NOT_OURS); xdpMode auto or upcall keeps one flow "
+                            "state", ifname, count, mode)
+        log.info("event=queues workers=%d channels=%s modes=%s", count,
+                 ",".join(f"{k}:{v}" for k, v in channels.items()),
+                 ",".join(f"{k}:{v}" for k, v in modes.items()))
+        return count
 
     def _make_source(self):
         cfg = self.config

@@ -55,6 +55,14 @@ def _int_between(lo, hi):
     return check
 
 
+def _int_between_or_auto(lo, hi):
+    as_int = _int_between(lo, hi)
+
+    def check(value, path):
+        return value if value == "auto" else as_int(value, path)
+    return check
+
+
 def _one_of(choices):
     def check(value, path):
         if value not in choices:
@@ -233,7 +241,9 @@ class Config:
                                     "interface to other Nodes and external clients")
     gateway_interface: str = _key("gatewayInterface", "", _string(),
                                   "interface to this Node's Pods")
-    queues: int = _key("queues", 1, _int_between(1, 256), "queue pairs served, one worker each")
+    queues: object = _key("queues", "auto", _int_between_or_auto(1, 256),
+                          "workers (auto: one per receive queue of the served interfaces, at most one per "
+                          "CPU); in upcall mode tc serves every queue and spreads flows over the workers")
     source: str = _key("source", "files", _one_of(SOURCES), "where Services come from")
     manifest_path: str = _key("manifestPath", "/etc/xskproxy/manifests", _string(),
                               "file or directory of YAML manifests (source: files)")

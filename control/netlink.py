@@ -423,9 +423,20 @@ def _veth_peer_index(ipr, index):
     return link.get_attr("IFLA_LINK") if _kind(link) == "veth" else None
 
 
-def ensure_upcall_pair(ifname, mtu):
-    """The upcall pair of ifname, up, with `mtu` and IPv6 off: reused when a previous agent left it
-    (a handover, a kill), created otherwise. Returns (kernel end, socket end)."""
+def rx_queue_count(ifname):
+    """The receive queues (channels) ifname has, as the kernel reports them (IFLA_NUM_RX_QUEUES)."""
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        links = ipr.get_links(ifname=ifname)
+        if not links:
+            raise OSError(f"interface {ifname} not found")
+        return int(links[0].get_attr("IFLA_NUM_RX_QUEUES") or 1)
+
+
+def ensure_upcall_pair(ifname, mtu, queues=1):
+    """The upcall pair of ifname with `queues` queues each way (one per worker), up, with `mtu` and
+    IPv6 off: reused when a previous agent left it (a handover, a kill) with as many queues,
+    created otherwise. Returns (kernel end, socket end)."""
     from pyroute2 import IPRoute
     with IPRoute() as ipr:
         served = ipr.link_lookup(ifname=ifname)
@@ -433,19 +444,26 @@ def ensure_upcall_pair(ifname, mtu):
             raise OSError(f"interface {ifname} not found (upcall pair)")
         kernel_end, socket_end = upcall_pair_names(served[0])
         found, peer = ipr.link_lookup(ifname=kernel_end), ipr.link_lookup(ifname=socket_end)
-        if found and not (peer and _veth_peer_index(ipr, found[0]) == peer[0]):
+        if found and not (peer and _veth_peer_index(ipr, found[0]) == peer[0]
+                          and _queue_counts(ipr, found[0]) == _queue_counts(ipr, peer[0]) == (queues, queues)):
             ipr.link("del", index=found[0])             # not the pair we make: made again
             found = []
         if not found:
             for index in ipr.link_lookup(ifname=socket_end):
                 ipr.link("del", index=index)
-            ipr.link("add", ifname=kernel_end, kind="veth", peer={"ifname": socket_end})
+            ipr.link("add", ifname=kernel_end, kind="veth", num_tx_queues=queues, num_rx_queues=queues,
+                     peer={"ifname": socket_end, "num_tx_queues": queues, "num_rx_queues": queues})
         for end in (kernel_end, socket_end):
             _disable_ipv6(end)
             ipr.link("set", index=ipr.link_lookup(ifname=end)[0], mtu=mtu, state="up")
     _set_features(kernel_end, lambda name: True if name == "rx-gro" else None)
     _set_features(socket_end, lambda name: False if _is_tcp_segmentation(name) else None)
     return kernel_end, socket_end
+
+
+def _queue_counts(ipr, index):
+    link = ipr.get_links(index)[0]
+    return int(link.get_attr("IFLA_NUM_TX_QUEUES") or 1), int(link.get_attr("IFLA_NUM_RX_QUEUES") or 1)
 
 
 # What the agent sends on the socket end must reach the kernel end's own NAPI ring, not the

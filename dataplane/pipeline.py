@@ -651,12 +651,13 @@ def affinity_backend_usable(st, bid, ring_offset, ring_size, need_local):
 
 @packet_njit
 def allocate_snat_port(ct, flows, node, backend_addr, backend_port, proto, flow_hash, may_take_closed,
-                       now_ns, counters):
+                       now_ns, counters, fast_state):
     """A SNAT port for a new flow to (backend_addr, backend_port, proto), or -1 (exhausted).
 
-    The pool is the whole range [snat_port_min, snat_port_max] for each destination (backend,
-    backend port, proto): a port is held while the reply key (backend, node_addr, backend_port,
-    port) is in conntrack. From the port the flow hash picks, the first free port is taken (a
+    The pool is the range [snat_port_min, snat_port_max] for each destination (backend,
+    backend port, proto), or with several workers the worker's share of it (fast_state's
+    partition: the ports p with p % partitions == partition, where tc sends their replies): a
+    port is held while the reply key (backend, node_addr, backend_port, port) is in conntrack. From the port the flow hash picks, the first free port is taken (a
     flow found expired on the way is removed, XSKP_CNT_CT_EXPIRED). If the first SNAT_MAX_TRIES
     ports are all held, and may_take_closed (a TCP SYN), the port of the closed SNAT flow among
     them idle longest is taken over, else the first free or closed port of the rest of the range:
@@ -666,7 +667,11 @@ def allocate_snat_port(ct, flows, node, backend_addr, backend_port, proto, flow_
     port_max = np.int64(node.snat_port_max)
     if port_min == 0 or port_max < port_min:
         return np.int64(-1)
-    span = port_max - port_min + 1
+    step = np.int64(max(fast_state.partitions, 1))
+    port_min += (np.int64(fast_state.partition) - port_min) % step   # the share's first port
+    if port_max < port_min:
+        return np.int64(-1)
+    span = (port_max - port_min) // step + 1
     start = np.int64(flow_hash % np.uint64(span))
     node_addr = np.int64(node.node_addr)
     closed = np.int64(-1)
@@ -675,7 +680,7 @@ def allocate_snat_port(ct, flows, node, backend_addr, backend_port, proto, flow_
     for t in range(span):
         if t == SNAT_MAX_TRIES and closed >= 0:
             break
-        port = port_min + (start + t) % span
+        port = port_min + (start + t) % span * step
         idx = ct_lookup(ct, backend_addr, node_addr, backend_port, port, proto)
         if idx < 0:
             return port
@@ -788,7 +793,7 @@ def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, s
                    and not decapsulated):
         is_syn = proto == IPPROTO_TCP and (tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN
         port = allocate_snat_port(ct, ft.flows, node, backend_addr, backend_port, proto, flow_hash,
-                                  is_syn, now_ns, counters)
+                                  is_syn, now_ns, counters, ft.fast_state[0])
         if port < 0:
             return V_DROP, DROP_SNAT_EXHAUSTED
         new_src = np.int64(node.node_addr)

@@ -65,7 +65,9 @@ FAST_STATE_DTYPE = np.dtype([
     ("owner", np.uint32),                               # this worker's id in xskp_flow_v4.owner
     ("sweep_cursor", np.uint64),                        # next flow slot the sweep looks at
     ("sweep_last_ns", np.uint64),                       # when the sweep last ran
-])
+    ("partition", np.uint32),                           # this worker's index among `partitions`
+    ("partitions", np.uint32),                          # workers sharing the flows (0, 1: none): a
+])                                                      # worker's SNAT ports p have p % partitions == partition
 
 ServiceTables = namedtuple(
     "ServiceTables",
@@ -138,6 +140,17 @@ def with_fast_path(ft, flows, fast_config, ifindex, owner):
     fast_state[0]["ifindex"][:] = ifindex
     fast_state[0]["owner"] = owner
     return ft._replace(flows=flows, fast_config=fast_config, fast_state=fast_state)
+
+
+def with_partition(ft, partition, partitions):
+    """ft for worker `partition` of `partitions`, among which tc spreads the flows (upcall mode):
+    its SNAT ports are those p with p % partitions == partition, so that a reply to one reaches
+    the worker that holds its flow."""
+    if not 0 <= partition < max(partitions, 1):
+        raise ValueError(f"partition: {partition} is not below {partitions}")
+    fast_state = ft.fast_state.copy()
+    fast_state[0]["partition"], fast_state[0]["partitions"] = partition, partitions
+    return ft._replace(fast_state=fast_state)
 
 
 def make_counters():

@@ -333,6 +333,7 @@ class SteeringProgram:
         self.ifaces = {}  # ifname -> (ifindex, xsk_base, attach mode name)
         self._locks = {}  # ifname -> _InterfaceLock
         self._roles = {}  # ifname -> roles as given
+        self._queues = {}  # ifname -> worker queues serving it (steer_iface.queues)
         self.upcall_pairs = {}  # ifname -> (kernel end, socket end) in upcall mode
         self._upcall_tc = {}  # kernel end -> ifindex: xskp_upcall_tx attached there
         self._l4_key = np.zeros(1, abi.dtype("struct steer_v4_l4_key"))
@@ -343,10 +344,11 @@ class SteeringProgram:
         self._snat_value = np.zeros(1, abi.dtype("struct steer_v4_snat_range"))
 
     # -- interfaces and sockets -------------------------------------------------------------
-    def prepare(self, ifname, roles, upcall_pair=None):
+    def prepare(self, ifname, roles, upcall_pair=None, queues=None):
         """Take ifname for this program (its lock) and write its steering entry, without attaching:
         sockets can then be bound and maps filled before the program sees a packet. upcall_pair:
-        (kernel end, socket end) of ifname's upcall veth pair, for attach(mode='upcall')."""
+        (kernel end, socket end) of ifname's upcall veth pair, for attach(mode='upcall').
+        queues: the worker queues serving ifname (steer_iface.queues; None: every queue)."""
         ifindex = ifindex_of(ifname)
         if ifname in self.ifaces:
             raise ValueError(f"interface {ifname}: the steering program is already set up there")
@@ -354,12 +356,14 @@ class SteeringProgram:
         used = {base for _, base, _ in self.ifaces.values()}
         slot = next(s for s in range(abi.lib.STEER_MAX_IFACES) if s * abi.lib.STEER_MAX_QUEUES not in used)
         self.ifaces[ifname] = (ifindex, slot * abi.lib.STEER_MAX_QUEUES, None)
+        self._queues[ifname] = abi.lib.STEER_MAX_QUEUES if queues is None else int(queues)
         if upcall_pair:
             self.upcall_pairs[ifname] = tuple(upcall_pair)
         try:
             self.set_roles(ifname, roles)
         except BaseException:
             del self.ifaces[ifname]
+            self._queues.pop(ifname, None)
             self.upcall_pairs.pop(ifname, None)
             lock.release()
             raise
@@ -395,8 +399,8 @@ class SteeringProgram:
         ifindex, xsk_base, _ = self.ifaces[ifname]
         kernel_end, socket_end = self.upcall_pairs[ifname]
         kernel_index, socket_index = ifindex_of(kernel_end), ifindex_of(socket_end)
-        self._write_iface(kernel_index, 0, 0, 0, 0, ifindex, f"setting up {kernel_end}")
-        self._write_iface(socket_index, 0, xsk_base, 0, 0, 0, f"setting up {socket_end}")
+        self._write_iface(kernel_index, 0, 0, 0, 0, ifindex, 0, f"setting up {kernel_end}")
+        self._write_iface(socket_index, 0, xsk_base, 0, 0, 0, 0, f"setting up {socket_end}")
         created = self._px.ffi.new("uint32_t *")
         _raise_if_error(self._px.lib.xskp_tc_attach(self.handle, kernel_index, abi.lib.XSKP_TC_UPCALL_TX, created),
                         f"attaching xskp_upcall_tx to {kernel_end} (upcall pair of {ifname})")
@@ -435,15 +439,18 @@ class SteeringProgram:
     def _forget(self, ifname):
         ifindex, _, _ = self.ifaces.pop(ifname)
         self._roles.pop(ifname, None)
+        self._queues.pop(ifname, None)
         self.upcall_pairs.pop(ifname, None)
         self._u32[0] = ifindex
         self._delete(abi.lib.STEER_MAP_IFACES, self._u32)
         self._locks.pop(ifname).release()
 
-    def _write_iface(self, ifindex, roles, xsk_base, hold_until_ns, upcall_ifindex, egress_ifindex, what):
+    def _write_iface(self, ifindex, roles, xsk_base, hold_until_ns, upcall_ifindex, egress_ifindex, queues,
+                     what):
         value = self._iface_value
         value["roles"], value["xsk_base"], value["hold_until_ns"] = roles, xsk_base, hold_until_ns
         value["upcall_ifindex"], value["egress_ifindex"] = upcall_ifindex, egress_ifindex
+        value["queues"] = queues
         self._u32[0] = ifindex
         self._update(abi.lib.STEER_MAP_IFACES, self._u32, value, what)
 
@@ -451,7 +458,8 @@ class SteeringProgram:
         ifindex, xsk_base, _ = self.ifaces[ifname]
         pair = self.upcall_pairs.get(ifname) if upcall else None
         self._write_iface(ifindex, roles_bits(roles), xsk_base, hold_until_ns,
-                          ifindex_of(pair[0]) if pair else 0, 0, f"setting the roles of {ifname}")
+                          ifindex_of(pair[0]) if pair else 0, 0, self._queues[ifname],
+                          f"setting the roles of {ifname}")
         self._roles[ifname] = roles
 
     def detach(self, ifname):

@@ -121,6 +121,12 @@ struct steer_iface {
 				     * (0: the XDP program steers on this interface itself) */
 	__u32 egress_ifindex;       /* an upcall pair's kernel end: the served interface where
 				     * xskp_upcall_tx sends the agent's transmissions (0: none) */
+	__u32 queues;               /* worker queues serving this interface: XDP mode, sockets on
+				     * rx queues 0..queues-1 (a frame on another queue is
+				     * STEER_PASS_UNSERVED_QUEUE); upcall mode, its pair's queues,
+				     * one worker each, over which xskp_fast partitions the upcalls
+				     * (xskp_upcall_queue). 0 counts as 1 */
+	__u32 pad;
 };
 
 /* Key of steer_v4_frontends (destination) and steer_v4_backends (source): an (address, port,
@@ -178,6 +184,8 @@ enum steer_counter {
 				     * here (xdp_md has no VLAN field): see the program's comment */
 	STEER_PASS_KERNEL_NAT,      /* to a node address + SNAT port, but of a flow in the kernel's
 				     * conntrack (its masquerade, e.g. --random-fully): the kernel's */
+	STEER_PASS_UNSERVED_QUEUE,  /* XDP mode: ours, but on an rx queue no worker serves (the
+				     * interface has more channels than `queues`): the kernel's */
 	/* the tc fast path (xskp_fast), per packet it sees */
 	FAST_FLOW,                  /* rewritten by an offloaded flow's entry and redirected */
 	FAST_BYPASS,                /* routed untracked to a Pod CIDR (kernel FIB) and redirected */

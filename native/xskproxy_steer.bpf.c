@@ -261,6 +261,8 @@ static __always_inline int redirect(struct xdp_md *ctx, const struct steer_iface
 		count(decision);
 		return pass(STEER_REDIRECT_FAILED);
 	}
+	if (queue > 0 && queue >= iface->queues)
+		return pass(STEER_PASS_UNSERVED_QUEUE);
 	if (ctx->data_end - ctx->data > SOCKET_FRAME_MAX) {
 		/* no socket can take it; the kernel would pass a translated flow's frame on
 		 * untranslated, so while an agent serves (or holds) the queue it is dropped */
@@ -687,6 +689,36 @@ static __always_inline int fast_decapsulate(struct __sk_buff *skb, const struct 
 				 tcp_flags, now);
 }
 
+/* Upcall mode with several workers: the queue of the upcall pair (so the worker) that a packet
+ * goes to, the same for both directions of a flow, so that each worker finds the flows it
+ * made. A request to a frontend goes by its client (source address, the inner one of a DSR
+ * tunnel: every flow of a client on one worker, so ClientIP affinity holds), a backend's reply by its destination (that client),
+ * a reply to a SNAT port by the port (a worker allocates ports p with p % queues == its queue),
+ * Pod-CIDR traffic by both addresses, symmetrically (xor). The veth queues the redirected skb
+ * on the pair's kernel end tx queue queue_mapping - 1, which is the socket end's rx queue. */
+static __always_inline __u32 xskp_upcall_queue(struct __sk_buff *skb, __u32 decision,
+					       const struct iphdr *ip, __u16 dport, __u32 queues)
+{
+	const struct iphdr *inner = (void *)ip + ip->ihl * 4;
+	__u32 key;
+
+	if (decision == STEER_REDIRECT_SNAT_REPLY)
+		return bpf_ntohs(dport) % queues;
+	if (decision == STEER_REDIRECT_FRONTEND && ip->protocol == IPPROTO_IPIP) {
+		/* a DSR tunnel: its flow is the inner one, whose backend's reply goes by the client */
+		if ((void *)(inner + 1) > (void *)(long)skb->data_end)
+			return 0;
+		key = inner->saddr;
+	} else if (decision == STEER_REDIRECT_FRONTEND)
+		key = ip->saddr;
+	else if (decision == STEER_REDIRECT_BACKEND_REPLY)
+		key = ip->daddr;
+	else
+		key = ip->saddr ^ ip->daddr;
+	key = bpf_ntohl(key) * 0x9e3779b1u;   /* Fibonacci hashing: the high bits mix every input bit */
+	return (key >> 16) % queues;
+}
+
 /* Upcall mode: what userspace takes (steer_decide) goes through the interface's upcall pair to
  * its socket, while the agent is alive; the rest, the kernel's, as the XDP program decides. A
  * frame (or GSO segment) larger than the pair carries is never upcalled: Pod-CIDR traffic goes
@@ -726,6 +758,8 @@ static __always_inline int fast_upcall(struct __sk_buff *skb, const struct xskp_
 		return TC_ACT_SHOT;
 	}
 	count(decision);
+	if (iface->queues > 1)
+		skb->queue_mapping = xskp_upcall_queue(skb, decision, ip, dport, iface->queues) + 1;
 	return bpf_redirect(iface->upcall_ifindex, 0);
 }
 

@@ -74,6 +74,27 @@ def test_every_port_of_the_range_serves_one_destination():
     assert verdict == fx.TX_G and fx.SNAT_PORT_MIN <= Ether(out)[TCP].sport <= fx.SNAT_PORT_MAX
 
 
+def test_a_worker_among_several_takes_only_its_share_of_the_range():
+    """Worker 1 of 3 (upcall mode spreads flows over workers, and sends a reply to a SNAT port to
+    worker port % 3): every port it gives is one of its share, the share is used whole, then
+    SNAT_EXHAUSTED; its replies are un-NATed."""
+    st, ft = fx.make_topology(ct_capacity=1 << 14)
+    ft = tables.with_partition(ft, 1, 3)
+    share = {p for p in range(fx.SNAT_PORT_MIN, fx.SNAT_PORT_MAX + 1) if p % 3 == 1}
+    frames = [bytes(nodeport(f"203.0.113.{1 + i % 250}", 20000 + i)) for i in range(len(share))]
+    ports = set()
+    for chunk in range(0, len(frames), 50):
+        verdicts, outs, counters = fx.run(frames[chunk:chunk + 50], fx.TRANSPORT, st, ft, now_ns=T0)
+        assert (verdicts == fx.TX_T).all(), tables.counters_by_name(counters)
+        ports.update(Ether(o)[TCP].sport for o in outs)
+    assert ports == share
+    verdict, _, counters = send(st, ft, nodeport("203.0.113.251", 19999), fx.TRANSPORT)
+    assert verdict == fx.DROP and counters.get("XSKP_DROP_SNAT_EXHAUSTED") == 1
+    port = min(share)
+    verdict, out, _ = send(st, ft, backend_to(port, "SA"), fx.TRANSPORT)
+    assert verdict == fx.TX_T and 20000 <= Ether(out)[TCP].dport < 20000 + len(share)
+
+
 def test_a_closed_flows_port_is_taken_over_by_a_new_syn():
     """With every port held, a SYN takes over the port of the closed flow (FINs both ways, or
     RST) idle longest: that flow is removed (XSKP_CNT_CT_REUSED) and the new one SNATed to its
