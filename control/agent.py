@@ -561,11 +561,7 @@ def _read_json(path, default):
         return default
 
 
-def _write_json(path, data):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, default=str)
-    os.replace(tmp, path)
+_write_json = store.write_private_json
 
 
 def _remove_lock_file(path):

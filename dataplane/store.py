@@ -154,6 +154,8 @@ def make_state_dir(state_dir):
     """Create stateDir (mode 0700) if needed; OSError naming the field and the path if not."""
     try:
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        if os.stat(state_dir).st_mode & 0o777 != 0o700:
+            os.chmod(state_dir, 0o700)        # e.g. a hostPath the kubelet made 0755
     except FileExistsError:
         raise OSError(errno.ENOTDIR, f"stateDir {state_dir}: is not a directory") from None
     except OSError as e:
@@ -288,9 +290,17 @@ def save_id_map(state_dir, name, mapping):
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
     path = os.path.join(state_dir, f"{name}.json")
     rows = sorted([list(key) + [int(value)] for key, value in mapping.items()], key=lambda r: r[-1])
-    tmp = f"{path}.new"
-    with open(tmp, "w") as f:
-        json.dump({"version": 1, "ids": rows}, f)
+    write_private_json(path, {"version": 1, "ids": rows})
+
+
+def write_private_json(path, data):
+    """Write `data` as JSON to path atomically (a temporary file renamed over it), mode 0600
+    whatever the umask: stateDir's files are root's alone."""
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)                      # an older temporary file kept its mode
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, default=str)
     os.replace(tmp, path)
 
 

@@ -1,11 +1,5 @@
 """stateDir is root's alone: the directory 0700, every file in it 0600, whatever the umask (a
-DaemonSet's hostPath is made 0755 by the kubelet, and a container's umask is usually 022).
-
-The xfail(strict) tests are gaps of the code today (dataplane/store.py, control/agent.py): the
-image's entrypoint sets umask 077, which covers new files in a container but not a directory
-that already exists nor an agent started any other way. They fail loudly once fixed: then drop
-the marker.
-"""
+DaemonSet's hostPath is made 0755 by the kubelet, and a container's umask is usually 022)."""
 import os
 
 import pytest
@@ -40,8 +34,6 @@ def test_flow_table_files_are_0600(tmp_path, umask_022):
     assert tables and {name: _mode(tmp_path / name) for name in tables} == {name: 0o600 for name in tables}
 
 
-@pytest.mark.xfail(strict=True, reason="save_id_map and agent._write_json create files with the umask's "
-                   "mode (0644 under umask 022)")
 def test_json_state_files_are_0600_under_umask_022(tmp_path, umask_022):
     """service-ids.json and stats.json (written by the agent) are 0600 under umask 022 too."""
     store.save_id_map(str(tmp_path), agent.SERVICE_IDS, {("default", "web"): 1})
@@ -50,8 +42,6 @@ def test_json_state_files_are_0600_under_umask_022(tmp_path, umask_022):
     assert _mode(tmp_path / "stats.json") == 0o600
 
 
-@pytest.mark.xfail(strict=True, reason="make_state_dir leaves an existing directory's mode as it is "
-                   "(a hostPath DirectoryOrCreate is 0755)")
 def test_an_existing_state_dir_is_made_0700(tmp_path, umask_022):
     """A stateDir that exists with mode 0755 (the kubelet made it) is 0700 once the agent starts."""
     state = tmp_path / "state"
