@@ -208,3 +208,28 @@ def test_a_reply_of_a_kernel_nated_flow_in_the_snat_range_is_the_kernels(steerin
         subprocess.run(["ip", "netns", "exec", topo.node, "conntrack", "-D", *entry], capture_output=True)
     assert {k for k in middle if middle[k] != before[k]} == {"STEER_PASS_KERNEL_NAT"}
     assert {k for k in after if after[k] != middle[k]} == {"STEER_REDIRECT_SNAT_REPLY", "STEER_REDIRECT_FAILED"}
+
+
+def test_a_frame_on_a_queue_no_worker_serves_goes_to_the_kernel_and_is_counted():
+    """XDP mode on a 2-queue interface served by 1 worker (queues: 1): a Service's frame arriving
+    on queue 1 is the kernel's, counted as STEER_PASS_UNSERVED_QUEUE; on queue 0 it is steered."""
+    from lab import Lab, forwarder_lab
+    from dataplane import xsk
+    with Lab(LAB_PREFIX + "q") as lab:
+        topo = forwarder_lab(lab, queues=2)
+        with in_netns(topo.node):
+            program = xsk.SteeringProgram()
+            try:
+                program.prepare("tr0", "transport", queues=1)
+                program.attach("tr0")
+                program.add_frontend(CLUSTER_IP, 80, "tcp", ["transport"])
+                runs = []
+                for queue in (1, 0):
+                    before = program.counters()
+                    action = program.test_run(_tcp(CLIENT, CLUSTER_IP, 1234, 80), "tr0", queue=queue)
+                    after = program.counters()
+                    runs.append((action, {k for k in after if after[k] != before[k]}))
+            finally:
+                program.close()
+    assert runs[0] == (XDP_PASS, {"STEER_PASS_UNSERVED_QUEUE"})
+    assert runs[1] == (XDP_PASS, {"STEER_REDIRECT_FRONTEND", "STEER_REDIRECT_FAILED"})
