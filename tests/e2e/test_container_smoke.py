@@ -162,7 +162,8 @@ class ContainerServiceLab(scenarios.ServiceLab):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.agents[node.name].poll() is not None:
-                raise RuntimeError(f"container on {node.name} exited: {self.node_log(node)[-3000:]}")
+                log = "\n".join(line for line in self.node_log(node).splitlines() if not line.startswith("[cache]"))
+                raise RuntimeError(f"container on {node.name} exited: {log[-3000:]}")
             if self.health(node) == 200:
                 return time.monotonic() - self.started_at[node.name]
             time.sleep(0.05)
