@@ -201,6 +201,13 @@ class CorpusLab:
                 if other != name:
                     lab.add_route(self.ns[name], other_cidr, via=other_address, dev="tr0")
             lab.add_route(self.ns[name], "default", via=ROUTER)
+        # Every client has spoken before its first probe, as Pods and routers have on a real node
+        # (ARP on the way): the agent reads the neighbour entries at start instead of dropping the
+        # first reply to a next hop it has never seen (README, known limits) and waiting 1 s.
+        for role, address in (("n1pod", "10.1.0.1"), ("n1pods", "10.1.0.1"), ("n2pods", "10.2.0.1"),
+                              ("n3pods", "10.3.0.1"), ("router", NODES["n1"][0])):
+            if not lab.ping(self.ns[role], address):
+                raise RuntimeError(f"{role} does not reach {address}")
         self._serve()
 
     def _pod_addresses(self, ns, addresses, gateway):

@@ -4,7 +4,6 @@ one agent on n1, each selected case loaded in turn through the manifest source; 
 real TCP connections (or UDP exchanges) from its source and must reach exactly the corpus'
 backends (each answers with its own address:port), be left to the kernel, be refused, or be
 dropped (with the corpus' drop reason counted by the agent)."""
-import os
 import shutil
 import time
 
@@ -165,6 +164,16 @@ def test_kube_proxy_queued_and_synced_timestamps_follow_a_load(corpus):
     synced = metrics["kubeproxy_sync_proxy_rules_last_timestamp_seconds"]
     print(f"loaded at {before:.3f}: queued {queued - before:+.3f}s, synced {synced - before:+.3f}s")
     assert before <= queued <= synced <= time.time(), metrics
+
+
+def test_the_agent_dropped_only_what_the_corpus_says(corpus):
+    """Over the whole module the pipeline dropped frames only for the reasons the corpus' drop
+    probes name: no connection that was answered lost a packet on the way (a first SYN dropped
+    for a missing neighbour, say, and saved by its retransmission)."""
+    expected = {p["reason"] for _, probes in selected() for p in probes if p["expect"] == "drop"}
+    drops = {reason: n for reason, n in corpus.drop_counters(after=time.time()).items() if n}
+    print(f"pipeline drops over the module: {drops}")
+    assert set(drops) <= expected, drops
 
 
 def test_the_agent_took_every_case_without_an_error(corpus):
