@@ -208,19 +208,22 @@ class BenchLab:
 
     RX_MODES = ("rps", "napi")
 
-    def __init__(self, prefix="xlb", gen_cpu=0, path_cpu=1, rx_mode="rps", gateway="veth"):
+    def __init__(self, prefix="xlb", gen_cpu=0, path_cpu=1, rx_mode="rps", gateway="veth", queues=1):
         """rx_mode "rps": the transport's NAPI (skb build, GRO; XDP and the UMEM copy for AF_XDP paths)
         runs on the generator core, RPS moves the kernel's forwarding to the path core (issue 5's
         method). "napi": the transport's NAPI runs threaded, pinned to the path core, so the path core
         pays for receiving too and the generator core only generates.
         gateway "veth": the node's gw0 is a veth to the Pod (lab.forwarder_lab); "bridge": gw0 is a Linux
         bridge in the node namespace with the Pod's veth peer enslaved (forwarder_lab's), as
-        lab.cluster_lab(gateway="bridge") builds it and as Antrea's antrea-gw0 is an L3 port to the Pods."""
+        lab.cluster_lab(gateway="bridge") builds it and as Antrea's antrea-gw0 is an L3 port to the Pods.
+        queues: receive/transmit queues of every veth (the generator's frames all arrive on tr0's
+        queue 0: veth hands XDP_TX frames to the queue of the sending CPU)."""
         if rx_mode not in self.RX_MODES:
             raise ValueError(f"rx_mode: {rx_mode!r} is not one of {', '.join(self.RX_MODES)}")
         if gateway not in GATEWAYS:
             raise ValueError(f"gateway: {gateway!r} is not one of {', '.join(GATEWAYS)}")
         self.gen_cpu, self.path_cpu, self.rx_mode, self.gateway = gen_cpu, path_cpu, rx_mode, gateway
+        self.queues = queues
         self.lab = Lab(prefix)
         self.topo = None
         self.sink = None
@@ -239,7 +242,7 @@ class BenchLab:
 
     def build(self):
         lab = self.lab
-        self.topo = t = forwarder_lab(lab, gateway=self.gateway)
+        self.topo = t = forwarder_lab(lab, gateway=self.gateway, queues=self.queues)
         # the client namespace is also a Pod of another node (cross-node Pod-to-Pod rows)
         lab.add_address(t.client, "eth0", f"{PEER_POD_IP}/32")
         # replies and flowtable reverse routes for the generator's sources
@@ -254,7 +257,8 @@ class BenchLab:
         # replies from the Pod (TCP ACKs, responses) are forwarded on the path core too, not inside the
         # Pod's send on the generator core (bridge: on the Pod's port, the bridge passes frames up to gw0
         # on the core that received them)
-        lab.set_rps(t.node, "gw0" if self.gateway == "veth" else BRIDGE_POD_PORT, 1 << self.path_cpu)
+        for queue in range(self.queues):
+            lab.set_rps(t.node, "gw0" if self.gateway == "veth" else BRIDGE_POD_PORT, 1 << self.path_cpu, queue)
         # ab opens tens of thousands of connections to one VIP:port: more source ports than the default
         lab.sysctl(t.client, "net.ipv4.ip_local_port_range", "1024 65535")
         self.pin_rx()

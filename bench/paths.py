@@ -371,6 +371,8 @@ class XskproxyAgent(_AfxdpWorker):
     ready_timeout = 300.0        # the first start compiles the pipeline with numba (cached after)
     stop_timeout = 20.0          # stop flushes the flow tables
     METRICS_ADDRESS = ""         # disabled: the bench reads stats.json
+    extra_config = {}            # more agent config keys (e.g. queues)
+    cpus = None                  # taskset CPU list for the agent; None: the path core
 
     def __init__(self, services=None, flow_offload=None, gateway="veth"):
         """flow_offload: the agent's `flowOffload` (kernel fast path for established flows) as True or
@@ -423,6 +425,7 @@ class XskproxyAgent(_AfxdpWorker):
             json.dump(self.manifest(bench), f, separators=(",", ":"))
         config = agent_setup.agent_config(manifest_dir, os.path.join(self.workdir, "state"), self.METRICS_ADDRESS,
                                           flow_offload=self.flow_offload)
+        config.update(self.extra_config)
         path = os.path.join(self.workdir, "config.yaml")
         with open(path, "w") as f:
             yaml.safe_dump(config, f)
@@ -440,7 +443,8 @@ class XskproxyAgent(_AfxdpWorker):
         config = self.write_files(bench)
         with open(self.log_path, "w") as log:   # a file, not a pipe nobody reads while it runs
             return bench.lab.popen(bench.topo.node, [sys.executable, "-m", "control.cli", "run", "--config", config],
-                                   cpu=bench.path_cpu, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+                                   cpu=self.cpus if self.cpus is not None else bench.path_cpu, cwd=REPO,
+                                   stdout=log, stderr=subprocess.STDOUT)
 
     def extra_ready(self, bench):
         """The agent logged event=started and wrote stats.json with its first generation."""
