@@ -146,6 +146,10 @@ class Agent:
         self.steering = xsk.SteeringProgram(
             flow_entries=next_pow2(cfg.tables.flow_entries),
             adopt_from=cfg.transport_interface if cfg.flow_offload else None)
+        if self.steering.pin_error:
+            log.warning("event=bpf_pins_unavailable error=%r: the next agent can take over the programs "
+                        "and the flow table only with CAP_SYS_ADMIN (a handover then falls back to the "
+                        "kernel path)", self.steering.pin_error)
         socket_devices = {}
         for ifname, role in served:
             pair = None

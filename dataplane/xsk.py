@@ -39,6 +39,8 @@ FLOW_ENTRIES_DEFAULT = 1 << 16
 NATIVE_DEBUG_ENV = "XSKPROXY_NATIVE_DEBUG"  # "1": let libbpf/libxdp print their own messages
 LOCK_DIR_ENV = "XSKPROXY_LOCK_DIR"
 LOCK_DIR_DEFAULT = "/run/xskproxy"
+PIN_DIR_ENV = "XSKPROXY_BPF_PIN_DIR"
+PIN_DIR_DEFAULT = "/sys/fs/bpf/xskproxy"   # on the host's bpffs (the DaemonSet mounts /sys/fs/bpf)
 BUSY_RETRY_SECONDS = 2.0  # a queue's previous socket is torn down asynchronously (EBUSY meanwhile)
 
 _HINTS = {
@@ -265,7 +267,8 @@ class _InterfaceLock:
 
 
 def attached_program(ifname):
-    """What XDP program is attached to ifname now: (prog_id, 'native'|'skb'|'none', name)."""
+    """What XDP program is attached to ifname now: (prog_id, 'native'|'skb'|'none', name); the
+    name is '' when the kernel does not tell it (by id: CAP_SYS_ADMIN)."""
     px = _pyxdp()
     prog_id, mode, name = px.ffi.new("uint32_t *"), px.ffi.new("uint32_t *"), px.ffi.new("char[16]")
     _raise_if_error(px.lib.xskp_xdp_query(ifindex_of(ifname), prog_id, mode, name, 16),
@@ -281,7 +284,8 @@ def bpf_object_exists(kind, object_id):
 
 
 def fast_path_attached(ifname):
-    """What sits at the fast path's tc handle on ifname's ingress: (prog_id (0: nothing), name)."""
+    """What sits at the fast path's tc handle on ifname's ingress: (prog_id (0: nothing), name;
+    '' when the kernel does not tell it)."""
     px = _pyxdp()
     prog_id, name = px.ffi.new("uint32_t *"), px.ffi.new("char[16]")
     _raise_if_error(px.lib.xskp_tc_query(ifindex_of(ifname), prog_id, name, 16),
@@ -305,16 +309,24 @@ class SteeringProgram:
     sockets bound there, and what the agent transmits there leaves through the served interface
     (xskp_upcall_tx at the kernel end). prepare() takes the pair's (kernel end, socket end)."""
 
-    def __init__(self, obj_path=None, flow_entries=FLOW_ENTRIES_DEFAULT, adopt_from=None):
+    def __init__(self, obj_path=None, flow_entries=FLOW_ENTRIES_DEFAULT, adopt_from=None, pin_dir=None):
         """flow_entries (a power of two): the fast path's flow table; adopt_from: an interface
         whose attached xskproxy program's flow table is reused if it has that size (a handover:
-        offloaded flows keep running; self.adopted_flows says whether it happened)."""
+        offloaded flows keep running; self.adopted_flows says whether it happened).
+
+        pin_dir (default $XSKPROXY_BPF_PIN_DIR, else PIN_DIR_DEFAULT; '' for none): a directory
+        on a bpffs where every attached program and its flow table are pinned until detached, so
+        that the next agent takes them over with CAP_BPF alone (by kernel id that takes
+        CAP_SYS_ADMIN). self.pin_dir is None and self.pin_error says why when it is unusable."""
         px = _pyxdp()
         self._px = px
         self.obj_path = obj_path or bpf_object_path()
         if not os.path.isfile(self.obj_path):
             raise NativeMissingError(f"XDP program object {self.obj_path} not found: build it with `make native`")
         handle, adopted = px.ffi.new("uint64_t *"), px.ffi.new("uint32_t *")
+        pin_err = px.ffi.new("int32_t *")
+        if pin_dir is None:
+            pin_dir = os.environ.get(PIN_DIR_ENV) or PIN_DIR_DEFAULT
         adopt_ifindex = 0
         if adopt_from:
             try:
@@ -322,11 +334,16 @@ class SteeringProgram:
             except OSError:
                 adopt_ifindex = 0
         _raise_if_error(px.lib.xskp_steer_open(handle, self.obj_path.encode(), int(flow_entries),
-                                               adopt_ifindex, adopted),
+                                               pin_dir.encode(), adopt_ifindex, adopted, pin_err),
                         f"loading the XDP steering program {self.obj_path} "
                         f"(flow table of {flow_entries} entries)")
         self.handle = int(handle[0])
         self.adopted_flows = bool(adopted[0])
+        self.pin_dir, self.pin_error = (pin_dir or None), None
+        if pin_err[0] < 0:
+            code = -pin_err[0]
+            reason = "not on a bpffs" if code == errno_codes.EMEDIUMTYPE else os.strerror(code)
+            self.pin_dir, self.pin_error = None, f"{pin_dir}: {reason}"
         self.flow_entries = int(flow_entries)
         self._mmaps = []
         self.tc_ifaces = {}  # ifname -> (ifindex, created the clsact qdisc)
@@ -409,10 +426,8 @@ class SteeringProgram:
         _raise_if_error(self._px.lib.xskp_steer_attach(self.handle, socket_index, abi.lib.XSKP_ATTACH_UPCALL, mode_out),
                         f"attaching xskp_upcall (native XDP) to {socket_end} (upcall pair of {ifname})")
         # a predecessor in XDP mode may have left its steering program on ifname itself
-        prog_id, _, name = attached_program(ifname)
-        if prog_id and name == "xskp_steer":
-            _raise_if_error(self._px.lib.xskp_xdp_remove(ifindex, prog_id),
-                            f"removing a previous agent's XDP steering program from {ifname}")
+        _raise_if_error(self._px.lib.xskp_xdp_remove_stale(self.handle, ifindex),
+                        f"removing a previous agent's XDP steering program from {ifname}")
         self.ifaces[ifname] = (ifindex, xsk_base, "upcall")
         return "upcall"
 
@@ -543,12 +558,9 @@ class SteeringProgram:
     def remove_fast_path(self, ifname, destroy_qdisc=False):
         """Remove whatever xskp_fast sits at our tc handle on ifname (a predecessor's, when this
         agent runs without the fast path); any other program there is left alone."""
-        prog_id, name = fast_path_attached(ifname)
-        if not prog_id or name != "xskp_fast":
-            return False
-        _raise_if_error(self._px.lib.xskp_tc_detach(self.handle, ifindex_of(ifname), int(destroy_qdisc)),
-                        f"removing a previous agent's tc fast path from {ifname}")
-        return True
+        return bool(_raise_if_error(self._px.lib.xskp_tc_remove_stale(self.handle, ifindex_of(ifname),
+                                                                      int(destroy_qdisc)),
+                                    f"removing a previous agent's tc fast path from {ifname}"))
 
     def detach_fast_path(self, ifname, destroy_qdisc=False):
         ifindex, _ = self.tc_ifaces.pop(ifname)

@@ -48,6 +48,7 @@ class ServiceLab:
                                    pod_features=pod_features, client_features=client_features,
                                    gateway=gateway, mtu=mtu, queues=queues)
         self.agent_options = agent_options or {}
+        self.agent_command = [sys.executable, "-m", "control.cli"]   # a wrapper may go first (setpriv)
         self.agents = {}
         self.manifest_dir = os.path.join(self.workdir, "manifests")
         os.makedirs(self.manifest_dir, exist_ok=True)
@@ -95,7 +96,7 @@ class ServiceLab:
         with open(path, "w") as f:
             yaml.safe_dump(self.agent_config(node), f)
         log = open(os.path.join(self.workdir, f"{node.name}.log"), "a")
-        proc = self.lab.popen(node.ns, [sys.executable, "-m", "control.cli", "run", "--config", path],
+        proc = self.lab.popen(node.ns, [*self.agent_command, "run", "--config", path],
                               cwd=REPO, stdout=log, stderr=log)
         self.agents[node.name] = proc
         if wait:

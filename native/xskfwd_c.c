@@ -198,6 +198,7 @@ int main(int argc, char **argv)
 	struct frame_pool pool;
 	uint64_t umem = 0, steer = 0;
 	uint32_t adopted;
+	int32_t pin_err;
 	int use_poll = 0, err = 0, rc = 1, have_mac[2] = {0, 0};
 	uint8_t *area;
 
@@ -268,7 +269,7 @@ int main(int argc, char **argv)
 	for (pool.count = 0; pool.count < XSKP_UMEM_FRAMES; pool.count++)
 		pool.addrs[pool.count] = (uint64_t)pool.count * XSKP_FRAME_SIZE;
 
-	err = xskp_steer_open(&steer, bpf_obj, 1024, 0, &adopted);
+	err = xskp_steer_open(&steer, bpf_obj, 1024, NULL, 0, &adopted, &pin_err);
 	if (err) {
 		snprintf(what, sizeof(what), "loading %s", bpf_obj);
 		fail(what, err);

@@ -12,10 +12,13 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <linux/if_link.h>
+#include <linux/magic.h>
 #include <linux/if_xdp.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -30,6 +33,7 @@
 #define FAST_PROG_NAME "xskp_fast"
 #define FLOWS_MAP_NAME "xskp_flows_v4"
 #define ADOPT_MAX_MAPS 32
+#define PIN_PATH_MAX 512
 
 struct xskp_umem {
 	struct xsk_umem *umem;
@@ -70,7 +74,16 @@ struct xskp_steer {
 	uint32_t tc_ifindex[STEER_MAX_IFACES];
 	uint32_t tc_created_qdisc[STEER_MAX_IFACES]; /* 1: this handle created the clsact qdisc */
 	uint32_t tc_count;
+	char pin_dir[PIN_PATH_MAX / 2]; /* where attached programs are pinned; "": nowhere */
 };
+
+/* Where a program is attached, for its pins' names. */
+enum pin_hook {
+	PIN_XDP = 0,
+	PIN_TC = 1,                 /* our handle and priority at clsact ingress */
+};
+
+static const char *const pin_hook_names[] = { [PIN_XDP] = "xdp", [PIN_TC] = "tc" };
 
 /* ELF names of the maps, indexed by enum steer_map (kernel map names are at most 15 chars). */
 static const char *const steer_map_names[STEER_MAP_MAX] = {
@@ -458,57 +471,262 @@ uint32_t xskp_batch_probe(uint64_t *addrs, uint32_t n)
 
 static int prog_name_of(uint32_t prog_id, char *name, uint32_t name_size);
 
-/* The flow table of the xskproxy program attached to ifindex (a predecessor that stopped for a
- * handover, or was killed), if it has the shape asked for: reused by the new object, so that
- * offloaded flows keep their entries across the restart. 1 adopted, 0 nothing to adopt, -errno. */
-static int adopt_flow_table(struct bpf_map *flows, uint32_t ifindex)
-{
-	uint32_t map_ids[ADOPT_MAX_MAPS], prog_id, mode, len, i, n;
-	struct bpf_prog_info info;
-	struct bpf_map_info map;
-	char name[16];
-	int fd, err;
+/* ---- pins ------------------------------------------------------------------------------
+ * Taking over a program or map by its kernel id (BPF_PROG_GET_FD_BY_ID, BPF_MAP_GET_FD_BY_ID)
+ * needs CAP_SYS_ADMIN, which the DaemonSet does not grant. So every program attached to an
+ * interface is pinned in bpffs, with the flow table of the steering program and of the fast
+ * path beside it: <pin_dir>/<hook>-<netns inode>-<ifindex>[-flows]. The next agent (after a
+ * handover or a kill) opens them with BPF_OBJ_GET (CAP_BPF and the file's mode, 0600), checks
+ * that the pinned program is the one the kernel says is attached there (a stale pin is ignored),
+ * adopts the flow table and replaces the program with the pin's fd as the expected old one.
+ * A detach removes the pins; a release (handover) keeps them. Without a pin, the id is tried
+ * (it works with CAP_SYS_ADMIN: a predecessor that could not pin). */
 
-	/* the XDP steering program there, or (upcall mode: no XDP there) the tc fast path */
-	if (xskp_xdp_query(ifindex, &prog_id, &mode, name, sizeof(name)) || !prog_id ||
-	    strcmp(name, STEER_PROG_NAME)) {
-		if (xskp_tc_query(ifindex, &prog_id, name, sizeof(name)) || !prog_id ||
-		    strcmp(name, FAST_PROG_NAME))
-			return 0;
+static int pin_path(const struct xskp_steer *st, enum pin_hook hook, uint32_t ifindex,
+		    const char *suffix, char *path)
+{
+	struct stat netns;
+
+	if (!st->pin_dir[0])
+		return -ENOENT;
+	if (stat("/proc/thread-self/ns/net", &netns))
+		return -errno;
+	if (snprintf(path, PIN_PATH_MAX, "%s/%s-%lu-%u%s", st->pin_dir, pin_hook_names[hook],
+		     (unsigned long)netns.st_ino, ifindex, suffix) >= PIN_PATH_MAX)
+		return -ENAMETOOLONG;
+	return 0;
+}
+
+/* The pin_dir, made 0700 when missing; it must sit on a bpffs. 0 or -errno. */
+static int pin_dir_prepare(const char *dir)
+{
+	struct statfs fs;
+
+	if (mkdir(dir, 0700) && errno != EEXIST)
+		return -errno;
+	if (statfs(dir, &fs))
+		return -errno;
+	if ((unsigned long)fs.f_type != (unsigned long)BPF_FS_MAGIC)
+		return -EMEDIUMTYPE;
+	return chmod(dir, 0700) ? -errno : 0;
+}
+
+/* Pins fd as the pin's name + "-new" (bpffs takes no dot in a name): the name itself still
+ * holds the predecessor's pin, whose program the attach replaces; pins_finish renames it
+ * (atomically) or removes what was staged. */
+static int pin_stage(const struct xskp_steer *st, enum pin_hook hook, uint32_t ifindex,
+		     const char *suffix, int fd)
+{
+	char path[PIN_PATH_MAX], staged[PIN_PATH_MAX + 4];
+	int err = pin_path(st, hook, ifindex, suffix, path);
+
+	if (err)
+		return err == -ENOENT ? 0 : err;        /* no pin_dir: nothing to pin */
+	snprintf(staged, sizeof(staged), "%s-new", path);
+	unlink(staged);                                 /* a start killed mid-way left it */
+	return bpf_obj_pin(fd, staged) ? -errno : 0;
+}
+
+static int pins_stage(const struct xskp_steer *st, enum pin_hook hook, uint32_t ifindex,
+		      int prog_fd, int with_flows)
+{
+	int err = pin_stage(st, hook, ifindex, "", prog_fd);
+
+	if (!err && with_flows)
+		err = pin_stage(st, hook, ifindex, "-flows", st->map_fds[STEER_MAP_FLOWS_V4]);
+	return err;
+}
+
+/* attached: the staged pins take the names (a program without a flow table removes the
+ * predecessor's flow table pin); else the staged pins go. */
+static void pins_finish(const struct xskp_steer *st, enum pin_hook hook, uint32_t ifindex,
+			int attached)
+{
+	const char *const suffixes[] = { "", "-flows" };
+	char path[PIN_PATH_MAX], staged[PIN_PATH_MAX + 4];
+	int i;
+
+	for (i = 0; i < 2; i++) {
+		if (pin_path(st, hook, ifindex, suffixes[i], path))
+			return;
+		snprintf(staged, sizeof(staged), "%s-new", path);
+		if (!attached || rename(staged, path)) {
+			unlink(staged);
+			if (attached)
+				unlink(path);
+		}
+	}
+}
+
+/* Removes the pins of what was attached at ifindex's hook. */
+static void pins_remove(const struct xskp_steer *st, enum pin_hook hook, uint32_t ifindex)
+{
+	char path[PIN_PATH_MAX];
+
+	if (!pin_path(st, hook, ifindex, "", path))
+		unlink(path);
+	if (!pin_path(st, hook, ifindex, "-flows", path))
+		unlink(path);
+}
+
+static uint32_t object_id_of(int fd)
+{
+	struct bpf_prog_info info;      /* a map's info starts the same way: type, id */
+	uint32_t len = sizeof(info);
+
+	memset(&info, 0, sizeof(info));
+	return bpf_obj_get_info_by_fd(fd, &info, &len) ? 0 : info.id;
+}
+
+/* 1 if the program behind fd is named `name` (or `other`, when not NULL). */
+static int prog_named(int fd, const char *name, const char *other)
+{
+	struct bpf_prog_info info;
+	uint32_t len = sizeof(info);
+
+	memset(&info, 0, sizeof(info));
+	if (bpf_obj_get_info_by_fd(fd, &info, &len))
+		return 0;
+	return !strcmp(info.name, name) || (other && !strcmp(info.name, other));
+}
+
+/* An fd of the program prog_id, attached at ifindex's hook: from our pin there when it holds
+ * that program (any capabilities), else by its id (CAP_SYS_ADMIN). -ENOENT: it is gone;
+ * -EPERM: neither way (a program nobody pinned, without CAP_SYS_ADMIN). */
+static int attached_prog_fd(const struct xskp_steer *st, enum pin_hook hook, uint32_t ifindex,
+			    uint32_t prog_id)
+{
+	char path[PIN_PATH_MAX];
+	int fd;
+
+	if (!pin_path(st, hook, ifindex, "", path)) {
+		fd = bpf_obj_get(path);
+		if (fd >= 0) {
+			if (object_id_of(fd) == prog_id)
+				return fd;
+			close(fd);              /* stale: another program sits there now */
+		}
 	}
 	fd = bpf_prog_get_fd_by_id(prog_id);
-	if (fd < 0)
-		return 0;
+	return fd >= 0 ? fd : -errno;
+}
+
+/* The XDP program on ifindex: *prog_id (0: none) and its enum xskp_attach_mode. */
+static int xdp_attached(uint32_t ifindex, uint32_t *prog_id, uint32_t *mode)
+{
+	LIBBPF_OPTS(bpf_xdp_query_opts, query);
+	int err = bpf_xdp_query(ifindex, 0, &query);
+
+	if (err)
+		return err;
+	*prog_id = query.prog_id;
+	*mode = query.attach_mode == XDP_ATTACHED_SKB ? XSKP_ATTACH_SKB :
+		query.attach_mode == XDP_ATTACHED_DRV ? XSKP_ATTACH_NATIVE : XSKP_ATTACH_AUTO;
+	return 0;
+}
+
+/* The program at our tc handle and priority on ifindex's ingress: *prog_id (0: none). */
+static int tc_attached(uint32_t ifindex, uint32_t *prog_id)
+{
+	LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
+	LIBBPF_OPTS(bpf_tc_opts, query, .handle = XSKP_TC_HANDLE, .priority = XSKP_TC_PRIORITY);
+	int err = bpf_tc_query(&hook, &query);
+
+	*prog_id = 0;
+	if (err == -ENOENT || err == -EINVAL)
+		return 0;       /* no filter there, or no clsact qdisc at all */
+	if (err)
+		return err;
+	*prog_id = query.prog_id;
+	return 0;
+}
+
+static int flow_table_shaped(int fd, const struct bpf_map *flows)
+{
+	struct bpf_map_info map;
+	uint32_t len = sizeof(map);
+
+	memset(&map, 0, sizeof(map));
+	return !bpf_obj_get_info_by_fd(fd, &map, &len) && !strcmp(map.name, FLOWS_MAP_NAME) &&
+	       map.value_size == sizeof(struct xskp_flow_v4) &&
+	       map.max_entries == bpf_map__max_entries(flows) &&
+	       map.map_flags == bpf_map__map_flags(flows);
+}
+
+/* The flow table of the program prog_fd (attached at ifindex's hook) if it has the shape of
+ * `flows`: the pin beside the program's, else by the program's map ids. fd or -ENOENT. */
+static int flow_table_of(const struct xskp_steer *st, enum pin_hook hook, uint32_t ifindex,
+			 int prog_fd, const struct bpf_map *flows)
+{
+	uint32_t map_ids[ADOPT_MAX_MAPS], len, i, n, pinned_id;
+	struct bpf_prog_info info;
+	char path[PIN_PATH_MAX];
+	int fd;
+
 	memset(&info, 0, sizeof(info));
 	info.nr_map_ids = ADOPT_MAX_MAPS;
 	info.map_ids = (uint64_t)(uintptr_t)map_ids;
 	len = sizeof(info);
-	err = bpf_obj_get_info_by_fd(fd, &info, &len) ? -errno : 0;
-	close(fd);
-	if (err)
-		return err;
+	if (bpf_obj_get_info_by_fd(prog_fd, &info, &len))
+		return -errno;
 	n = info.nr_map_ids < ADOPT_MAX_MAPS ? info.nr_map_ids : ADOPT_MAX_MAPS;
+	if (!pin_path(st, hook, ifindex, "-flows", path) && (fd = bpf_obj_get(path)) >= 0) {
+		pinned_id = object_id_of(fd);
+		for (i = 0; i < n; i++)
+			if (map_ids[i] == pinned_id && flow_table_shaped(fd, flows))
+				return fd;
+		close(fd);      /* stale, or of another shape */
+	}
 	for (i = 0; i < n; i++) {
 		fd = bpf_map_get_fd_by_id(map_ids[i]);
 		if (fd < 0)
 			continue;
-		memset(&map, 0, sizeof(map));
-		len = sizeof(map);
-		if (!bpf_obj_get_info_by_fd(fd, &map, &len) && !strcmp(map.name, FLOWS_MAP_NAME) &&
-		    map.value_size == sizeof(struct xskp_flow_v4) &&
-		    map.max_entries == bpf_map__max_entries(flows) &&
-		    map.map_flags == bpf_map__map_flags(flows)) {
-			err = bpf_map__reuse_fd(flows, fd);
-			close(fd);
-			return err ? err : 1;
-		}
+		if (flow_table_shaped(fd, flows))
+			return fd;
 		close(fd);
+	}
+	return -ENOENT;
+}
+
+/* The flow table of the xskproxy program attached to ifindex (a predecessor that stopped for a
+ * handover, or was killed), if it has the shape asked for: reused by the new object, so that
+ * offloaded flows keep their entries across the restart. 1 adopted, 0 nothing to adopt, -errno. */
+static int adopt_flow_table(const struct xskp_steer *st, struct bpf_map *flows, uint32_t ifindex)
+{
+	/* the XDP steering program there, or (upcall mode: no XDP there) the tc fast path */
+	const struct { enum pin_hook hook; const char *name; } homes[] = {
+		{ PIN_XDP, STEER_PROG_NAME }, { PIN_TC, FAST_PROG_NAME },
+	};
+	uint32_t prog_id, mode;
+	int i, prog_fd, fd, err;
+
+	for (i = 0; i < 2; i++) {
+		if (homes[i].hook == PIN_XDP ? xdp_attached(ifindex, &prog_id, &mode) :
+		    tc_attached(ifindex, &prog_id))
+			continue;
+		if (!prog_id)
+			continue;
+		prog_fd = attached_prog_fd(st, homes[i].hook, ifindex, prog_id);
+		if (prog_fd < 0)
+			continue;
+		if (!prog_named(prog_fd, homes[i].name, NULL)) {
+			close(prog_fd);
+			continue;
+		}
+		fd = flow_table_of(st, homes[i].hook, ifindex, prog_fd, flows);
+		close(prog_fd);
+		if (fd < 0)
+			return 0;
+		err = bpf_map__reuse_fd(flows, fd);
+		close(fd);
+		return err ? err : 1;
 	}
 	return 0;
 }
 
 int xskp_steer_open(uint64_t *steer_out, const char *obj_path, uint32_t flow_entries,
-		    uint32_t adopt_ifindex, uint32_t *adopted_out)
+		    const char *pin_dir, uint32_t adopt_ifindex, uint32_t *adopted_out,
+		    int32_t *pin_err_out)
 {
 	struct bpf_program *prog;
 	struct bpf_map *flows;
@@ -516,11 +734,20 @@ int xskp_steer_open(uint64_t *steer_out, const char *obj_path, uint32_t flow_ent
 	int err, i;
 
 	*adopted_out = 0;
+	*pin_err_out = 0;
 	if (flow_entries == 0 || (flow_entries & (flow_entries - 1)))
 		return -EINVAL;
 	st = calloc(1, sizeof(*st));
 	if (!st)
 		return -ENOMEM;
+	if (pin_dir && pin_dir[0]) {
+		if (strlen(pin_dir) >= sizeof(st->pin_dir))
+			*pin_err_out = -ENAMETOOLONG;
+		else
+			*pin_err_out = pin_dir_prepare(pin_dir);
+		if (!*pin_err_out)
+			strcpy(st->pin_dir, pin_dir);
+	}
 	st->ncpus = libbpf_num_possible_cpus();
 	if (st->ncpus <= 0) {
 		err = st->ncpus ? st->ncpus : -EINVAL;
@@ -545,7 +772,7 @@ int xskp_steer_open(uint64_t *steer_out, const char *obj_path, uint32_t flow_ent
 	if (err)
 		goto err_close;
 	if (adopt_ifindex) {
-		err = adopt_flow_table(flows, adopt_ifindex);
+		err = adopt_flow_table(st, flows, adopt_ifindex);
 		if (err < 0)
 			goto err_close;
 		*adopted_out = err;
@@ -617,8 +844,7 @@ int xskp_tc_attach(uint64_t steer, uint32_t ifindex, uint32_t program, uint32_t 
 	LIBBPF_OPTS(bpf_tc_opts, query, .handle = XSKP_TC_HANDLE, .priority = XSKP_TC_PRIORITY);
 	LIBBPF_OPTS(bpf_tc_opts, opts, .handle = XSKP_TC_HANDLE, .priority = XSKP_TC_PRIORITY,
 		    .flags = BPF_TC_F_REPLACE);
-	char name[16];
-	int err, created;
+	int err, created, old_fd;
 
 	*created_qdisc_out = 0;
 	if (program > XSKP_TC_UPCALL_TX)
@@ -635,15 +861,22 @@ int xskp_tc_attach(uint64_t steer, uint32_t ifindex, uint32_t program, uint32_t 
 	err = bpf_tc_query(&hook, &query);
 	if (!err) {
 		/* something sits at our handle and priority: replace it only if it is ours */
-		err = prog_name_of(query.prog_id, name, sizeof(name));
+		old_fd = attached_prog_fd(st, PIN_TC, ifindex, query.prog_id);
+		if (old_fd >= 0) {
+			err = prog_named(old_fd, FAST_PROG_NAME, UPCALL_TX_PROG_NAME) ? 0 : -EBUSY;
+			close(old_fd);
+		} else {
+			err = old_fd == -EPERM ? -EBUSY : old_fd == -ENOENT ? 0 : old_fd;
+		}
 		if (err)
-			return err;
-		if (strcmp(name, FAST_PROG_NAME) && strcmp(name, UPCALL_TX_PROG_NAME))
-			return -EBUSY;
+			return err;     /* -EBUSY: not ours, or nobody pinned it and we may not ask */
 	} else if (err != -ENOENT && err != -EINVAL) {
 		return err;     /* -EINVAL: "cannot find specified filter chain", an empty clsact */
 	}
-	err = bpf_tc_attach(&hook, &opts);
+	err = pins_stage(st, PIN_TC, ifindex, opts.prog_fd, program == XSKP_TC_FAST);
+	if (!err)
+		err = bpf_tc_attach(&hook, &opts);
+	pins_finish(st, PIN_TC, ifindex, !err);
 	if (err) {
 		if (created)
 			bpf_tc_hook_destroy(&hook);
@@ -664,6 +897,8 @@ int xskp_tc_detach(uint64_t steer, uint32_t ifindex, uint32_t destroy_qdisc)
 	int i = tc_index_of(st, ifindex), err;
 
 	err = bpf_tc_detach(&hook, &opts);
+	if (!err || err == -ENOENT)
+		pins_remove(st, PIN_TC, ifindex);
 	if (i >= 0) {
 		destroy_qdisc |= st->tc_created_qdisc[i];
 		st->tc_count--;
@@ -680,20 +915,35 @@ int xskp_tc_detach(uint64_t steer, uint32_t ifindex, uint32_t destroy_qdisc)
 
 int xskp_tc_query(uint32_t ifindex, uint32_t *prog_id, char *name, uint32_t name_size)
 {
-	LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
-	LIBBPF_OPTS(bpf_tc_opts, query, .handle = XSKP_TC_HANDLE, .priority = XSKP_TC_PRIORITY);
 	int err;
 
-	*prog_id = 0;
 	if (name_size)
 		name[0] = '\0';
-	err = bpf_tc_query(&hook, &query);
-	if (err == -ENOENT || err == -EINVAL)
-		return 0;       /* no filter there, or no clsact qdisc at all */
-	if (err)
+	err = tc_attached(ifindex, prog_id);
+	if (err || !*prog_id)
 		return err;
-	*prog_id = query.prog_id;
-	return prog_name_of(query.prog_id, name, name_size);
+	err = prog_name_of(*prog_id, name, name_size);
+	return err == -EPERM ? 0 : err;         /* without CAP_SYS_ADMIN the name stays unknown */
+}
+
+int xskp_tc_remove_stale(uint64_t steer, uint32_t ifindex, uint32_t destroy_qdisc)
+{
+	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;
+	uint32_t prog_id;
+	int fd, ours, err;
+
+	err = tc_attached(ifindex, &prog_id);
+	if (err || !prog_id)
+		return err;
+	fd = attached_prog_fd(st, PIN_TC, ifindex, prog_id);
+	if (fd < 0)
+		return fd == -ENOENT || fd == -EPERM ? 0 : fd;
+	ours = prog_named(fd, FAST_PROG_NAME, NULL);
+	close(fd);
+	if (!ours)
+		return 0;
+	err = xskp_tc_detach(steer, ifindex, destroy_qdisc);
+	return err ? err : 1;
 }
 
 int xskp_steer_object_ids(uint64_t steer, uint32_t *prog_ids, uint32_t *map_ids)
@@ -837,55 +1087,52 @@ static int prog_name_of(uint32_t prog_id, char *name, uint32_t name_size)
 int xskp_xdp_query(uint32_t ifindex, uint32_t *prog_id, uint32_t *mode, char *name,
 		   uint32_t name_size)
 {
-	LIBBPF_OPTS(bpf_xdp_query_opts, query);
 	int err;
 
 	if (name_size)
 		name[0] = '\0';
-	err = bpf_xdp_query(ifindex, 0, &query);
-	if (err)
+	err = xdp_attached(ifindex, prog_id, mode);
+	if (err || !*prog_id)
 		return err;
-	*prog_id = query.prog_id;
-	*mode = query.attach_mode == XDP_ATTACHED_SKB ? XSKP_ATTACH_SKB :
-		query.attach_mode == XDP_ATTACHED_DRV ? XSKP_ATTACH_NATIVE : XSKP_ATTACH_AUTO;
-	if (query.prog_id)
-		return prog_name_of(query.prog_id, name, name_size);
-	return 0;
+	err = prog_name_of(*prog_id, name, name_size);
+	return err == -EPERM ? 0 : err;         /* without CAP_SYS_ADMIN the name stays unknown */
 }
 
 /* A program named like ours that another xskproxy left attached (killed, or stopped for a
- * handover with traffic held) is replaced in one step (XDP_FLAGS_REPLACE: no packet meets an
- * interface without a program) when it sits in the mode asked for, or AUTO; in another mode it
- * is detached first. Any other program is refused with -EBUSY. Returns 0 with *mode_out set
- * once ours is attached, 1 when the caller still has to attach, or -errno. */
-static int replace_stale_program(uint32_t ifindex, int prog_fd,
+ * handover with traffic held) is replaced in one step (XDP_FLAGS_REPLACE with its fd, from its
+ * pin: no packet meets an interface without a program) when it sits in the mode asked for, or
+ * AUTO; in another mode it is detached first. Any other program, or one nobody pinned when its
+ * id may not be looked up (no CAP_SYS_ADMIN), is refused with -EBUSY. Returns 0 with *mode_out
+ * set once ours is attached, 1 when the caller still has to attach, or -errno. */
+static int replace_stale_program(const struct xskp_steer *st, uint32_t ifindex, int prog_fd,
 				 const char *prog_name, uint32_t mode, uint32_t *mode_out)
 {
 	LIBBPF_OPTS(bpf_xdp_attach_opts, opts);
-	struct bpf_prog_info own;
-	uint32_t prog_id, stale_mode, len = sizeof(own);
-	char name[16];
-	int err;
+	uint32_t prog_id, stale_mode;
+	int err, old_fd;
 
-	err = xskp_xdp_query(ifindex, &prog_id, &stale_mode, name, sizeof(name));
+	err = xdp_attached(ifindex, &prog_id, &stale_mode);
 	if (err || !prog_id)
 		return err ? err : 1;
-	memset(&own, 0, sizeof(own));
-	if (bpf_obj_get_info_by_fd(prog_fd, &own, &len))
-		return -errno;
-	if (prog_id == own.id)
+	if (prog_id == object_id_of(prog_fd))
 		return -EALREADY;
-	if (strcmp(name, prog_name) || stale_mode == XSKP_ATTACH_AUTO)
+	if (stale_mode == XSKP_ATTACH_AUTO)
 		return -EBUSY;
+	old_fd = attached_prog_fd(st, PIN_XDP, ifindex, prog_id);
+	if (old_fd < 0)
+		return old_fd == -ENOENT ? 1 : old_fd == -EPERM ? -EBUSY : old_fd; /* gone: attach */
+	if (!prog_named(old_fd, prog_name, NULL)) {
+		close(old_fd);
+		return -EBUSY;
+	}
+	opts.old_prog_fd = old_fd;
 	if (mode != XSKP_ATTACH_AUTO && mode != stale_mode) {
-		err = bpf_xdp_detach(ifindex, mode_flags(stale_mode), NULL);
+		err = bpf_xdp_detach(ifindex, mode_flags(stale_mode), &opts);
+		close(old_fd);
 		return err ? err : 1;
 	}
-	opts.old_prog_fd = bpf_prog_get_fd_by_id(prog_id);
-	if (opts.old_prog_fd < 0)
-		return errno == ENOENT ? 1 : -errno;    /* gone meanwhile: attach as usual */
 	err = bpf_xdp_attach(ifindex, prog_fd, XDP_FLAGS_REPLACE | mode_flags(stale_mode), &opts);
-	close(opts.old_prog_fd);
+	close(old_fd);
 	if (err)
 		return err;
 	*mode_out = stale_mode;
@@ -908,8 +1155,11 @@ int xskp_steer_attach(uint64_t steer, uint32_t ifindex, uint32_t mode, uint32_t 
 			return -EALREADY;
 	if (st->attached_count == STEER_MAX_IFACES)
 		return -ENOSPC;
-	err = replace_stale_program(ifindex, prog_fd, prog_name,
-				    mode == XSKP_ATTACH_UPCALL ? XSKP_ATTACH_NATIVE : mode, &tried);
+	err = pins_stage(st, PIN_XDP, ifindex, prog_fd, mode != XSKP_ATTACH_UPCALL);
+	if (!err)
+		err = replace_stale_program(st, ifindex, prog_fd, prog_name,
+					    mode == XSKP_ATTACH_UPCALL ? XSKP_ATTACH_NATIVE : mode,
+					    &tried);
 	if (err == 1) {
 		err = bpf_xdp_attach(ifindex, prog_fd,
 				     XDP_FLAGS_UPDATE_IF_NOEXIST | mode_flags(tried), NULL);
@@ -919,6 +1169,7 @@ int xskp_steer_attach(uint64_t steer, uint32_t ifindex, uint32_t mode, uint32_t 
 					     XDP_FLAGS_UPDATE_IF_NOEXIST | mode_flags(tried), NULL);
 		}
 	}
+	pins_finish(st, PIN_XDP, ifindex, !err);
 	if (err)
 		return err;
 	st->attached_ifindex[st->attached_count] = ifindex;
@@ -929,22 +1180,29 @@ int xskp_steer_attach(uint64_t steer, uint32_t ifindex, uint32_t mode, uint32_t 
 	return 0;
 }
 
-int xskp_xdp_remove(uint32_t ifindex, uint32_t prog_id)
+int xskp_xdp_remove_stale(uint64_t steer, uint32_t ifindex)
 {
+	struct xskp_steer *st = (struct xskp_steer *)(uintptr_t)steer;
 	LIBBPF_OPTS(bpf_xdp_attach_opts, opts);
-	uint32_t attached_id, mode;
-	char name[16];
+	uint32_t prog_id, mode;
 	int err;
 
-	err = xskp_xdp_query(ifindex, &attached_id, &mode, name, sizeof(name));
-	if (err || attached_id != prog_id)
+	err = xdp_attached(ifindex, &prog_id, &mode);
+	if (err || !prog_id)
 		return err;
-	opts.old_prog_fd = bpf_prog_get_fd_by_id(prog_id);
+	opts.old_prog_fd = attached_prog_fd(st, PIN_XDP, ifindex, prog_id);
 	if (opts.old_prog_fd < 0)
-		return errno == ENOENT ? 0 : -errno;
+		return opts.old_prog_fd == -ENOENT || opts.old_prog_fd == -EPERM ? 0 : opts.old_prog_fd;
+	if (!prog_named(opts.old_prog_fd, STEER_PROG_NAME, NULL)) {
+		close(opts.old_prog_fd);
+		return 0;
+	}
 	err = bpf_xdp_detach(ifindex, mode_flags(mode), &opts);
 	close(opts.old_prog_fd);
-	return err;
+	if (err)
+		return err;
+	pins_remove(st, PIN_XDP, ifindex);
+	return 1;
 }
 
 int xskp_steer_detach(uint64_t steer, uint32_t ifindex)
@@ -961,6 +1219,7 @@ int xskp_steer_detach(uint64_t steer, uint32_t ifindex)
 		return -ENOENT;
 	opts.old_prog_fd = st->attached_prog_fd[i];
 	err = bpf_xdp_detach(ifindex, st->attached_flags[i], &opts);
+	pins_remove(st, PIN_XDP, ifindex);
 	st->attached_count--;
 	st->attached_ifindex[i] = st->attached_ifindex[st->attached_count];
 	st->attached_flags[i] = st->attached_flags[st->attached_count];

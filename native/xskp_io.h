@@ -62,10 +62,17 @@ uint32_t xskp_batch_probe(uint64_t *addrs, uint32_t n);  /* does nothing: times 
  * (killed, or released for a handover) atomically when it sits in the mode asked for (or AUTO);
  * any other program on the interface is refused with -EBUSY. */
 int xskp_steer_open(uint64_t *steer_out, const char *obj_path, uint32_t flow_entries,
-		    uint32_t adopt_ifindex, uint32_t *adopted_out);
+		    const char *pin_dir, uint32_t adopt_ifindex, uint32_t *adopted_out,
+		    int32_t *pin_err_out);
 /* flow_entries (a power of two) sizes the fast path's flow table; with adopt_ifindex != 0 the
  * flow table of an xskproxy program attached there (a handover's predecessor) is reused when it
- * has that shape (*adopted_out 1), so offloaded flows keep running across a restart. */
+ * has that shape (*adopted_out 1), so offloaded flows keep running across a restart.
+ * pin_dir (NULL or "": none), a directory on a bpffs, made 0700 if missing: every program
+ * attached is pinned there as <xdp|tc>-<netns inode>-<ifindex>, the steering program's and the
+ * fast path's flow table beside it (...-flows), until it is detached; a released handle's pins
+ * stay. They let the next agent adopt and replace them with CAP_BPF alone (by kernel id that
+ * needs CAP_SYS_ADMIN, still tried for what nobody pinned). *pin_err_out: -errno when pin_dir
+ * is unusable (-EMEDIUMTYPE: not a bpffs); the handle then pins nothing. */
 /* The fd of a map (enum steer_map), owned by the handle: for mmap of the mmapable arrays. */
 int xskp_steer_map_fd(uint64_t steer, uint32_t map);
 /* A tc program of the object (program: enum xskp_tc_program; xskp_fast, or xskp_upcall_tx on an
@@ -76,8 +83,12 @@ int xskp_tc_attach(uint64_t steer, uint32_t ifindex, uint32_t program, uint32_t 
 /* Removes our filter (absent: 0); the clsact qdisc too when destroy_qdisc, or when this handle
  * created it. */
 int xskp_tc_detach(uint64_t steer, uint32_t ifindex, uint32_t destroy_qdisc);
-/* What sits at our tc handle/priority on ifindex: prog id (0: nothing) and name. 0 or -errno. */
+/* What sits at our tc handle/priority on ifindex: prog id (0: nothing) and name ("" when the
+ * kernel does not tell: without CAP_SYS_ADMIN). 0 or -errno. */
 int xskp_tc_query(uint32_t ifindex, uint32_t *prog_id, char *name, uint32_t name_size);
+/* Removes the xskp_fast of another xskproxy (its pin, or its name by id) from our tc handle on
+ * ifindex, with the clsact qdisc when destroy_qdisc. 1 removed, 0 none of ours there, -errno. */
+int xskp_tc_remove_stale(uint64_t steer, uint32_t ifindex, uint32_t destroy_qdisc);
 /* The kernel ids of the object's four programs (steering, fast path, upcall, upcall tx) and of
  * its maps (indexed by
  * enum steer_map): what an agent added, for checks that a stop removed it all. */
@@ -99,9 +110,9 @@ int xskp_fast_test_run(uint64_t steer, const void *frame, uint32_t len, uint32_t
  * pair's socket end), the others xskp_steer. *mode_out: the mode obtained. */
 int xskp_steer_attach(uint64_t steer, uint32_t ifindex, uint32_t mode, uint32_t *mode_out);
 int xskp_steer_detach(uint64_t steer, uint32_t ifindex);
-/* Detaches the XDP program prog_id from ifindex if it is still the one attached there (one a
- * previous agent left), whatever its mode. 0 or -errno. */
-int xskp_xdp_remove(uint32_t ifindex, uint32_t prog_id);
+/* Detaches the xskp_steer another xskproxy left on ifindex (its pin, or its name by id),
+ * whatever its mode. 1 removed, 0 none of ours there, -errno. */
+int xskp_xdp_remove_stale(uint64_t steer, uint32_t ifindex);
 int xskp_steer_map_update(uint64_t steer, uint32_t map, const void *key, const void *value);
 int xskp_steer_map_delete(uint64_t steer, uint32_t map, const void *key);
 int xskp_steer_map_lookup(uint64_t steer, uint32_t map, const void *key, void *value);
@@ -118,7 +129,8 @@ void xskp_steer_close(uint64_t steer);        /* detaches XDP and tc from every 
 void xskp_steer_release(uint64_t steer);
 
 /* What is attached to an interface: program id (0: none), enum xskp_attach_mode, and the
- * program's name (name_size bytes, NUL-terminated). 0 or -errno. */
+ * program's name (name_size bytes, NUL-terminated; "" when the kernel does not tell: without
+ * CAP_SYS_ADMIN). 0 or -errno. */
 int xskp_xdp_query(uint32_t ifindex, uint32_t *prog_id, uint32_t *mode, char *name,
 		   uint32_t name_size);
 
