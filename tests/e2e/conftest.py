@@ -16,6 +16,15 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def bpf_pin_dir():
+    """As root, the agents pin into a bpffs of the session's own (lab/bpffs.py: this machine's
+    /sys/fs/bpf is none, and a private one is freed at the end): XSKPROXY_BPF_PIN_DIR, or None."""
+    from lab.bpffs import session_pins
+    with session_pins() as pin_dir:
+        yield pin_dir
+
+
 def _start_agents(sl, workdir):
     """Start every node's agent; if one does not come up, print the tail of each agent's log."""
     try:

@@ -2,7 +2,8 @@
 DaemonSet runs it (read-only root, emptyDirs /tmp and the numba cache as tmpfs, the stateDir and
 bpffs from the host, the DaemonSet's capabilities, no privilege escalation, podman's default
 seccomp profile with the CAP_BPF/CAP_PERFMON rules of containerd's RuntimeDefault, its memory
-limit) and real traffic goes through it.
+limit) and real traffic goes through it; a SIGTERM handover between two containers keeps the
+streams and the fast path's flow table (the pins in bpffs, without CAP_SYS_ADMIN).
 
 Opt-in: skipped unless the image exists (XSKPROXY_IMAGE, default xskproxy:dev). `make image-smoke`
 runs it. XSKP_IMAGE_COLD=1 adds a start with the baked cache left out (slow: it compiles).
@@ -17,7 +18,7 @@ import time
 import pytest
 import yaml
 
-from lab import scenarios
+from lab import lifecycle, scenarios
 from lab.netns import Lab
 
 IMAGE = os.environ.get("XSKPROXY_IMAGE", "xskproxy:dev")
@@ -97,7 +98,8 @@ def daemonset_run_options(workdir):
 class ContainerServiceLab(scenarios.ServiceLab):
     """ServiceLab whose agents are containers of IMAGE in the nodes' network namespaces."""
 
-    def __init__(self, lab, **kwargs):
+    def __init__(self, lab, bpffs, **kwargs):
+        self.bpffs = bpffs           # the host's bpffs for the containers' /sys/fs/bpf (a hostPath)
         self.containers = {}
         self.cold = set()            # nodes whose next start leaves the baked cache out
         self.started_at = {}
@@ -136,7 +138,7 @@ class ContainerServiceLab(scenarios.ServiceLab):
                  "--hostname", node.name, *run_opts, *daemonset_run_options(self.workdir),
                  "--tmpfs", "/tmp", "--tmpfs", "/var/cache/xskproxy-numba",
                  "-v", f"{config_dir}:/etc/xskproxy:ro", "-v", f"{self.manifest_dir}:/etc/xskproxy-manifests:ro",
-                 "-v", f"{self.state_dir(node)}:/run/xskproxy", "-v", "/sys/fs/bpf:/sys/fs/bpf",
+                 "-v", f"{self.state_dir(node)}:/run/xskproxy", "-v", f"{self.bpffs}:/sys/fs/bpf",
                  "-e", f"NODE_NAME={node.name}", *env, IMAGE,
                  "run", "--config", "/etc/xskproxy/xskproxy.yaml"])
         log = open(os.path.join(self.workdir, f"{node.name}.log"), "a")
@@ -180,10 +182,14 @@ class ContainerServiceLab(scenarios.ServiceLab):
 
 
 @pytest.fixture(scope="module")
-def container_lab(tmp_path_factory):
+def container_lab(tmp_path_factory, bpf_pin_dir):
+    """The lab with each node's agent in a container; /sys/fs/bpf in the containers is the
+    session's private bpffs (this machine's /sys/fs/bpf is no bpffs; a node's is, mounted by systemd)."""
+    if bpf_pin_dir is None:
+        pytest.skip("no bpffs could be mounted for the containers' /sys/fs/bpf")
     workdir = str(tmp_path_factory.mktemp("container-lab"))
     with Lab("ximg") as lab:
-        sl = ContainerServiceLab(lab, workdir=workdir)
+        sl = ContainerServiceLab(lab, os.path.dirname(bpf_pin_dir), workdir=workdir)
         try:
             for node in sl.cluster.nodes:
                 sl.start_agent(node, wait=False)
@@ -243,6 +249,20 @@ def test_the_containers_forwarded_it(container_lab):
         steered = {k: v for k, v in stats["steering"].items()
                    if v and ("REDIRECT" in k or k.startswith(("UPCALL_", "FAST_")))}
         assert steered, stats["steering"]
+
+
+def test_a_handover_restart_between_containers_keeps_the_flows(container_lab):
+    """SIGTERM to node0's container (a rolling update) and a new container: the new agent, with
+    the DaemonSet's capabilities (no CAP_SYS_ADMIN), takes over the programs from the pins in
+    bpffs, adopts the fast path's flow table (adopted=True), and the streams carried by the fast
+    path survive without a reset (lifecycle.restart_without_loss)."""
+    node0 = container_lab.cluster.nodes[0]
+    result = lifecycle.restart_without_loss(container_lab)
+    log = container_lab.node_log(node0)
+    fast = [line for line in log.splitlines() if "event=fast_path" in line]
+    assert len(fast) >= 2 and "adopted=True" in fast[-1], fast
+    assert "bpf_pins_unavailable" not in log
+    assert result.ok, result.detail
 
 
 def test_state_files_are_for_root_only(container_lab):
