@@ -6,7 +6,7 @@ tables and the counters.
 Stages (Katran style: each returns a verdict >= 0, or XSKP_VERDICT_CONTINUE = -1):
   descriptor check -> L2 (untagged Ethernet) -> IPv4 (header checksum verified, TTL <= 1
   answered with ICMP time exceeded) -> DSR decapsulation (IPIP to the node address, then the
-  inner packet goes through once more) -> L4 (TCP, UDP, ICMP)
+  inner packet goes through once more) -> L4 (TCP, UDP, SCTP, ICMP)
   -> partial checksum completion -> ICMP error translation -> conntrack -> Service (new flow)
   -> netfilter bypass -> XSKP_DROP_NOT_OURS.
 
@@ -104,6 +104,25 @@ Decisions:
   restored to what its sender saw (addresses, ports, its IPv4 checksum, its L4 checksum when
   quoted), the outer destination (and the outer source when the error comes from the peer
   itself) is translated like a frame of the entry's direction, the ICMP checksum recomputed.
+- SCTP (dataplane/_sctp.py): the chunks are walked and the CRC32c verified before any state is
+  touched (XSKP_DROP_SCTP_BAD_CHUNK, XSKP_DROP_SCTP_BAD_CRC); a CRC field of 0 that does not
+  verify is a partial checksum (a local sender's SCTP CRC offload on veth) and is completed
+  (XSKP_CNT_CSUM_COMPLETED), the same bet as for partial TCP/UDP checksums. NAT rewrites the
+  addresses (IPv4 header checksum incrementally; SCTP has no pseudo-header, so its CRC stays
+  valid) and, when a port changes (NodePort, SNAT, a targetPort unlike the port), the CRC32c
+  is computed again over the whole packet, so such packets cost two passes. Only an INIT opens
+  a flow (state SCTP_COOKIE_WAIT); any other first packet is XSKP_DROP_SCTP_INVALID, as
+  nf_conntrack marks DATA/SACK, ABORT, SHUTDOWN_COMPLETE and COOKIE_ACK INVALID and
+  kube-proxy drops INVALID (the HEARTBEAT, COOKIE_ECHO or SHUTDOWN it does pick up serve
+  multi-homed secondary paths, which NAT does not carry anyway); an INIT's verification tag
+  must be 0. COOKIE_ECHO -> SCTP_COOKIE_ECHOED, COOKIE_ACK in reply -> ESTABLISHED,
+  SHUTDOWN/SHUTDOWN_ACK -> SCTP_SHUTDOWN, ABORT/SHUTDOWN_COMPLETE -> SCTP_CLOSED; an INIT on
+  the tuple of a closing or closed flow is a new association (XSKP_CNT_CT_REUSED), and may take
+  over a closed SNAT flow's port. Timeouts as nf_conntrack's: 3 s handshake and shutdown,
+  210 s established, 10 s closed. Verification tags are not tracked per association (a forged
+  ABORT with the right ports closes a flow to its 10 s timeout) and multi-homing is not NATed
+  (INIT address parameters pass unchanged), as with kube-proxy's iptables NAT. ICMP errors
+  quoting SCTP are translated back (addresses and ports; the quote's CRC is left alone).
 - Numba's cache is keyed on a digest of this package and the header (dataplane/_jit.py): an
   edit anywhere recompiles every cached kernel once.
 - Two tiers (FlowTables.flows not empty): a conntrack hit that leaves a TCP flow in SYN_RECV
@@ -111,7 +130,8 @@ Decisions:
   path (offload_flow: XSKP_CT_OFFLOADED, XSKP_CNT_FLOW_OFFLOADED) before the frame is sent, so
   the peer's next frame already meets the fast path. DSR flows too: the ingress node's one-way
   flow (the fast path encapsulates) and the backend node's flow (the fast path decapsulates,
-  then translates). Not offloaded: ICMP, flows whose next hops are unresolved, and flows whose
+  then translates). Not offloaded: ICMP, SCTP (the fast path has no CRC32c helper; the
+  steering and tc programs never look SCTP up in the flow table), flows whose next hops are unresolved, and flows whose
   probe window in the flow table is full (XSKP_CNT_FLOW_OFFLOAD_FULL). From then
   on dataplane/_fastpath.py keeps the flow's state from what the fast path reports.
 """

@@ -329,8 +329,9 @@ enum xskp_counter {
 	XSKP_CNT_CT_EXPIRED,            /* flows found expired and removed on the way */
 	XSKP_CNT_CT_EVICTED,            /* flows evicted (oldest non-established in the probe window) */
 	XSKP_CNT_CT_STALE,              /* flows removed because their backend is gone or changed */
-	XSKP_CNT_CT_REUSED,             /* closing flows removed by a new SYN on their tuple (re-balanced)
-					 * or whose SNAT port a new SYN to their backend took over */
+	XSKP_CNT_CT_REUSED,             /* closing flows removed by a new SYN (SCTP: INIT) on their tuple
+					 * (re-balanced) or whose SNAT port a new SYN or INIT to their
+					 * backend took over */
 	XSKP_CNT_DNAT,                  /* new flows DNATed to a backend */
 	XSKP_CNT_SNAT,                  /* new flows SNATed to the node address (external, remote backend) */
 	XSKP_CNT_HAIRPIN,               /* new flows SNATed because client and backend are the same Pod */
@@ -338,7 +339,8 @@ enum xskp_counter {
 	XSKP_CNT_DSR_DECAP,             /* frames decapsulated from IPIP addressed to this node */
 	XSKP_CNT_BYPASS,                /* frames forwarded by route only (netfilter bypass, untracked) */
 	XSKP_CNT_ICMP_ERROR_TRANSLATED, /* ICMP errors whose quoted flow was translated back */
-	XSKP_CNT_CSUM_COMPLETED,        /* partial (offload) L4 checksums completed in software */
+	XSKP_CNT_CSUM_COMPLETED,        /* partial (offload) L4 checksums completed in software (an
+					 * SCTP CRC32c field of 0 included) */
 	XSKP_CNT_AFFINITY_HIT,          /* new flows that reused a ClientIP affinity backend */
 	XSKP_CNT_FIB_REFRESH,           /* conntrack entries whose cached MACs were re-resolved */
 	XSKP_CNT_FLOW_OFFLOADED,        /* flows handed to the kernel fast path (both directions) */
