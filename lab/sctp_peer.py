@@ -73,7 +73,7 @@ def receive(sock, deadline, accept):
         try:
             datagram = sock.recv(65535)
         except socket.timeout:
-            return None
+            continue
         got = parse(datagram)
         if accept(got):
             return got
