@@ -14,12 +14,18 @@ from lab.netns import Lab
 from conftest import _start_agents
 
 
-@pytest.fixture(scope="module")
-def sctp_lab(tmp_path_factory):
-    """The two-node ServiceLab with the SCTP Service (scenarios.sctp_services) and its agents."""
+# How the agents take packets in: xdpMode auto picks upcall mode on the lab's veths (xskp_fast
+# steers at tc), native puts the XDP steering program on them.
+XDP_MODES = ("auto", "native")
+
+
+@pytest.fixture(scope="module", params=XDP_MODES)
+def sctp_lab(request, tmp_path_factory):
+    """The two-node ServiceLab with the SCTP Service (scenarios.sctp_services) and its agents,
+    in each of XDP_MODES."""
     workdir = str(tmp_path_factory.mktemp("sctp"))
-    with Lab("xsctp") as lab:
-        sl = scenarios.ServiceLab(lab, workdir=workdir)
+    with Lab("xsctp" + request.param[0]) as lab:
+        sl = scenarios.ServiceLab(lab, workdir=workdir, agent_options={"xdpMode": request.param})
         scenarios.write_sctp_manifest(sl)
         _start_agents(sl, workdir)
         yield sl
