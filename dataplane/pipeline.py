@@ -131,9 +131,10 @@ Decisions:
   the peer's next frame already meets the fast path. DSR flows too: the ingress node's one-way
   flow (the fast path encapsulates) and the backend node's flow (the fast path decapsulates,
   then translates). Not offloaded: ICMP, SCTP (the fast path has no CRC32c helper; the
-  steering and tc programs never look SCTP up in the flow table), flows whose next hops are unresolved, and flows whose
-  probe window in the flow table is full (XSKP_CNT_FLOW_OFFLOAD_FULL). From then
-  on dataplane/_fastpath.py keeps the flow's state from what the fast path reports.
+  steering and tc programs never look SCTP up in the flow table), flows whose next hops are
+  unresolved, and flows whose probe window in the flow table is full
+  (XSKP_CNT_FLOW_OFFLOAD_FULL). From then on dataplane/_fastpath.py keeps the flow's state from
+  what the fast path reports.
 """
 import numpy as np
 from dataplane._jit import packet_njit

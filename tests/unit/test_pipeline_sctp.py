@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.sctp import (SCTP, SCTPChunkAbort, SCTPChunkCookieAck, SCTPChunkCookieEcho,
-                               SCTPChunkData, SCTPChunkHeartbeatReq, SCTPChunkInit, SCTPChunkInitAck, SCTPChunkShutdown,
-                               SCTPChunkShutdownAck, SCTPChunkShutdownComplete)
+                               SCTPChunkData, SCTPChunkHeartbeatReq, SCTPChunkInit,
+                               SCTPChunkInitAck, SCTPChunkShutdown, SCTPChunkShutdownAck,
+                               SCTPChunkShutdownComplete)
 
 import fixtures_pipeline as fx
 from dataplane import abi, tables
