@@ -364,6 +364,31 @@ def test_an_icmp_frag_needed_quoting_a_translated_association_reaches_the_client
     assert int.from_bytes(inner[22:24], "big") == NODE_PORT_REMOTE
 
 
+def test_an_init_takes_over_the_snat_port_of_an_aborted_association_but_not_of_a_live_one():
+    """With every SNAT port held (a range of 2), a new INIT takes over the port of the
+    association closed by ABORT (XSKP_CNT_CT_REUSED), never the one still opening: once that
+    one is the only one left, the next INIT is XSKP_DROP_SNAT_EXHAUSTED."""
+    st, ft = topology()
+    st.node[0]["snat_port_min"], st.node[0]["snat_port_max"] = 50000, 50001
+    ports = []
+    for sport in (51000, 51001):
+        pkt = fx.from_transport() / sctp(fx.CLIENT, fx.NODE_A, sport, NODE_PORT_REMOTE, init())
+        verdict, out, _ = send(st, ft, pkt, fx.TRANSPORT)
+        assert verdict == fx.TX_T
+        ports.append(IP(out[14:])[SCTP].sport)
+    abort = fx.from_transport() / sctp(fx.POD_B7, fx.NODE_A, DIAMETER, ports[1], SCTPChunkAbort(),
+                                       tag=CLIENT_TAG)
+    assert send(st, ft, abort, fx.TRANSPORT, T0 + S)[0] == fx.TX_T
+    third = fx.from_transport() / sctp(fx.CLIENT, fx.NODE_A, 51002, NODE_PORT_REMOTE, init())
+    verdict, out, counters = send(st, ft, third, fx.TRANSPORT, T0 + 2 * S)
+    assert verdict == fx.TX_T and counters.get("XSKP_CNT_CT_REUSED") == 1, counters
+    assert IP(out[14:])[SCTP].sport == ports[1] and sctp_crc_ok(out)
+    assert entry(ft, fx.CLIENT, fx.NODE_A, 51001, NODE_PORT_REMOTE) is None
+    fourth = fx.from_transport() / sctp(fx.CLIENT, fx.NODE_A, 51003, NODE_PORT_REMOTE, init())
+    verdict, _, counters = send(st, ft, fourth, fx.TRANSPORT, T0 + 2 * S)
+    assert verdict == fx.DROP and counters.get("XSKP_DROP_SNAT_EXHAUSTED") == 1
+
+
 # --- refused and malformed packets ----------------------------------------------------------
 
 def with_chunk_bytes(src, dst, sport, dport, chunk_bytes, tag=0):
