@@ -592,7 +592,8 @@ def _ip(value):
 
 _CT_STATES = {v: k[len("XSKP_CT_"):] for k, v in abi.enum_members("XSKP_CT_").items()
               if k in ("XSKP_CT_NEW", "XSKP_CT_SYN_SENT", "XSKP_CT_SYN_RECV", "XSKP_CT_ESTABLISHED",
-                       "XSKP_CT_FIN_WAIT", "XSKP_CT_CLOSING")}
+                       "XSKP_CT_FIN_WAIT", "XSKP_CT_CLOSING", "XSKP_CT_SCTP_COOKIE_WAIT",
+                       "XSKP_CT_SCTP_COOKIE_ECHOED", "XSKP_CT_SCTP_SHUTDOWN", "XSKP_CT_SCTP_CLOSED")}
 _PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp", 132: "sctp"}
 
 

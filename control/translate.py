@@ -36,9 +36,9 @@ inet_pton, AF_INET, from_bytes = socket.inet_pton, socket.AF_INET, int.from_byte
 
 lib = abi.lib
 PROTOCOL_NUMBERS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": 132}
-# The pipeline translates TCP and UDP; SCTP Service ports get no frontend (and so no steering):
-# the kernel (kube-proxy, if running) keeps them instead of the pipeline dropping them.
-PROXIED_PROTOCOLS = ("TCP", "UDP")
+# Every Service protocol is proxied: TCP and UDP in both tiers, SCTP in the userspace tier only
+# (the pipeline tracks associations and redoes the CRC32c; the fast path never takes them).
+PROXIED_PROTOCOLS = ("TCP", "UDP", "SCTP")
 IPPROTO_IPIP = 4
 ROLE_GATEWAY = lib.STEER_ROLE_GATEWAY
 ROLE_TRANSPORT = lib.STEER_ROLE_TRANSPORT

@@ -9,7 +9,8 @@ original and reply, keyed by the 5-tuple each direction arrives with and linked 
 (DSR ingress flows are one entry, peer XSKP_NO_PEER). The TCP/UDP state is mirrored in both
 entries; each entry has its own last_seen and a flow expires when both are older than the
 state's timeout; a TCP flow closed by FINs both ways keeps nf_conntrack's TIME_WAIT (120 s),
-one closed by an RST its CLOSE (10 s), so that late segments still match, while its tuple is
+one closed by an RST its CLOSE (10 s), so that late segments still match (an SCTP association
+closed by ABORT or SHUTDOWN_COMPLETE keeps nf_conntrack's CLOSED, 10 s), while its tuple is
 free for a new connection at once (a SYN on the same tuple: the pipeline's conntrack stage; its
 SNAT port: ct_flow_is_closed_snat, the pipeline's allocate_snat_port). Inserting into a full window first reuses tombstones and expired flows, then
 evicts the oldest flow in the window that is not ESTABLISHED; if every one is, the insert
@@ -50,7 +51,14 @@ _TCP_TIME_WAIT_NS = abi.lib.XSKP_CT_TIMEOUT_TCP_TIME_WAIT_S * NS_PER_S
 _TCP_CLOSE_NS = abi.lib.XSKP_CT_TIMEOUT_TCP_CLOSE_S * NS_PER_S
 _UDP_NS = abi.lib.XSKP_CT_TIMEOUT_UDP_S * NS_PER_S
 _UDP_ESTABLISHED_NS = abi.lib.XSKP_CT_TIMEOUT_UDP_ESTABLISHED_S * NS_PER_S
+_SCTP_HANDSHAKE_NS = abi.lib.XSKP_CT_TIMEOUT_SCTP_HANDSHAKE_S * NS_PER_S
+_SCTP_ESTABLISHED_NS = abi.lib.XSKP_CT_TIMEOUT_SCTP_ESTABLISHED_S * NS_PER_S
+_SCTP_SHUTDOWN_NS = abi.lib.XSKP_CT_TIMEOUT_SCTP_SHUTDOWN_S * NS_PER_S
+_SCTP_CLOSED_NS = abi.lib.XSKP_CT_TIMEOUT_SCTP_CLOSED_S * NS_PER_S
+ST_SCTP_SHUTDOWN = abi.lib.XSKP_CT_SCTP_SHUTDOWN
+ST_SCTP_CLOSED = abi.lib.XSKP_CT_SCTP_CLOSED
 IPPROTO_TCP = 6
+IPPROTO_SCTP = 132
 TCP_FIN = 0x01
 TCP_RST = 0x04
 TCP_ACK = 0x10
@@ -60,7 +68,15 @@ TCP_ACK = 0x10
 def ct_timeout_ns(proto, state, fin_both_ways):
     """Idle timeout of a flow in state (enum xskp_ct_state) for proto, in ns (uint64). A TCP
     CLOSING flow is in TIME_WAIT when both directions sent a FIN (fin_both_ways), else it was
-    reset (CLOSE)."""
+    reset (CLOSE). SCTP: XSKP_CT_TIMEOUT_SCTP_* by association state."""
+    if proto == IPPROTO_SCTP:
+        if state == ST_ESTABLISHED:
+            return np.uint64(_SCTP_ESTABLISHED_NS)
+        if state == ST_SCTP_SHUTDOWN:
+            return np.uint64(_SCTP_SHUTDOWN_NS)
+        if state == ST_SCTP_CLOSED:
+            return np.uint64(_SCTP_CLOSED_NS)
+        return np.uint64(_SCTP_HANDSHAKE_NS)
     if proto == IPPROTO_TCP:
         if state == ST_ESTABLISHED:
             return np.uint64(_TCP_ESTABLISHED_NS)
@@ -177,10 +193,12 @@ def ct_flow_last_seen(ct, idx):
 def ct_flow_is_closed_snat(ct, idx):
     """Entry idx is the reply entry of a SNATed TCP flow that is closed (CLOSING: FINs both ways,
     or an RST), whose tuple a new connection may take over: nf_nat's rule for a tuple in
-    TIME_WAIT or CLOSE (nf_nat_core.c nf_nat_may_kill)."""
+    TIME_WAIT or CLOSE (nf_nat_core.c nf_nat_may_kill); or of an SCTP association closed by
+    ABORT or SHUTDOWN_COMPLETE, whose tuple a new INIT may take over."""
     e = ct[idx]
     return ((e.flags & (CT_IN_USE | CT_REPLY | CT_SNAT)) == (CT_IN_USE | CT_REPLY | CT_SNAT)
-            and e.proto == IPPROTO_TCP and e.state == ST_CLOSING)
+            and ((e.proto == IPPROTO_TCP and e.state == ST_CLOSING)
+                 or (e.proto == IPPROTO_SCTP and e.state == ST_SCTP_CLOSED)))
 
 
 @packet_njit

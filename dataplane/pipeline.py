@@ -6,7 +6,7 @@ tables and the counters.
 Stages (Katran style: each returns a verdict >= 0, or XSKP_VERDICT_CONTINUE = -1):
   descriptor check -> L2 (untagged Ethernet) -> IPv4 (header checksum verified, TTL <= 1
   answered with ICMP time exceeded) -> DSR decapsulation (IPIP to the node address, then the
-  inner packet goes through once more) -> L4 (TCP, UDP, ICMP)
+  inner packet goes through once more) -> L4 (TCP, UDP, SCTP, ICMP)
   -> partial checksum completion -> ICMP error translation -> conntrack -> Service (new flow)
   -> netfilter bypass -> XSKP_DROP_NOT_OURS.
 
@@ -104,6 +104,25 @@ Decisions:
   restored to what its sender saw (addresses, ports, its IPv4 checksum, its L4 checksum when
   quoted), the outer destination (and the outer source when the error comes from the peer
   itself) is translated like a frame of the entry's direction, the ICMP checksum recomputed.
+- SCTP (dataplane/_sctp.py): the chunks are walked and the CRC32c verified before any state is
+  touched (XSKP_DROP_SCTP_BAD_CHUNK, XSKP_DROP_SCTP_BAD_CRC); a CRC field of 0 that does not
+  verify is a partial checksum (a local sender's SCTP CRC offload on veth) and is completed
+  (XSKP_CNT_CSUM_COMPLETED), the same bet as for partial TCP/UDP checksums. NAT rewrites the
+  addresses (IPv4 header checksum incrementally; SCTP has no pseudo-header, so its CRC stays
+  valid) and, when a port changes (NodePort, SNAT, a targetPort unlike the port), the CRC32c
+  is computed again over the whole packet, so such packets cost two passes. Only an INIT opens
+  a flow (state SCTP_COOKIE_WAIT); any other first packet is XSKP_DROP_SCTP_INVALID, as
+  nf_conntrack marks DATA/SACK, ABORT, SHUTDOWN_COMPLETE and COOKIE_ACK INVALID and
+  kube-proxy drops INVALID (the HEARTBEAT, COOKIE_ECHO or SHUTDOWN it does pick up serve
+  multi-homed secondary paths, which NAT does not carry anyway); an INIT's verification tag
+  must be 0. COOKIE_ECHO -> SCTP_COOKIE_ECHOED, COOKIE_ACK in reply -> ESTABLISHED,
+  SHUTDOWN/SHUTDOWN_ACK -> SCTP_SHUTDOWN, ABORT/SHUTDOWN_COMPLETE -> SCTP_CLOSED; an INIT on
+  the tuple of a closing or closed flow is a new association (XSKP_CNT_CT_REUSED), and may take
+  over a closed SNAT flow's port. Timeouts as nf_conntrack's: 3 s handshake and shutdown,
+  210 s established, 10 s closed. Verification tags are not tracked per association (a forged
+  ABORT with the right ports closes a flow to its 10 s timeout) and multi-homing is not NATed
+  (INIT address parameters pass unchanged), as with kube-proxy's iptables NAT. ICMP errors
+  quoting SCTP are translated back (addresses and ports; the quote's CRC is left alone).
 - Numba's cache is keyed on a digest of this package and the header (dataplane/_jit.py): an
   edit anywhere recompiles every cached kernel once.
 - Two tiers (FlowTables.flows not empty): a conntrack hit that leaves a TCP flow in SYN_RECV
@@ -111,9 +130,11 @@ Decisions:
   path (offload_flow: XSKP_CT_OFFLOADED, XSKP_CNT_FLOW_OFFLOADED) before the frame is sent, so
   the peer's next frame already meets the fast path. DSR flows too: the ingress node's one-way
   flow (the fast path encapsulates) and the backend node's flow (the fast path decapsulates,
-  then translates). Not offloaded: ICMP, flows whose next hops are unresolved, and flows whose
-  probe window in the flow table is full (XSKP_CNT_FLOW_OFFLOAD_FULL). From then
-  on dataplane/_fastpath.py keeps the flow's state from what the fast path reports.
+  then translates). Not offloaded: ICMP, SCTP (the fast path has no CRC32c helper; the
+  steering and tc programs never look SCTP up in the flow table), flows whose next hops are
+  unresolved, and flows whose probe window in the flow table is full
+  (XSKP_CNT_FLOW_OFFLOAD_FULL). From then on dataplane/_fastpath.py keeps the flow's state from
+  what the fast path reports.
 """
 import numpy as np
 from dataplane._jit import packet_njit
@@ -126,6 +147,7 @@ from dataplane._conntrack import (ct_lookup, ct_delete_flow, ct_flow_expired, ct
                                   ct_write_entry, ct_set_state, ct_flow_is_closed_snat,
                                   ct_flow_last_seen, affinity_lookup, affinity_remember,
                                   affinity_touch, ct_absorb_fast_path, NO_PEER, NS_PER_S)
+from dataplane import _sctp
 from dataplane._flowtable import flow_insert_from_ct, flow_insert_route, flow_clear_slot, flow_remove
 from dataplane.tables import (lookup_frontend, lookup_neighbour, lookup_route, hash_flow,
                               svc_is_dsr, svc_has_affinity, svc_etp_local, svc_itp_local,
@@ -161,6 +183,8 @@ DROP_TCP_INVALID = L.XSKP_DROP_TCP_INVALID
 DROP_BAD_DESC = L.XSKP_DROP_BAD_DESC
 DROP_VLAN = L.XSKP_DROP_VLAN
 DROP_BAD_CSUM = L.XSKP_DROP_BAD_CSUM
+DROP_SCTP_BAD_CRC = L.XSKP_DROP_SCTP_BAD_CRC
+DROP_SCTP_INVALID = L.XSKP_DROP_SCTP_INVALID
 
 CNT_TX_TRANSPORT = L.XSKP_CNT_TX_TRANSPORT
 CNT_TX_GATEWAY = L.XSKP_CNT_TX_GATEWAY
@@ -206,6 +230,7 @@ ST_SYN_RECV = L.XSKP_CT_SYN_RECV
 ST_ESTABLISHED = L.XSKP_CT_ESTABLISHED
 ST_FIN_WAIT = L.XSKP_CT_FIN_WAIT
 ST_CLOSING = L.XSKP_CT_CLOSING
+ST_SCTP_COOKIE_WAIT = L.XSKP_CT_SCTP_COOKIE_WAIT
 SNAT_MAX_TRIES = L.XSKP_SNAT_MAX_TRIES
 
 ETH_P_IP = 0x0800
@@ -217,6 +242,7 @@ IPPROTO_ICMP = 1
 IPPROTO_IPIP = 4
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
+IPPROTO_SCTP = 132
 TCP_FIN = 0x01
 TCP_SYN = 0x02
 TCP_RST = 0x04
@@ -399,6 +425,14 @@ def apply_entry(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
                 if proto == IPPROTO_UDP and check == 0:
                     check = 0xffff
                 store16(umem, csum_off, check)
+    elif proto == IPPROTO_SCTP:
+        # no pseudo-header: new addresses keep the CRC32c valid, a new port needs it again
+        new_sport = np.int64(e.new_src_port)
+        new_dport = np.int64(e.new_dst_port)
+        if new_sport != sport or new_dport != dport:
+            store16(umem, l4, new_sport)
+            store16(umem, l4 + 2, new_dport)
+            _sctp.store_checksum(umem, l4, _sctp.sctp_checksum(umem, l4, ip_end))
     write_macs_from_entry(umem, base, e)
     return verdict_of_iface(e.out_iface), 0
 
@@ -465,6 +499,16 @@ def track_tcp(ct, idx, tcp_flags):
     elif (tcp_flags & TCP_ACK) != 0 and not is_reply:
         if state == ST_SYN_RECV or (state == ST_SYN_SENT and not has_peer):
             new_state = ST_ESTABLISHED
+    if new_state != state:
+        ct_set_state(ct, idx, new_state)
+
+
+@packet_njit(inline="always")
+def track_sctp(ct, idx, sctp_chunks):
+    """Advance the SCTP state of the flow of entry idx for a packet with this chunk set."""
+    e = ct[idx]
+    state = np.int64(e.state)
+    new_state = _sctp.next_state(state, sctp_chunks, (e.flags & CT_REPLY) != 0)
     if new_state != state:
         ct_set_state(ct, idx, new_state)
 
@@ -567,9 +611,10 @@ def offload_flow(st, ft, idx, counters):
 
 @packet_njit(inline="always")
 def conntrack_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, src, dst,
-                    sport, dport, tcp_flags, chunk, st, ft, counters, now_ns):
+                    sport, dport, tcp_flags, sctp_chunks, chunk, st, ft, counters, now_ns):
     """Frames of tracked flows: translate by their entry. CONTINUE when untracked (or the entry
-    expired or lost its backend, which removes the flow)."""
+    expired or lost its backend, which removes the flow). tcp_flags: a TCP segment's flags;
+    sctp_chunks: an SCTP packet's chunk set (dataplane/_sctp.py parse_chunks)."""
     ct = ft.ct
     idx = ct_lookup(ct, src, dst, sport, dport, proto)
     if idx < 0:
@@ -589,8 +634,16 @@ def conntrack_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
         ct_delete_flow(ct, ft.flows, idx)
         counters[CNT_CT_REUSED] += 1
         return CONTINUE, 0
+    if (proto == IPPROTO_SCTP and _sctp.opens_association(sctp_chunks)
+            and (e.flags & CT_REPLY) == 0 and _sctp.closing_or_closed(np.int64(e.state))):
+        # a new association on the tuple of a closing or closed one, as for TCP above
+        ct_delete_flow(ct, ft.flows, idx)
+        counters[CNT_CT_REUSED] += 1
+        return CONTINUE, 0
     if proto == IPPROTO_TCP:
         track_tcp(ct, idx, tcp_flags)
+    elif proto == IPPROTO_SCTP:
+        track_sctp(ct, idx, sctp_chunks)
     elif e.state == ST_NEW and (e.flags & CT_REPLY) != 0:
         ct_set_state(ct, idx, ST_ESTABLISHED)
     e.last_seen_ns = now_ns
@@ -705,7 +758,8 @@ def allocate_snat_port(ct, flows, node, backend_addr, backend_port, proto, flow_
 
 @packet_njit
 def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, src, dst, sport,
-                  dport, tcp_flags, decapsulated, ingress_iface, chunk, st, ft, counters, now_ns):
+                  dport, tcp_flags, sctp_chunks, decapsulated, ingress_iface, chunk, st, ft, counters,
+                  now_ns):
     """New flows to a Service frontend: source ranges, backend (affinity, Maglev), DSR or DNAT
     (+ SNAT), conntrack entries, then forward. CONTINUE when dst is no frontend."""
     fe_idx = lookup_frontend(st.frontends, dst, dport, proto)
@@ -724,6 +778,8 @@ def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, s
         return V_DROP, DROP_SOURCE_RANGE
     if proto == IPPROTO_TCP and (tcp_flags & TCP_RST) != 0:
         return V_DROP, DROP_TCP_INVALID
+    if proto == IPPROTO_SCTP and not _sctp.opens_association(sctp_chunks):
+        return V_DROP, DROP_SCTP_INVALID
     # externalTrafficPolicy Local is for traffic from outside: this node's Pods (the gateway)
     # reaching an external address of the Service get every endpoint, as kube-proxy does
     etp_local = svc_etp_local(svc) and not (ingress_iface == IFACE_GATEWAY and not decapsulated)
@@ -762,6 +818,8 @@ def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, s
             state = ST_SYN_SENT
         else:
             state = ST_SYN_RECV
+    elif proto == IPPROTO_SCTP:
+        state = ST_SCTP_COOKIE_WAIT
     else:
         state = ST_NEW
     ct = ft.ct
@@ -791,9 +849,12 @@ def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, s
     hairpin = ingress_iface == IFACE_GATEWAY and be_is_local(be) and not decapsulated
     if hairpin or (external and not svc_etp_local(svc) and not be_is_local(be)
                    and not decapsulated):
-        is_syn = proto == IPPROTO_TCP and (tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN
+        # a TCP SYN or an SCTP INIT (the only packets that open SCTP flows) may take over the
+        # port of a closed flow
+        opens = proto == IPPROTO_SCTP or (proto == IPPROTO_TCP
+                                          and (tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)
         port = allocate_snat_port(ct, ft.flows, node, backend_addr, backend_port, proto, flow_hash,
-                                  is_syn, now_ns, counters, ft.fast_state[0])
+                                  opens, now_ns, counters, ft.fast_state[0])
         if port < 0:
             return V_DROP, DROP_SNAT_EXHAUSTED
         new_src = np.int64(node.node_addr)
@@ -886,7 +947,7 @@ def icmp_error_stage(umem, base, l3, ihl, ip_end, l4, src, dst, st, ft, counters
     if qihl < 20 or q + qihl + 8 > ip_end:
         return CONTINUE, 0
     qproto = np.int64(umem[q + 9])
-    if qproto != IPPROTO_TCP and qproto != IPPROTO_UDP:
+    if qproto != IPPROTO_TCP and qproto != IPPROTO_UDP and qproto != IPPROTO_SCTP:
         return CONTINUE, 0
     qsrc = load32(umem, q + 12)
     qdst = load32(umem, q + 16)
@@ -920,6 +981,8 @@ def icmp_error_stage(umem, base, l3, ihl, ip_end, l4, src, dst, st, ft, counters
         if check != 0:
             check = csum_apply(check, diff)
             store16(umem, ql4 + 6, 0xffff if check == 0 else check)
+    elif qproto == IPPROTO_SCTP:
+        pass    # a quote is cut short: its CRC32c cannot be redone (the stack matches the vtag)
     elif ql4 + 18 <= ip_end:
         store16(umem, ql4 + 16, csum_apply(load16(umem, ql4 + 16), diff))
     store16(umem, q + 10, ipv4_header_checksum(umem, q, qihl))
@@ -1104,12 +1167,33 @@ def process_frame(umem, addrs, lens, i, ingress_iface, st, ft, counters, now_ns)
         dport = load16(umem, l4 + 2)
         complete_partial_checksum(umem, l4, ip_end, proto, src, dst, csum_off, counters)
         verdict, reason = conntrack_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto,
-                                          csum_off, src, dst, sport, dport, tcp_flags, chunk,
+                                          csum_off, src, dst, sport, dport, tcp_flags, 0, chunk,
                                           st, ft, counters, now_ns)
         if verdict != CONTINUE:
             return verdict, reason
         verdict, reason = service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto,
-                                        csum_off, src, dst, sport, dport, tcp_flags,
+                                        csum_off, src, dst, sport, dport, tcp_flags, 0,
+                                        decapsulated, ingress_iface, chunk, st, ft, counters,
+                                        now_ns)
+        if verdict != CONTINUE:
+            return verdict, reason
+    elif proto == IPPROTO_SCTP:
+        if l4 + _sctp.COMMON_HEADER_LEN > ip_end:
+            return V_DROP, DROP_TRUNCATED
+        reason, sctp_chunks = _sctp.parse_chunks(umem, l4, ip_end)
+        if reason != 0:
+            return V_DROP, reason
+        if not _sctp.verify_checksum(umem, l4, ip_end, counters):
+            return V_DROP, DROP_SCTP_BAD_CRC
+        sport = load16(umem, l4)
+        dport = load16(umem, l4 + 2)
+        verdict, reason = conntrack_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto,
+                                          0, src, dst, sport, dport, 0, sctp_chunks, chunk,
+                                          st, ft, counters, now_ns)
+        if verdict != CONTINUE:
+            return verdict, reason
+        verdict, reason = service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto,
+                                        0, src, dst, sport, dport, 0, sctp_chunks,
                                         decapsulated, ingress_iface, chunk, st, ft, counters,
                                         now_ns)
         if verdict != CONTINUE:

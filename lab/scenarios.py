@@ -347,6 +347,52 @@ def write_bulk_manifest(sl):
     os.replace(path + ".tmp", path)
 
 
+# -- SCTP with crafted frames (tests/e2e/test_sctp.py) ------------------------------------------
+# This kernel has no SCTP sockets: lab.sctp_peer speaks an association's first two packets
+# over raw sockets. The Service lives in its own manifest file, without kernel fallback rules.
+SCTP_MANIFEST = "sctp.yaml"
+SCTP_CLUSTER_IP = "10.96.3.1"
+SCTP_PORT = 3868                   # Diameter's, Service port and targetPort
+SCTP_NODE_PORT = 30868
+
+
+def sctp_services(cluster):
+    """[(Service, EndpointSlice)]: sctp-diameter, ClusterIP SCTP_CLUSTER_IP:3868 and NodePort
+    30868, served by node1-pod0:3868 alone (remote from node0: a NodePort flow there is SNATed)."""
+    backend = cluster.nodes[1].pods[0]
+    service = svc._svc("sctp-diameter", [svc._port("diameter", "SCTP", SCTP_PORT, SCTP_PORT, SCTP_NODE_PORT)],
+                       SCTP_CLUSTER_IP, "NodePort")
+    target = [{"name": "diameter", "protocol": "SCTP", "port": SCTP_PORT}]
+    return [(service, svc._slice("sctp-diameter", [backend], target))]
+
+
+def write_sctp_manifest(sl):
+    """Add the SCTP Service (sctp_services) to the agents' manifests, next to lab.yaml."""
+    path = os.path.join(sl.manifest_dir, SCTP_MANIFEST)
+    items = [obj for pair in sctp_services(sl.cluster) for obj in pair]
+    with open(path + ".tmp", "w") as f:
+        yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}, f)
+    os.replace(path + ".tmp", path)
+
+
+def sctp_exchange(sl, client_ns, address, port, source_port, seconds=8.0):
+    """An INIT from client_ns to address:port, answered by lab.sctp_peer serving in the backend
+    Pod: ({what the client sent and got back}, [what the backend received, per INIT])."""
+    backend = sl.cluster.nodes[1].pods[0]
+    server = sl.lab.popen(backend.ns, [sys.executable, "-m", "lab.sctp_peer", "serve", str(SCTP_PORT),
+                                       str(seconds + 2)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        if json.loads(server.stdout.readline() or "{}").get("ready") is not True:
+            raise RuntimeError("lab.sctp_peer serve did not start")
+        proc = sl.lab.run(client_ns, [sys.executable, "-m", "lab.sctp_peer", "call", address, str(port),
+                                      str(source_port), str(seconds)], check=False, timeout=seconds + 10)
+        called = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
+    finally:
+        out = sl.lab.stop(server).stdout or ""
+    received = [json.loads(line)["received"] for line in out.splitlines() if '"received"' in line]
+    return called, received
+
+
 def iperf3_longest_stall(data):
     """The longest run of seconds in which an iperf3 -J report's intervals moved no byte."""
     stall = longest = 0.0

@@ -329,6 +329,13 @@ enum xskp_drop_reason {
 					 * no VLAN device claims) */
 	XSKP_DROP_BAD_CSUM,             /* IPv4 header checksum does not verify (checked before any
 					 * state is touched) */
+	XSKP_DROP_SCTP_BAD_CHUNK,       /* SCTP chunks malformed: none, a length below 4 or past the
+					 * packet's end, INIT/INIT_ACK/SHUTDOWN_COMPLETE bundled */
+	XSKP_DROP_SCTP_BAD_CRC,         /* SCTP CRC32c does not verify (checked before any state is
+					 * touched; a field of 0 is a partial checksum, completed) */
+	XSKP_DROP_SCTP_INVALID,         /* SCTP packet that fits no tracked association and opens
+					 * none (first chunk not INIT, or an INIT with a nonzero
+					 * verification tag), as nf_conntrack marks it INVALID */
 	XSKP_DROP_REASON_MAX,
 };
 
@@ -341,8 +348,9 @@ enum xskp_counter {
 	XSKP_CNT_CT_EXPIRED,            /* flows found expired and removed on the way */
 	XSKP_CNT_CT_EVICTED,            /* flows evicted (oldest non-established in the probe window) */
 	XSKP_CNT_CT_STALE,              /* flows removed because their backend is gone or changed */
-	XSKP_CNT_CT_REUSED,             /* closing flows removed by a new SYN on their tuple (re-balanced)
-					 * or whose SNAT port a new SYN to their backend took over */
+	XSKP_CNT_CT_REUSED,             /* closing flows removed by a new SYN (SCTP: INIT) on their tuple
+					 * (re-balanced) or whose SNAT port a new SYN or INIT to their
+					 * backend took over */
 	XSKP_CNT_DNAT,                  /* new flows DNATed to a backend */
 	XSKP_CNT_SNAT,                  /* new flows SNATed to the node address (external, remote backend) */
 	XSKP_CNT_HAIRPIN,               /* new flows SNATed because client and backend are the same Pod */
@@ -350,7 +358,8 @@ enum xskp_counter {
 	XSKP_CNT_DSR_DECAP,             /* frames decapsulated from IPIP addressed to this node */
 	XSKP_CNT_BYPASS,                /* frames forwarded by route only (netfilter bypass, untracked) */
 	XSKP_CNT_ICMP_ERROR_TRANSLATED, /* ICMP errors whose quoted flow was translated back */
-	XSKP_CNT_CSUM_COMPLETED,        /* partial (offload) L4 checksums completed in software */
+	XSKP_CNT_CSUM_COMPLETED,        /* partial (offload) L4 checksums completed in software (an
+					 * SCTP CRC32c field of 0 included) */
 	XSKP_CNT_AFFINITY_HIT,          /* new flows that reused a ClientIP affinity backend */
 	XSKP_CNT_FIB_REFRESH,           /* conntrack entries whose cached MACs were re-resolved */
 	XSKP_CNT_FLOW_OFFLOADED,        /* flows handed to the kernel fast path (both directions) */
@@ -411,7 +420,7 @@ enum xskp_frontend_kind {
 struct xskp_frontend {
 	__u32 addr;
 	__u16 port;
-	__u8 proto;                     /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 proto;                     /* IPPROTO_TCP / IPPROTO_UDP / IPPROTO_SCTP */
 	__u8 kind;                      /* enum xskp_frontend_kind; XSKP_FE_EMPTY marks a free slot */
 	__u32 service_id;
 	__u32 pad;
@@ -483,14 +492,22 @@ struct xskp_node {
 	__u32 route_count;              /* used entries of the routes array */
 };
 
-/* TCP states of a conntrack entry (UDP: NEW until a reply is seen, then ESTABLISHED). */
+/* States of a conntrack entry: TCP's, UDP's (NEW until a reply is seen, then ESTABLISHED) and
+ * SCTP's (an association's chunks as nf_conntrack_proto_sctp.c follows them, its three
+ * SHUTDOWN states folded into one). */
 enum xskp_ct_state {
 	XSKP_CT_NEW = 0,                /* UDP seen one way */
 	XSKP_CT_SYN_SENT,               /* client SYN seen */
 	XSKP_CT_SYN_RECV,               /* server SYN+ACK seen */
-	XSKP_CT_ESTABLISHED,            /* handshake done, or a flow picked up mid-stream */
+	XSKP_CT_ESTABLISHED,            /* TCP handshake done, or a flow picked up mid-stream; SCTP
+					 * COOKIE_ACK (or a DATA/SACK/HEARTBEAT answer) seen */
 	XSKP_CT_FIN_WAIT,               /* one side sent FIN */
 	XSKP_CT_CLOSING,                /* both sides sent FIN, or RST seen */
+	XSKP_CT_SCTP_COOKIE_WAIT,       /* SCTP INIT seen (and its INIT_ACK) */
+	XSKP_CT_SCTP_COOKIE_ECHOED,     /* SCTP COOKIE_ECHO seen */
+	XSKP_CT_SCTP_SHUTDOWN,          /* SCTP SHUTDOWN or SHUTDOWN_ACK seen: closing */
+	XSKP_CT_SCTP_CLOSED,            /* SCTP ABORT or SHUTDOWN_COMPLETE seen: closed, its tuple free
+					 * for a new INIT at once */
 };
 
 /* Idle timeouts in seconds per state (an entry expires last_seen + timeout after its last
@@ -504,6 +521,12 @@ enum xskp_ct_state {
 #define XSKP_CT_TIMEOUT_TCP_CLOSE_S 10          /* CLOSING after an RST (nf_conntrack CLOSE) */
 #define XSKP_CT_TIMEOUT_UDP_S 30                /* UDP seen one way */
 #define XSKP_CT_TIMEOUT_UDP_ESTABLISHED_S 120   /* UDP with replies */
+/* SCTP as nf_conntrack_proto_sctp.c sctp_timeouts: ESTABLISHED is HEARTBEAT's interval times
+ * Path.Max.Retrans plus RTO.Max (30 * 5 + 60), the handshake and shutdown steps RTO.Initial. */
+#define XSKP_CT_TIMEOUT_SCTP_HANDSHAKE_S 3      /* COOKIE_WAIT, COOKIE_ECHOED */
+#define XSKP_CT_TIMEOUT_SCTP_ESTABLISHED_S 210
+#define XSKP_CT_TIMEOUT_SCTP_SHUTDOWN_S 3
+#define XSKP_CT_TIMEOUT_SCTP_CLOSED_S 10        /* late chunks of a closed association */
 #define XSKP_CT_MAX_PROBE 32                    /* conntrack/affinity probe window (slots) */
 #define XSKP_SNAT_MAX_TRIES 64                  /* SNAT ports looked at for a free one before
 						 * a closed flow's port among them is taken */

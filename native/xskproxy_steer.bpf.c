@@ -44,6 +44,9 @@
  * offloaded (found in xskp_flows_v4) is passed to the kernel, where xskp_fast at tc ingress
  * rewrites and redirects it; so is Pod-CIDR traffic when the fast path routes the bypass. A pure
  * TCP SYN always goes to userspace (a new connection on an old tuple is userspace's to decide).
+ * SCTP is steered by decisions 1-4 like TCP and UDP (its ports are where theirs are) but never
+ * looked up among the offloaded flows, here or in xskp_fast: the userspace tier carries every
+ * SCTP packet (its CRC32c covers the ports; the kernel has no helper to redo it).
  * Translated flows only while the fast path is live (the agent's heartbeat, or a handover
  * hold); the bypass and cached routes only on the heartbeat (Pod-CIDR traffic is the kernel's
  * during a handover). A packet larger than a socket's chunk is never redirected to a socket (it

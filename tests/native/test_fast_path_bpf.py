@@ -154,6 +154,36 @@ def test_the_steering_program_hands_offloaded_flows_to_the_fast_path_but_not_a_n
     assert after["STEER_REDIRECT_FRONTEND"] == before["STEER_REDIRECT_FRONTEND"] + 1   # the SYN
 
 
+def test_sctp_is_never_taken_by_the_fast_path_even_with_a_flow_entry(fast):
+    """SCTP belongs to the userspace tier: an entry for an SCTP 5-tuple (which the pipeline never
+    writes) is neither passed on by the steering program nor executed by the tc program; the
+    frame is steered to userspace as a frontend's."""
+    from scapy.all import IP, Ether
+    from scapy.layers.sctp import SCTP, SCTPChunkData
+    from dataplane import xsk
+    topo, program, flows, config = fast
+    sctp = bytes(Ether(dst="02:00:00:00:00:01", src="02:00:00:00:00:02") / IP(src=CLIENT, dst=VIP) /
+                 SCTP(sport=40100, dport=3868, tag=7) / SCTPChunkData(tsn=1, data=b"x"))
+    with in_netns(topo.node):
+        program.add_frontend(VIP, 3868, "sctp", ["transport", "gateway"])
+        slot = offload(flows, CLIENT, VIP, 40100, 3868, 132, NODE, BACKEND, 61100, 3868,
+                       xsk.ifindex_of("gw0"))
+        live(config)
+        try:
+            before = program.counters()
+            action, out = program.fast_test_run(sctp, "tr0")
+            xdp_action = program.test_run(sctp, "tr0")
+            after = program.counters()
+        finally:
+            program.remove_frontend(VIP, 3868, "sctp")
+            flows[slot]["flags"] = 0
+    assert action == TC_ACT_OK and out == sctp
+    assert after["FAST_FLOW"] == before["FAST_FLOW"]
+    assert after["STEER_PASS_FAST_FLOW"] == before["STEER_PASS_FAST_FLOW"]
+    assert xdp_action == XDP_PASS     # no socket bound: the redirect falls back
+    assert after["STEER_REDIRECT_FRONTEND"] == before["STEER_REDIRECT_FRONTEND"] + 1
+
+
 def test_nothing_is_executed_without_a_live_agent_but_a_handover_hold_keeps_it(fast):
     """The heartbeat ran out (a killed agent): the kernel's, at both hooks. A hold set by an
     agent stopping for a handover keeps the fast path running."""

@@ -30,6 +30,9 @@ def steering():
                 program.add_frontend(CLUSTER_IP, 80, "tcp", ["transport", "gateway"])
                 program.add_frontend(NODE, 30080, "tcp", "transport")
                 program.add_backend(POD, 8080, "tcp", "gateway")
+                program.add_frontend(CLUSTER_IP, 3868, "sctp", ["transport", "gateway"])
+                program.add_frontend(NODE, 30868, "sctp", "transport")
+                program.add_backend(POD, 3868, "sctp", "gateway")
                 program.set_node_address(NODE, 40000, 40999, "transport")
                 program.add_prefix("10.244.0.0/24", "transport")
                 program.add_prefix(f"{GATEWAY_IP}/32", 0)
@@ -48,6 +51,13 @@ def _udp(src, dst, sport, dport):
     from scapy.all import IP, UDP, Ether
     return bytes(Ether(dst="02:00:00:00:00:01", src="02:00:00:00:00:02") / IP(src=src, dst=dst) /
                  UDP(sport=sport, dport=dport) / b"x")
+
+
+def _sctp(src, dst, sport, dport):
+    from scapy.all import IP, Ether
+    from scapy.layers.sctp import SCTP, SCTPChunkInit
+    return bytes(Ether(dst="02:00:00:00:00:01", src="02:00:00:00:00:02") / IP(src=src, dst=dst) /
+                 SCTP(sport=sport, dport=dport) / SCTPChunkInit(init_tag=1))
 
 
 def _tagged(vlan_type=0x8100):
@@ -98,6 +108,16 @@ CASES = [
      "tr0", "STEER_PASS_NO_MATCH"),
     ("the Pod CIDR is not steered on the gateway (local traffic)", lambda: _udp(POD, "10.244.0.3", 1234, 53), "gw0",
      "STEER_PASS_NO_MATCH"),
+    ("an SCTP ClusterIP port from a Pod is steered", lambda: _sctp(POD, CLUSTER_IP, 40000, 3868), "gw0",
+     "STEER_REDIRECT_FRONTEND"),
+    ("an SCTP NodePort from the transport is steered", lambda: _sctp(CLIENT, NODE, 40000, 30868), "tr0",
+     "STEER_REDIRECT_FRONTEND"),
+    ("SCTP to a TCP-only frontend port is not", lambda: _sctp(CLIENT, CLUSTER_IP, 40000, 80), "tr0",
+     "STEER_PASS_NO_MATCH"),
+    ("an SCTP backend's reply from the gateway is steered", lambda: _sctp(POD, CLIENT, 3868, 40000), "gw0",
+     "STEER_REDIRECT_BACKEND_REPLY"),
+    ("an SCTP reply to a SNAT port on the node address is steered", lambda: _sctp(POD, NODE, 3868, 40500), "tr0",
+     "STEER_REDIRECT_SNAT_REPLY"),
 ]
 
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
-from scapy.layers.sctp import SCTP
+from scapy.layers.sctp import SCTP, SCTPChunkInit
 
 import fixtures_pipeline as fx
 from control.convert import model_from_dict, state_from_models
@@ -101,7 +101,7 @@ def probe_frames(source, dst, port, protocol):
     for i in range(FLOWS):
         l4 = {"TCP": lambda: TCP(sport=40000 + i, dport=port, flags="S"),
               "UDP": lambda: UDP(sport=40000 + i, dport=port) / b"query",
-              "SCTP": lambda: SCTP(sport=40000 + i, dport=port)}[protocol]()
+              "SCTP": lambda: SCTP(sport=40000 + i, dport=port) / SCTPChunkInit(init_tag=1 + i)}[protocol]()
         frames.append(bytes(Ether(src=mac, dst=iface.mac) / IP(src=src, dst=dst, ttl=64) / l4))
     return frames
 

@@ -19,7 +19,7 @@ from dataplane import abi
 from dataplane.tables import lookup_frontend, lookup_neighbour, lookup_route
 
 MANIFESTS = os.path.join(os.path.dirname(__file__), "manifests", "translate")
-TCP, UDP, IPIP = 6, 17, 4
+TCP, UDP, IPIP, SCTP = 6, 17, 4, 132
 GW, TR, BOTH = 1, 2, 3
 
 
@@ -85,6 +85,25 @@ def test_nodeport_needs_proxy_all_and_follows_node_port_addresses():
         assert services["default/np:http/TCP"]["frontends"] == (
             ["ClusterIP 10.96.0.20:80/TCP"] + [f"NodePort {a}:30080/TCP" for a in expected])
         assert all(result.steering.add_frontends[(a, 30080, TCP)] == BOTH for a in expected)
+
+
+def test_sctp_service_ports_get_frontends_and_their_endpoints_steering_like_tcp():
+    """An SCTP port is proxied like a TCP one: ClusterIP and NodePort frontends with protocol
+    132, a ring over its endpoints, and its endpoints' replies steered, apart from the TCP port
+    of the same number."""
+    network = NodeNetwork(links=(), addresses=(Address(2, "192.168.1.1", 24),))
+    result = Translator(ProxyOptions(proxy_all=True, node_name="n1")).translate(state_of("sctp.yaml"), network)
+    services = describe_tables(result.tables, result.service_names)
+    sctp, tcp = services["default/diameter:diameter/SCTP"], services["default/diameter:tcp/TCP"]
+    assert sctp["frontends"] == ["ClusterIP 10.96.0.60:3868/SCTP", "NodePort 192.168.1.1:30868/SCTP"]
+    assert set(sctp["backends"]) == {"10.1.0.8:3868", "10.2.0.8:3868"}
+    assert sctp["service_id"] != tcp["service_id"]
+    assert lookup_frontend(result.tables.frontends, ip("10.96.0.60"), 3868, SCTP) >= 0
+    steer = result.steering
+    assert steer.add_frontends[("10.96.0.60", 3868, SCTP)] == GW
+    assert steer.add_frontends[("192.168.1.1", 30868, SCTP)] == BOTH
+    assert steer.add_backends[("10.1.0.8", 3868, SCTP)] == GW
+    assert steer.add_backends[("10.2.0.8", 3868, SCTP)] == TR
 
 
 def test_load_balancer_ips_external_ips_and_source_ranges():
