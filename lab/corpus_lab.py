@@ -201,11 +201,14 @@ class CorpusLab:
                 if other != name:
                     lab.add_route(self.ns[name], other_cidr, via=other_address, dev="tr0")
             lab.add_route(self.ns[name], "default", via=ROUTER)
-        # Every client has spoken before its first probe, as Pods and routers have on a real node
-        # (ARP on the way): the agent reads the neighbour entries at start instead of dropping the
-        # first reply to a next hop it has never seen (README, known limits) and waiting 1 s.
-        for role, address in (("n1pod", "10.1.0.1"), ("n1pods", "10.1.0.1"), ("n2pods", "10.2.0.1"),
-                              ("n3pods", "10.3.0.1"), ("router", NODES["n1"][0])):
+        # Every client has spoken before its first probe, as Pods and routers have on a real node,
+        # and n1 has spoken with each of its Pod addresses, as the kubelet's probes do before a Pod
+        # is ready: the agent finds their neighbour entries instead of dropping the first packets
+        # to a next hop it has never seen until the kernel resolved it (README, known limits).
+        pings = [("n1pod", "10.1.0.1"), ("n1pods", "10.1.0.1"), ("n2pods", "10.2.0.1"),
+                 ("n3pods", "10.3.0.1"), ("router", NODES["n1"][0])]
+        pings += [("n1", address) for address in self.addresses["n1"]]
+        for role, address in pings:
             if not lab.ping(self.ns[role], address):
                 raise RuntimeError(f"{role} does not reach {address}")
         self._serve()
@@ -326,8 +329,8 @@ class CorpusLab:
 
     def probe(self, source, destination, count, timeout):
         """`count` concurrent new connections (TCP) or exchanges (UDP) from the corpus source to
-        'addr:port/PROTO': the answer of each ("10.2.0.5:8080", "kernel") or what happened to
-        it ("refused", "timeout", an errno name)."""
+        'addr:port/PROTO': {"answers": the answer of each ("10.2.0.5:8080", "kernel") or what
+        happened to it ("refused", "timeout", an errno name), "seconds": how long each took}."""
         address, role = SOURCES[source]
         dst, port, protocol = parse_destination(destination)
         proc = self.lab.run(self.ns[role], [sys.executable, SCRIPT, "probe", address, dst,
@@ -434,13 +437,14 @@ def serve(binds, ports, name=None):
 
 
 def probe(source, dst, port, protocol, count, timeout):
-    """`count` concurrent connections (or UDP exchanges) from `source` to dst:port; a list of
-    answers or outcomes, see CorpusLab.probe."""
+    """`count` concurrent connections (or UDP exchanges) from `source` to dst:port; answers and
+    seconds, see CorpusLab.probe."""
     import errno
     import selectors
     import socket
     sel = selectors.DefaultSelector()
     results = [None] * count
+    seconds = [timeout] * count
     buffers = [b""] * count
     socks = []
     for i in range(count):
@@ -459,7 +463,8 @@ def probe(source, dst, port, protocol, count, timeout):
             sock.connect((dst, port))
             sock.send(b"query %d" % i)
             sel.register(sock, selectors.EVENT_READ, (i, "read"))
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     while sel.get_map() and (left := deadline - time.monotonic()) > 0:
         for key, _ in sel.select(left):
             i, stage = key.data
@@ -468,27 +473,26 @@ def probe(source, dst, port, protocol, count, timeout):
                 code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if code:
                     results[i] = "refused" if code == errno.ECONNREFUSED else errno.errorcode.get(code, str(code))
+                    seconds[i] = round(time.monotonic() - started, 3)
                     sel.unregister(sock)
                 else:
                     sel.modify(sock, selectors.EVENT_READ, (i, "read"))
                 continue
             try:
                 data = sock.recv(4096)
-            except ConnectionRefusedError:
-                results[i] = "refused"
-                sel.unregister(sock)
-                continue
             except OSError as e:
-                results[i] = errno.errorcode.get(e.errno, str(e.errno))
-                sel.unregister(sock)
-                continue
-            buffers[i] += data
-            if b"\n" in buffers[i] or not data:
-                results[i] = buffers[i].decode(errors="replace").strip() or "closed"
+                data = None
+                results[i] = "refused" if e.errno == errno.ECONNREFUSED else errno.errorcode.get(e.errno, str(e.errno))
+            if data is not None:
+                buffers[i] += data
+                if b"\n" in buffers[i] or not data:
+                    results[i] = buffers[i].decode(errors="replace").strip() or "closed"
+            if results[i] is not None:
+                seconds[i] = round(time.monotonic() - started, 3)
                 sel.unregister(sock)
     for sock in socks:
         sock.close()                 # TCP: the client closes first and keeps TIME_WAIT
-    return [r if r is not None else "timeout" for r in results]
+    return {"answers": [r if r is not None else "timeout" for r in results], "seconds": seconds}
 
 
 def wait_port(address, port, timeout):
