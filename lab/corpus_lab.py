@@ -259,29 +259,15 @@ class CorpusLab:
                                     cwd=REPO, stdout=log, stderr=log)
         self._wait_marker(marker, timeout)
 
-    def agent_stats(self, after=None, timeout=5.0):
-        """The agent's stats.json (rewritten every second); with `after` (time.time()), one
-        written after that moment."""
-        path = os.path.join(self.workdir, "state-n1", "stats.json")
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if after is None or os.stat(path).st_mtime > after:
-                    with open(path) as f:
-                        return json.load(f)
-            except (FileNotFoundError, json.JSONDecodeError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no stats.json written after {after} within {timeout}s")
-            time.sleep(0.05)
-
-    def drop_counters(self, after=None):
-        """{reason: frames} of the pipeline's XSKP_DROP_* counters, summed over queues."""
+    def drop_counters(self):
+        """{reason: frames} of the pipeline's XSKP_DROP_* counters now (the agent's metrics read
+        the workers' counters at each scrape), summed over queues."""
         out = {}
-        for queue in self.agent_stats(after)["queues"].values():
-            for name, value in queue["pipeline"].items():
-                if name.startswith("XSKP_DROP_"):
-                    out[name[len("XSKP_DROP_"):]] = out.get(name[len("XSKP_DROP_"):], 0) + value
+        for sample, value in self.metrics("xskproxy_pipeline_packets_total{").items():
+            counter = sample.split('counter="', 1)[1].split('"', 1)[0]       # "drop_no_backend"
+            if counter.startswith("drop_"):
+                reason = counter[len("drop_"):].upper()
+                out[reason] = out.get(reason, 0) + int(value)
         return out
 
     # -- cases -----------------------------------------------------------------------------
