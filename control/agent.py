@@ -274,13 +274,14 @@ class Agent:
 
     def _worker_count(self, modes):
         """How many workers (queues) serve the interfaces: `queues`, or for auto one per receive
-        queue of the served interfaces, at most one per CPU. States at start what a count
+        queue of the served interfaces, at most one per CPU the agent may run on. States at start what a count
         leaves undone: in XDP mode, frames on queues without a worker go to the kernel
         (STEER_PASS_UNSERVED_QUEUE), and with several workers a reply may reach another worker
         than its request."""
         channels = {ifname: netlink.rx_queue_count(ifname) for ifname in modes}
         wanted = self.config.queues
-        count = min(max(channels.values()), os.cpu_count() or 1) if wanted == "auto" else wanted
+        cpus = len(os.sched_getaffinity(0))                 # the CPUs this agent may run on
+        count = min(max(channels.values()), cpus) if wanted == "auto" else wanted
         for ifname, mode in modes.items():
             if mode == "upcall":
                 continue
