@@ -327,16 +327,9 @@ class CorpusLab:
     def http_get(self, source, url, timeout=2.0):
         """(status, parsed JSON or text) of a GET from a corpus source's namespace and address;
         (None, error) when nothing answered."""
+        from lab.kube_proxy_parity import http_get
         address, role = SOURCES[source]
-        proc = self.lab.run(self.ns[role], ["curl", "-s", "--interface", address, "-m", str(timeout),
-                                            "-w", "\n%{http_code}", url], check=False, timeout=timeout + 5)
-        body, _, code = proc.stdout.rpartition("\n")
-        if not code.isdigit() or code == "000":
-            return None, proc.stderr.strip() or "no answer"
-        try:
-            return int(code), json.loads(body)
-        except ValueError:
-            return int(code), body
+        return http_get(self, self.ns[role], url, timeout, source_address=address)
 
     def metrics(self, prefix="kubeproxy_"):
         """{sample: value} of n1's agent's Prometheus metrics whose names start with `prefix`."""

@@ -70,9 +70,11 @@ def write_parity_manifest(sl, lb_local_pods, dns_pods):
 
 # -- health-check node ports and node health -------------------------------------------------
 
-def http_get(sl, ns, url, timeout=2):
-    """(status, parsed JSON body or text) of a GET from `ns`; (None, error) when nothing answered."""
-    proc = sl.lab.run(ns, ["curl", "-s", "-m", str(timeout), "-w", "\n%{http_code}", url], check=False,
+def http_get(sl, ns, url, timeout=2, source_address=None):
+    """(status, parsed JSON body or text) of a GET from `ns` (from `source_address` if given);
+    (None, error) when nothing answered. sl: anything with a `lab`."""
+    source = ["--interface", source_address] if source_address else []
+    proc = sl.lab.run(ns, ["curl", "-s", *source, "-m", str(timeout), "-w", "\n%{http_code}", url], check=False,
                       timeout=timeout + 5)
     body, _, code = proc.stdout.rpartition("\n")
     if not code.isdigit() or code == "000":

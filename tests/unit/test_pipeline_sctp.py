@@ -1,7 +1,8 @@
 """SCTP through the pipeline with crafted frames (this kernel has no SCTP sockets): the CRC32c,
 DNAT/SNAT with and without port translation, replies, association states and timeouts, and
-malformed packets counted and dropped. Every CRC is checked against crc32c_reference, a bitwise
-implementation written from RFC 9260 appendix A independently of dataplane/_sctp.py's table."""
+malformed packets counted and dropped. Every CRC is checked against crc32c_reference, the lab's
+bitwise implementation (lab/sctp_peer.py, from RFC 9260 appendix A), independent of
+dataplane/_sctp.py's table."""
 import numpy as np
 import pytest
 from scapy.layers.inet import ICMP, IP
@@ -14,6 +15,7 @@ import fixtures_pipeline as fx
 from dataplane import abi, tables
 from dataplane._conntrack import ct_lookup
 from dataplane._sctp import CRC32C_TABLE, crc32c_bytes
+from lab.sctp_peer import crc32c as crc32c_reference   # bitwise, independent of the table
 
 L = abi.lib
 S = 10**9
@@ -34,16 +36,6 @@ SCTP_SERVICES = fx.SERVICES + [
     fx.Service("diameter-local", [(fx.NODE_PORT, fx.NODE_A, NODE_PORT_LOCAL, SCTP_P)], ring=[10],
                local_ring=[10]),
 ]
-
-
-def crc32c_reference(data):
-    """CRC32c bit by bit: reflected polynomial 0x82F63B78, initial value and final XOR all ones."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-    return crc ^ 0xFFFFFFFF
 
 
 def sctp_crc_ok(frame):
