@@ -63,9 +63,8 @@ def shed_new_flows(ft, now_ns):
 @packet_njit
 def mark_worker_pass(ft, now_ns, asleep):
     """Tell the tc program that this worker passed at now_ns, and whether it now waits in
-    poll() or leaves its loop for Python (asleep: not starved; what arrives waits in its ring);
-    a busy worker writes at most every XSKP_PASS_MARK_NS, so that the line the tc program reads
-    is not written per pass."""
+    poll() (asleep: not starved, only idle); a busy worker writes at most every
+    XSKP_PASS_MARK_NS, so that the line the tc program reads is not written per pass."""
     if ft.flows.shape[0] == 0:
         return
     config = ft.fast_config[0]

@@ -390,9 +390,6 @@ def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
         if now >= deadline or loop_control[LC_RETURN] != 0:
             break
     last_active_ns[0] = last_active
-    # out of the loop (a publish, a stop: it may wait for the GIL) is not starved: tc must not
-    # shed meanwhile, what arrives waits in the ring
-    housekeeping(state, counters, xskp_now_ns(), False, True)
     return received
 
 

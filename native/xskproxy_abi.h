@@ -284,8 +284,7 @@ struct xskp_fast_config {
 					 * every XSKP_PASS_MARK_NS; 0: none yet). A worker not asleep
 					 * whose pass is older than XSKP_SHED_STARVED_NS is starved of
 					 * CPU (softirq work on its core): upcall mode sheds as above */
-	__u32 worker_asleep;            /* 1 while the worker waits in poll() for frames, or is out
-					 * of its loop (in Python: a publish, a stop) */
+	__u32 worker_asleep;            /* 1 while the worker waits in poll() for frames */
 	__u32 pad2;
 };
 
