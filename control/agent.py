@@ -217,7 +217,6 @@ class Agent:
             return
         flows, fast_config = self.steering.fast_tables()
         fast_config[0]["bypass"] = 1
-        fast_config[0]["worker_pass_ns"] = 0          # a predecessor's last pass: not our workers'
         ifindex = (xsk.ifindex_of(cfg.transport_interface), xsk.ifindex_of(cfg.gateway_interface))
         self.flow_tables = [with_fast_path(tables, flows, fast_config, ifindex, owner=queue)
                             for queue, tables in enumerate(self.flow_tables)]

@@ -33,7 +33,6 @@ SWEEP_PERIOD_NS = 250_000_000          # a whole pass over the flow table this o
 SWEEP_MIN_SLOTS = 256                  # never bother with fewer slots at a time
 ROUTE_IDLE_NS = L.XSKP_CT_TIMEOUT_UDP_S * 1_000_000_000   # a cached route unused this long goes
 SHED_HOLD_NS = L.XSKP_SHED_HOLD_NS
-PASS_MARK_NS = L.XSKP_PASS_MARK_NS
 CT_REPLY = L.XSKP_CT_REPLY
 CT_FIN_SEEN = L.XSKP_CT_FIN_SEEN
 CT_OFFLOADED = L.XSKP_CT_OFFLOADED
@@ -58,26 +57,6 @@ def shed_new_flows(ft, now_ns):
     program drops new flows' first packets before their upcall (UPCALL_DROP_SHED)."""
     if ft.flows.shape[0] != 0:
         ft.fast_config[0].shed_until_ns = np.uint64(now_ns) + np.uint64(SHED_HOLD_NS)
-
-
-@packet_njit
-def mark_worker_pass(ft, now_ns, asleep):
-    """Tell the tc program that this worker passed at now_ns, and whether it now waits in
-    poll() (asleep: not starved, only idle); a busy worker writes at most every
-    XSKP_PASS_MARK_NS, so that the line the tc program reads is not written per pass."""
-    if ft.flows.shape[0] == 0:
-        return
-    config = ft.fast_config[0]
-    now = np.uint64(now_ns)
-    if asleep:
-        config.worker_asleep = 1
-        config.worker_pass_ns = now
-        return
-    if config.worker_asleep != 0:
-        config.worker_asleep = 0
-        config.worker_pass_ns = now
-    elif now - config.worker_pass_ns >= np.uint64(PASS_MARK_NS):
-        config.worker_pass_ns = now
 
 
 @packet_njit

@@ -38,8 +38,7 @@ from dataplane import abi
 from dataplane._jit import packet_njit
 from dataplane import xsk
 from dataplane.pipeline import process_batch as _pipeline_process_batch
-from dataplane._fastpath import (fast_path_step as _fast_path_step, mark_worker_pass as _mark_worker_pass,
-                                 shed_new_flows as _shed_new_flows)
+from dataplane._fastpath import fast_path_step as _fast_path_step, shed_new_flows as _shed_new_flows
 
 # ---- pyxdp's hot-path functions, as numba sees them ----------------------------------------
 # Declared by symbol name (resolved to pyxdp's addresses by bind_native()), so that numba can
@@ -237,28 +236,24 @@ def _process_batch_for_state(umem, addrs, lens, n, ingress_iface, state, counter
     raise TypeError(f"worker state {state}: expected (macs,) or (ServiceTables, FlowTables)")
 
 
-def housekeeping(state, counters, now, behind, asleep):
+def housekeeping(state, counters, now, behind):
     """Per-pass work besides frames, chosen like process_batch: for the full pipeline, the kernel
-    fast path's sweep (dataplane/_fastpath.py) and admission: the worker's pass marked for tc
-    (`asleep`: it is about to wait in poll()), and when the last pass found a receive ring
-    `behind`, tc sheds new flows for a while; nothing for the L2 forwarder."""
+    fast path's sweep (dataplane/_fastpath.py) and, when the last pass found a receive ring
+    `behind`, admission (tc sheds new flows for a while); nothing for the L2 forwarder."""
     raise TypeError("housekeeping is callable from njit code only")
 
 
 @overload(housekeeping, jit_options={"nogil": True, "_nrt": False})
-def _housekeeping_for_state(state, counters, now, behind, asleep):
+def _housekeeping_for_state(state, counters, now, behind):
     if isinstance(state, types.BaseTuple) and len(state) == 2 and all(
             isinstance(part, types.BaseTuple) for part in state):
-        def pipeline(state, counters, now, behind, asleep):
-            _mark_worker_pass(state[1], now, asleep)
-            if asleep:
-                return
+        def pipeline(state, counters, now, behind):
             _fast_path_step(state[0], state[1], now, counters)
             if behind:
                 _shed_new_flows(state[1], now)
         return pipeline
 
-    def nothing(state, counters, now, behind, asleep):
+    def nothing(state, counters, now, behind):
         pass
     return nothing
 
@@ -291,7 +286,7 @@ def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
     while True:  # at least one pass, then until the deadline
         now = xskp_now_ns()
         active = False
-        housekeeping(state, counters, now, behind, False)
+        housekeeping(state, counters, now, behind)
         behind = False
         # 1. frames the kernel has sent are free again
         for i in range(IFACE_MAX):
@@ -384,7 +379,6 @@ def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
             last_active = now
         elif now - last_active > IDLE_SPIN_NS:
             wc[IFACE_TRANSPORT, _WC_IDLE_SLEEPS] += 1  # counted once, on the first row
-            housekeeping(state, counters, now, False, True)
             xskp_poll_rx(socks[0], socks[1], IDLE_POLL_MS)
         loop_control[LC_PASS_AT] = now
         if now >= deadline or loop_control[LC_RETURN] != 0:

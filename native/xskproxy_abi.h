@@ -218,8 +218,6 @@ enum steer_counter {
 #define XSKP_FAST_LIVENESS_NS 500000000 /* a worker's heartbeat keeps the fast path on this long */
 #define XSKP_SHED_BACKLOG 1024        /* rx frames waiting (half a ring): a worker is behind */
 #define XSKP_SHED_HOLD_NS 1000000       /* how long one look at a backlog sheds new flows */
-#define XSKP_SHED_STARVED_NS 2000000    /* a worker awake but without a pass this long is starved */
-#define XSKP_PASS_MARK_NS 100000        /* how often a busy worker writes worker_pass_ns */
 #define XSKP_TC_PRIORITY 1              /* tc filter priority and handle of xskp_fast */
 #define XSKP_TC_HANDLE 22611            /* 0x5853, "XS" */
 /* Upcall mode: the MTU of both ends of an upcall veth pair. Native XDP on a veth takes frames up
@@ -280,12 +278,6 @@ struct xskp_fast_config {
 	__u64 shed_until_ns;            /* CLOCK_MONOTONIC; a worker whose rx ring is over half full
 					 * pushes it forward by XSKP_SHED_HOLD_NS: until then upcall
 					 * mode drops new flows' first packets (UPCALL_DROP_SHED) */
-	__u64 worker_pass_ns;           /* CLOCK_MONOTONIC of a worker's latest pass (written at most
-					 * every XSKP_PASS_MARK_NS; 0: none yet). A worker not asleep
-					 * whose pass is older than XSKP_SHED_STARVED_NS is starved of
-					 * CPU (softirq work on its core): upcall mode sheds as above */
-	__u32 worker_asleep;            /* 1 while the worker waits in poll() for frames */
-	__u32 pad2;
 };
 
 /* ---------------------------------------------------------------------------------------

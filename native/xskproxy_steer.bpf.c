@@ -744,15 +744,10 @@ static __always_inline int fast_upcall(struct __sk_buff *skb, const struct xskp_
 		count(STEER_DROP_HELD);     /* a handover's hold: retransmitted to the next agent */
 		return TC_ACT_SHOT;
 	}
-	/* admission: while a worker is behind (its ring filling up, or no pass for a while though
-	 * awake: the softirq work of a flood on its core starves it), a new flow's first packet
-	 * goes no further (the
+	/* admission: while a worker is behind, a new flow's first packet goes no further (the
 	 * upcall's veth hop, XDP and copy would cost the worker's CPU for a frame its full ring
 	 * would drop anyway); packets of flows under way still go up */
-	if ((cfg->shed_until_ns > now ||
-	     (!cfg->worker_asleep && cfg->worker_pass_ns &&
-	      now - cfg->worker_pass_ns > XSKP_SHED_STARVED_NS)) &&
-	    decision == STEER_REDIRECT_FRONTEND &&
+	if (cfg->shed_until_ns > now && decision == STEER_REDIRECT_FRONTEND &&
 	    (ip->protocol == IPPROTO_UDP || (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)) {
 		count(UPCALL_DROP_SHED);
 		return TC_ACT_SHOT;

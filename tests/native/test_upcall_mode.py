@@ -139,27 +139,6 @@ def test_while_a_worker_is_behind_new_flows_are_shed_at_tc_and_flows_under_way_g
     assert after == (TC_ACT_REDIRECT, {"STEER_REDIRECT_FRONTEND": 1})
 
 
-def test_while_a_worker_awake_has_not_passed_for_a_while_new_flows_are_shed(upcall):
-    """Admission, the starved worker: a worker not asleep in poll() whose last pass is older than
-    XSKP_SHED_STARVED_NS (softirq work on its core keeps it off the CPU) makes tc shed a new
-    connection's SYN; the same worker asleep (idle), or with a recent pass, does not."""
-    from dataplane import abi
-    topo, program, flows, config, pairs = upcall
-    starved = time.monotonic_ns() - 2 * abi.lib.XSKP_SHED_STARVED_NS
-    with in_netns(topo.node):
-        try:
-            config[0]["worker_pass_ns"], config[0]["worker_asleep"] = starved, 0
-            shed = run(program, frame())
-            config[0]["worker_asleep"] = 1
-            asleep = run(program, frame())
-            config[0]["worker_pass_ns"], config[0]["worker_asleep"] = time.monotonic_ns(), 0
-            recent = run(program, frame())
-        finally:
-            config[0]["worker_pass_ns"], config[0]["worker_asleep"] = 0, 0
-    assert shed == (TC_ACT_SHOT, {"UPCALL_DROP_SHED": 1})
-    assert asleep == recent == (TC_ACT_REDIRECT, {"STEER_REDIRECT_FRONTEND": 1})
-
-
 def test_without_a_heartbeat_the_kernel_takes_everything_and_a_hold_drops_what_we_translate(upcall):
     topo, program, flows, config, pairs = upcall
     with in_netns(topo.node):
