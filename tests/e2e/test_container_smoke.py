@@ -72,8 +72,9 @@ def runtime_default_seccomp(path):
     profile["syscalls"] += [{"names": ["bpf"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_BPF"]}},
                             {"names": ["perf_event_open"], "action": "SCMP_ACT_ALLOW",
                              "includes": {"caps": ["CAP_PERFMON"]}}]
-    with open(path, "w") as f:
-        json.dump(profile, f)
+    with open(path + ".tmp", "w") as f:     # each node's container is set up with the same path: a
+        json.dump(profile, f)                 # rewrite in place let a starting podman read it empty
+    os.replace(path + ".tmp", path)
     return path
 
 
