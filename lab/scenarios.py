@@ -338,13 +338,18 @@ def bulk_services(cluster):
     return [(service, svc._slice(service["metadata"]["name"], [pod], targets)) for service, pod in table]
 
 
-def write_bulk_manifest(sl):
-    """Add the bulk Services (bulk_services) to the agents' manifests, next to lab.yaml."""
-    path = os.path.join(sl.manifest_dir, BULK_MANIFEST)
-    items = [obj for pair in bulk_services(sl.cluster) for obj in pair]
+def _write_extra_manifest(sl, name, pairs):
+    """Write [(Service, EndpointSlice)] as a List to the agents' manifest file `name`, next to lab.yaml."""
+    path = os.path.join(sl.manifest_dir, name)
+    items = [obj for pair in pairs for obj in pair]
     with open(path + ".tmp", "w") as f:
         yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}, f)
     os.replace(path + ".tmp", path)
+
+
+def write_bulk_manifest(sl):
+    """Add the bulk Services (bulk_services) to the agents' manifests, next to lab.yaml."""
+    _write_extra_manifest(sl, BULK_MANIFEST, bulk_services(sl.cluster))
 
 
 # -- SCTP with crafted frames (tests/e2e/test_sctp.py) ------------------------------------------
@@ -368,11 +373,7 @@ def sctp_services(cluster):
 
 def write_sctp_manifest(sl):
     """Add the SCTP Service (sctp_services) to the agents' manifests, next to lab.yaml."""
-    path = os.path.join(sl.manifest_dir, SCTP_MANIFEST)
-    items = [obj for pair in sctp_services(sl.cluster) for obj in pair]
-    with open(path + ".tmp", "w") as f:
-        yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}, f)
-    os.replace(path + ".tmp", path)
+    _write_extra_manifest(sl, SCTP_MANIFEST, sctp_services(sl.cluster))
 
 
 def sctp_exchange(sl, client_ns, address, port, source_port, seconds=8.0):
