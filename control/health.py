@@ -451,7 +451,8 @@ class HealthServers:
             self._dirty = False
             wanted = dict(self._wanted)
         for address in [a for a in self._listeners if a not in wanted or self._listeners[a][1] != wanted[a]]:
-            sock, _ = self._listeners.pop(address)
+            with self._lock:                  # bound() reads the dict from other threads
+                sock, _ = self._listeners.pop(address)
             self._selector.unregister(sock)
             sock.close()
             log.info("event=health_listen_closed address=%s port=%d", *address)

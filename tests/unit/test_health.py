@@ -304,10 +304,17 @@ def test_publishing_failing_past_the_timeout_is_unhealthy():
 
 # --- the servers -------------------------------------------------------------------------
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(count):
+    """`count` distinct free ports: each socket stays bound until all are picked (two calls of a
+    bind-and-close helper can get the same port back, and the fixture then served one port)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _get(port, path="/healthz", method="GET", timeout=3.0):
@@ -331,11 +338,12 @@ def _wait_listening(servers, address, timeout=3.0):
 def serving():
     """HealthServers on 127.0.0.1 (node endpoint and one health-check port) with a settable probe."""
     state = {"health": NodeHealth(True, (), time.time())}
-    node_port, service_port = _free_port(), _free_port()
+    node_port, service_port = _free_ports(2)
     servers = HealthServers(lambda: state["health"], f"127.0.0.1:{node_port}", refresh=0.05).start()
     servers.set_services({("shop", "web"): (service_port, 1)}, ("127.0.0.1",))
     _wait_listening(servers, ("127.0.0.1", node_port))
     _wait_listening(servers, ("127.0.0.1", service_port))
+    assert len(servers.bound()) == 2, servers.bound()
     yield SimpleNamespace(servers=servers, state=state, node_port=node_port, service_port=service_port)
     servers.close()
 
@@ -416,7 +424,7 @@ def test_a_probe_that_raises_makes_the_node_unhealthy_not_the_thread_die():
             raise ValueError("no snapshot")
         return NodeHealth(True, (), time.time())
 
-    port = _free_port()
+    port, = _free_ports(1)
     servers = HealthServers(probe, f"127.0.0.1:{port}", refresh=0.05).start()
     try:
         _wait_listening(servers, ("127.0.0.1", port))
@@ -473,7 +481,7 @@ def test_the_agents_servers_pick_up_a_publish_they_were_not_handed(monkeypatch):
     network = NodeNetwork(addresses=(Address(2, "192.0.2.10", 24),))
     agent = _agent(first)
     agent.sync.published = SimpleNamespace(cluster=first, network=network)
-    agent.config.healthz_bind_address = f"127.0.0.1:{_free_port()}"
+    agent.config.healthz_bind_address = f"127.0.0.1:{_free_ports(1)[0]}"
     agent.kube_proxy_metrics = KubeProxyMetrics(started_at=0.0)
     agent.translator = SimpleNamespace(options=ProxyOptions(proxy_all=True, node_name=NODE))
     agent.steering.object_ids = lambda: {"prog": [], "map": []}
