@@ -487,17 +487,12 @@ int xskp_upcall(struct xdp_md *ctx)
  * xskp_fast runs at tc ingress (clsact, direct action) of the transport and gateway interfaces,
  * on skbs: GSO super-frames and jumbo frames pass intact and are segmented (or sent with TSO)
  * on egress. It executes, never decides: a packet whose 5-tuple is in xskp_flows_v4 gets the
- * entry's rewrite (addresses, ports; checksums through the kernel's helpers, which handle
+ * entry's rewrite (addresses, ports; the L4 checksum through the kernel's helper, which handles
  * CHECKSUM_PARTIAL), TTL - 1, the entry's MACs, and is redirected to the entry's interface; a
  * packet to a steered Pod-CIDR prefix is routed untracked by the kernel FIB (the netfilter
  * bypass) when the neighbour is resolved. Everything else, and everything while no agent is
  * live, goes on to the kernel (TC_ACT_OK). Only last_seen_ns, tcp_flags_seen and the packet and
  * byte counts of an entry are written here; userspace reads them to age and close flows. */
-#define L3_OFFSET ETH_HLEN
-#define IP_CHECK_OFFSET (L3_OFFSET + offsetof(struct iphdr, check))
-#define IP_TTL_OFFSET (L3_OFFSET + offsetof(struct iphdr, ttl))
-#define IP_SADDR_OFFSET (L3_OFFSET + offsetof(struct iphdr, saddr))
-#define IP_DADDR_OFFSET (L3_OFFSET + offsetof(struct iphdr, daddr))
 #define HEADERS_MAX (ETH_HLEN + 60 + 20)  /* Ethernet, IPv4 with options, TCP without options */
 #define HEADERS_PLAIN (ETH_HLEN + 20 + TCP_FLAGS_OFFSET + 1)  /* no IP options: up to TCP flags */
 
@@ -507,25 +502,71 @@ static __always_inline int fast_pass(__u32 reason)
 	return TC_ACT_OK;
 }
 
-/* TTL - 1 with the header checksum updated; 0, or -1 when the TTL would expire. */
-static __always_inline int fast_decrement_ttl(struct __sk_buff *skb, __u8 ttl, __u8 protocol)
+/* Ones' complement arithmetic on raw (network-order) words, as the kernel's csum_add/csum_fold. */
+static __always_inline __u32 csum_add32(__u32 sum, __u32 x)
 {
-	__u16 old_word = bpf_htons(((__u16)ttl << 8) | protocol);
-	__u16 new_word = bpf_htons(((__u16)(ttl - 1) << 8) | protocol);
-	__u8 new_ttl = ttl - 1;
-
-	if (ttl <= 1)
-		return -1;
-	if (bpf_l3_csum_replace(skb, IP_CHECK_OFFSET, old_word, new_word, 2) ||
-	    bpf_skb_store_bytes(skb, IP_TTL_OFFSET, &new_ttl, 1, 0))
-		return -2;
-	return 0;
+	sum += x;
+	return sum + (sum < x);
 }
 
-static __always_inline int fast_write_macs(struct __sk_buff *skb, const __u8 *dst, const __u8 *src)
+static __always_inline __u16 csum_fold32(__u32 sum)
 {
-	return bpf_skb_store_bytes(skb, 0, dst, ETH_ALEN, 0) ||
-	       bpf_skb_store_bytes(skb, ETH_ALEN, src, ETH_ALEN, 0);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+/* Ethernet and the fixed part of IPv4: what a forwarded packet's rewrite replaces in one store. */
+struct rewrite_block {
+	struct ethhdr eth;
+	struct iphdr ip;
+} __attribute__((packed));
+
+/* A forwarded packet's rewrite in at most four helper calls (each one checks the skb is
+ * writable, and a write to a cloned skb copies its head only once): the L4 checksum by the
+ * addresses' difference (pseudo-header) and by the ports', through the kernel (it knows
+ * CHECKSUM_PARTIAL and COMPLETE skbs); then MACs, TTL - 1, addresses and the header checksum
+ * (RFC 1624) in one store, the ports in another. new_*: network order, equal to the old value
+ * when unchanged; ports and csum_off only for TCP/UDP. 0, -1 when the TTL would expire (nothing
+ * written), -2 when a helper failed. */
+static __always_inline int fast_rewrite(struct __sk_buff *skb, const struct iphdr *ip, __u32 l4_off,
+					__u32 csum_off, __u64 mangled, __u32 new_src, __u32 new_dst,
+					__u16 sport, __u16 dport, __u16 new_sport, __u16 new_dport,
+					const __u8 *dst_mac, const __u8 *src_mac)
+{
+	struct rewrite_block blk;
+	__u16 old_ttl_word, new_ttl_word, new_ports[2] = {new_sport, new_dport};
+	__u32 addr_diff, port_diff, ip_diff;
+	int addrs_change, ports_change;
+
+	if (ip->ttl <= 1)
+		return -1;
+	/* every read of ip (it points into the packet) comes before the first helper call */
+	blk.ip = *ip;
+	addrs_change = new_src != blk.ip.saddr || new_dst != blk.ip.daddr;
+	ports_change = csum_off && (new_sport != sport || new_dport != dport);
+	__builtin_memcpy(blk.eth.h_dest, dst_mac, ETH_ALEN);
+	__builtin_memcpy(blk.eth.h_source, src_mac, ETH_ALEN);
+	blk.eth.h_proto = bpf_htons(ETH_P_IP);
+	old_ttl_word = *(__u16 *)&blk.ip.ttl;            /* TTL and protocol: one 16-bit word */
+	blk.ip.ttl -= 1;
+	new_ttl_word = *(__u16 *)&blk.ip.ttl;
+	addr_diff = csum_add32(csum_add32(csum_add32(~blk.ip.saddr, new_src), ~blk.ip.daddr), new_dst);
+	ip_diff = csum_add32(csum_add32(addr_diff, (__u16)~old_ttl_word), new_ttl_word);
+	blk.ip.check = csum_fold32(csum_add32((__u16)~blk.ip.check, ip_diff));
+	blk.ip.saddr = new_src;
+	blk.ip.daddr = new_dst;
+	port_diff = csum_add32(~(((__u32)dport << 16) | sport), ((__u32)new_dport << 16) | new_sport);
+	if (csum_off && addrs_change &&
+	    bpf_l4_csum_replace(skb, csum_off, 0, addr_diff, BPF_F_PSEUDO_HDR | mangled))
+		return -2;
+	if (ports_change && bpf_l4_csum_replace(skb, csum_off, 0, port_diff, mangled))
+		return -2;
+	if (bpf_skb_store_bytes(skb, 0, &blk, sizeof(blk), 0))
+		return -2;
+	if (ports_change && bpf_skb_store_bytes(skb, l4_off, new_ports, sizeof(new_ports), 0))
+		return -2;
+	return 0;
 }
 
 /* DSR ingress: an outer IPv4 header (IPIP) from the node address to the backend's node. The
@@ -562,40 +603,20 @@ static __always_inline int fast_execute_flow(struct __sk_buff *skb, const struct
 {
 	__u8 tos = ip->tos;
 	__u16 frag_off = ip->frag_off;
-	__u8 proto = ip->protocol, ttl = ip->ttl;
-	__u32 old_src = ip->saddr, old_dst = ip->daddr;
-	__u32 new_src = bpf_htonl(f->new_src_addr), new_dst = bpf_htonl(f->new_dst_addr);
-	__u16 new_sport = bpf_htons(f->new_src_port), new_dport = bpf_htons(f->new_dst_port);
+	__u8 proto = ip->protocol;
 	__u32 csum_off = l4_off + (proto == IPPROTO_TCP ? 16 : 6);
 	__u64 mangled = proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 	int err;
 
-	err = fast_decrement_ttl(skb, ttl, proto);
+	err = fast_rewrite(skb, ip, l4_off, csum_off, mangled, bpf_htonl(f->new_src_addr),
+			   bpf_htonl(f->new_dst_addr), sport, dport, bpf_htons(f->new_src_port),
+			   bpf_htons(f->new_dst_port), f->dst_mac, f->src_mac);
 	if (err == -1)
 		return fast_pass(FAST_PASS_TTL);
 	if (err)
 		goto rewrite_failed;
-	if (new_src != old_src &&
-	    (bpf_l4_csum_replace(skb, csum_off, old_src, new_src, BPF_F_PSEUDO_HDR | mangled | 4) ||
-	     bpf_l3_csum_replace(skb, IP_CHECK_OFFSET, old_src, new_src, 4) ||
-	     bpf_skb_store_bytes(skb, IP_SADDR_OFFSET, &new_src, 4, 0)))
-		goto rewrite_failed;
-	if (new_dst != old_dst &&
-	    (bpf_l4_csum_replace(skb, csum_off, old_dst, new_dst, BPF_F_PSEUDO_HDR | mangled | 4) ||
-	     bpf_l3_csum_replace(skb, IP_CHECK_OFFSET, old_dst, new_dst, 4) ||
-	     bpf_skb_store_bytes(skb, IP_DADDR_OFFSET, &new_dst, 4, 0)))
-		goto rewrite_failed;
-	if (new_sport != sport &&
-	    (bpf_l4_csum_replace(skb, csum_off, sport, new_sport, mangled | 2) ||
-	     bpf_skb_store_bytes(skb, l4_off, &new_sport, 2, 0)))
-		goto rewrite_failed;
-	if (new_dport != dport &&
-	    (bpf_l4_csum_replace(skb, csum_off, dport, new_dport, mangled | 2) ||
-	     bpf_skb_store_bytes(skb, l4_off + 2, &new_dport, 2, 0)))
-		goto rewrite_failed;
+	/* after the rewrite: the tunnel goes between the Ethernet header and the inner one */
 	if ((f->flags & XSKP_FLOW_ENCAP) && fast_encapsulate(skb, cfg, f, tos, frag_off))
-		goto rewrite_failed;
-	if (fast_write_macs(skb, f->dst_mac, f->src_mac))
 		goto rewrite_failed;
 	f->last_seen_ns = now;
 	if ((f->tcp_flags_seen | tcp_flags) != f->tcp_flags_seen)
@@ -615,7 +636,7 @@ static __always_inline int fast_route_bypass(struct __sk_buff *skb, struct iphdr
 {
 	struct bpf_fib_lookup fib = {};
 	const struct steer_iface *out;
-	__u8 ttl = ip->ttl, proto = ip->protocol;
+	__u8 proto = ip->protocol;
 	long rc;
 	int err;
 
@@ -632,10 +653,10 @@ static __always_inline int fast_route_bypass(struct __sk_buff *skb, struct iphdr
 	out = bpf_map_lookup_elem(&xskp_ifaces, &fib.ifindex);
 	if (!out || !out->roles)
 		return fast_pass(FAST_PASS_NO_MATCH);
-	err = fast_decrement_ttl(skb, ttl, proto);
+	err = fast_rewrite(skb, ip, 0, 0, 0, ip->saddr, ip->daddr, 0, 0, 0, 0, fib.dmac, fib.smac);
 	if (err == -1)
 		return fast_pass(FAST_PASS_TTL);
-	if (err || fast_write_macs(skb, fib.dmac, fib.smac)) {
+	if (err) {
 		count(FAST_DROP_REWRITE);
 		return TC_ACT_SHOT;
 	}
