@@ -125,6 +125,47 @@ def test_an_offloaded_tcp_flow_is_rewritten_and_redirected_by_the_tc_program(fas
     assert abs(int(f["last_seen_ns"]) - time.monotonic_ns()) < 5 * 10**9
 
 
+def test_rewrites_of_random_tuples_ttls_and_ip_options_keep_both_checksums_valid(fast):
+    """The rewrite computes the header checksum itself (RFC 1624) and the L4 one by differences:
+    200 random flows (TCP and UDP, random addresses, ports, TTLs, with or without an IP option)
+    come out with the entry's tuple, TTL - 1, the payload and options intact, both checksums
+    valid."""
+    import random
+    from scapy.all import IP, TCP, UDP, Ether, IPOption_Router_Alert
+    from dataplane import xsk
+    topo, program, flows, config = fast
+    rng = random.Random(1624)
+
+    def address():
+        return ".".join(str(rng.randrange(1, 255)) for _ in range(4))
+
+    with in_netns(topo.node):
+        gw = xsk.ifindex_of("gw0")
+        live(config)
+        for i in range(200):
+            proto = rng.choice(("tcp", "udp"))
+            src, dst, new_src, new_dst = address(), address(), address(), address()
+            sport, dport, new_sport, new_dport = (rng.randrange(1, 65536) for _ in range(4))
+            if i % 4 == 0:
+                new_src, new_sport = src, sport           # DNAT only
+            ttl = rng.randrange(2, 256)
+            options = [IPOption_Router_Alert()] if i % 3 == 0 else []
+            l4 = TCP(sport=sport, dport=dport, flags="A") if proto == "tcp" else UDP(sport=sport, dport=dport)
+            payload = bytes([i]) * (i % 50 + 1)
+            raw = bytes(Ether(dst="02:00:00:00:00:01", src="02:00:00:00:00:02")
+                        / IP(src=src, dst=dst, ttl=ttl, options=options) / l4 / payload)
+            slot = offload(flows, src, dst, sport, dport, 6 if proto == "tcp" else 17,
+                           new_src, new_dst, new_sport, new_dport, gw)
+            action, out = program.fast_test_run(raw, "tr0")
+            flows[slot]["flags"] = 0
+            pkt = Ether(out)
+            got = (pkt["IP"].src, pkt["IP"].dst, pkt["IP"].payload.sport, pkt["IP"].payload.dport, pkt["IP"].ttl)
+            assert (action, got) == (TC_ACT_REDIRECT, (new_src, new_dst, new_sport, new_dport, ttl - 1)), i
+            assert checksums_valid(out) == (True, True), (i, proto, options)
+            assert (pkt.dst, pkt.src) == (BACKEND_MAC, OWN_MAC)
+            assert bytes(pkt["IP"].payload.payload) == payload and pkt["IP"].options == Ether(raw)["IP"].options
+
+
 def test_udp_without_checksum_keeps_it_zero_and_with_one_stays_valid(fast):
     from scapy.all import Ether
     from dataplane import xsk
