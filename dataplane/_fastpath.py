@@ -32,7 +32,6 @@ L = abi.lib
 SWEEP_PERIOD_NS = 250_000_000          # a whole pass over the flow table this often
 SWEEP_MIN_SLOTS = 256                  # never bother with fewer slots at a time
 ROUTE_IDLE_NS = L.XSKP_CT_TIMEOUT_UDP_S * 1_000_000_000   # a cached route unused this long goes
-SHED_HOLD_NS = L.XSKP_SHED_HOLD_NS
 CT_REPLY = L.XSKP_CT_REPLY
 CT_FIN_SEEN = L.XSKP_CT_FIN_SEEN
 CT_OFFLOADED = L.XSKP_CT_OFFLOADED
@@ -52,11 +51,18 @@ TCP_ACK = 0x10
 
 
 @packet_njit
-def shed_new_flows(ft, now_ns):
-    """A worker is behind (its rx ring over XSKP_SHED_BACKLOG): for XSKP_SHED_HOLD_NS the tc
-    program drops new flows' first packets before their upcall (UPCALL_DROP_SHED)."""
-    if ft.flows.shape[0] != 0:
-        ft.fast_config[0].shed_until_ns = np.uint64(now_ns) + np.uint64(SHED_HOLD_NS)
+def grant_upcall_credit(ft, slot, room):
+    """Upcall admission (struct xskp_upcall_credit): after a pass, let tc send the socket at
+    XSKMAP `slot` (< 0: none) up to `room` more frames than it has sent so far, what its rings
+    can take now. Written only when it changes (tc reads the line on every upcall)."""
+    if ft.flows.shape[0] == 0 or slot < 0:
+        return
+    credit = ft.fast_config[0].credit[slot]
+    limit = credit.sent + np.uint64(room)
+    if limit == 0:
+        limit = np.uint64(1)                   # 0 means never granted
+    if credit.limit != limit:
+        credit.limit = limit
 
 
 @packet_njit

@@ -38,7 +38,7 @@ from dataplane import abi
 from dataplane._jit import packet_njit
 from dataplane import xsk
 from dataplane.pipeline import process_batch as _pipeline_process_batch
-from dataplane._fastpath import fast_path_step as _fast_path_step, shed_new_flows as _shed_new_flows
+from dataplane._fastpath import fast_path_step as _fast_path_step, grant_upcall_credit as _grant_upcall_credit
 
 # ---- pyxdp's hot-path functions, as numba sees them ----------------------------------------
 # Declared by symbol name (resolved to pyxdp's addresses by bind_native()), so that numba can
@@ -50,13 +50,13 @@ xskp_fill_free = types.ExternalFunction("xskp_fill_free", _u32(_u64, _u32))
 xskp_rx = types.ExternalFunction("xskp_rx", _u32(_u64, _ptr, _ptr, _u32))
 xskp_tx = types.ExternalFunction("xskp_tx", _u32(_u64, _ptr, _ptr, _u32))
 xskp_complete = types.ExternalFunction("xskp_complete", _u32(_u64, _ptr, _u32))
-xskp_rx_backlog = types.ExternalFunction("xskp_rx_backlog", _u32(_u64))
+xskp_rx_room = types.ExternalFunction("xskp_rx_room", _u32(_u64))
 xskp_kick_tx = types.ExternalFunction("xskp_kick_tx", _i32(_u64))
 xskp_wakeup_rx = types.ExternalFunction("xskp_wakeup_rx", _i32(_u64))
 xskp_poll_rx = types.ExternalFunction("xskp_poll_rx", _i32(_u64, _u64, _i32))
 xskp_now_ns = types.ExternalFunction("xskp_now_ns", _u64())
 xskp_batch_probe = types.ExternalFunction("xskp_batch_probe", _u32(_ptr, _u32))
-_HOT_PATH_SYMBOLS = ("xskp_fill", "xskp_fill_free", "xskp_rx", "xskp_tx", "xskp_complete", "xskp_rx_backlog",
+_HOT_PATH_SYMBOLS = ("xskp_fill", "xskp_fill_free", "xskp_rx", "xskp_tx", "xskp_complete", "xskp_rx_room",
                      "xskp_kick_tx", "xskp_wakeup_rx", "xskp_poll_rx", "xskp_now_ns",
                      "xskp_batch_probe")
 _native_bound = False
@@ -104,8 +104,7 @@ _WC_FILL_SHORT = abi.lib.XSKP_WC_FILL_SHORT
 _WC_RX_WAKEUPS = abi.lib.XSKP_WC_RX_WAKEUPS
 _WC_EMPTY_POLLS = abi.lib.XSKP_WC_EMPTY_POLLS
 _WC_IDLE_SLEEPS = abi.lib.XSKP_WC_IDLE_SLEEPS
-_WC_RX_BEHIND = abi.lib.XSKP_WC_RX_BEHIND
-_SHED_BACKLOG = abi.lib.XSKP_SHED_BACKLOG
+_WC_NO_ROOM = abi.lib.XSKP_WC_NO_ROOM
 _DROP_TRUNCATED = abi.lib.XSKP_DROP_TRUNCATED
 _DROP_TTL_EXCEEDED = abi.lib.XSKP_DROP_TTL_EXCEEDED
 _DROP_UNSUPPORTED = abi.lib.XSKP_DROP_UNSUPPORTED
@@ -181,12 +180,12 @@ def process_batch_l2(umem, addrs, lens, n, ingress_iface, state, counters, verdi
 WorkerBuffers = namedtuple(
     "WorkerBuffers",
     "socks free_frames free_count outstanding kick_pending last_active rx_addrs rx_lens tx_addrs "
-    "tx_lens tx_counts verdicts comp_addrs worker_counters loop_control")
+    "tx_lens tx_counts verdicts comp_addrs worker_counters loop_control credit_slots")
 # njit code gets tuple(WorkerBuffers) and indexes it with these positions: under `python -m`
 # this module is __main__, and a namedtuple type of __main__ makes numba miss its disk cache.
 (_B_SOCKS, _B_FREE_FRAMES, _B_FREE_COUNT, _B_OUTSTANDING, _B_KICK_PENDING, _B_LAST_ACTIVE, _B_RX_ADDRS,
  _B_RX_LENS, _B_TX_ADDRS, _B_TX_LENS, _B_TX_COUNTS, _B_VERDICTS, _B_COMP_ADDRS,
- _B_WORKER_COUNTERS, _B_LOOP_CONTROL) = range(15)
+ _B_WORKER_COUNTERS, _B_LOOP_CONTROL, _B_CREDIT_SLOTS) = range(16)
 
 
 def make_worker_buffers(umem, sockets):
@@ -204,7 +203,8 @@ def make_worker_buffers(umem, sockets):
         tx_counts=np.zeros(IFACE_MAX, np.int64), verdicts=np.zeros(BATCH, np.int32),
         comp_addrs=np.zeros(BATCH, np.uint64),
         worker_counters=np.zeros((IFACE_MAX, abi.lib.XSKP_WC_MAX), np.uint64),
-        loop_control=np.zeros(2, np.uint64))
+        loop_control=np.zeros(2, np.uint64),
+        credit_slots=np.full(IFACE_MAX, -1, np.int64))   # XSKMAP slot per socket (Worker.start)
 
 
 @packet_njit
@@ -213,6 +213,12 @@ def process_batch_pipeline(umem, addrs, lens, n, ingress_iface, state, counters,
     (ServiceTables, FlowTables). Reads/writes as pipeline.process_batch."""
     _pipeline_process_batch(umem, addrs, lens, n, ingress_iface, state[0], state[1], counters,
                             verdicts_out, now)
+
+
+def _is_pipeline_state(state):
+    """The numba type of (ServiceTables, FlowTables), the full pipeline's state."""
+    return isinstance(state, types.BaseTuple) and len(state) == 2 and all(
+        isinstance(part, types.BaseTuple) for part in state)
 
 
 def process_batch(umem, addrs, lens, n, ingress_iface, state, counters, verdicts_out, now):
@@ -228,32 +234,45 @@ def _process_batch_for_state(umem, addrs, lens, n, ingress_iface, state, counter
         def l2(umem, addrs, lens, n, ingress_iface, state, counters, verdicts_out, now):
             process_batch_l2(umem, addrs, lens, n, ingress_iface, state, counters, verdicts_out, now)
         return l2
-    if isinstance(state, types.BaseTuple) and len(state) == 2 and all(
-            isinstance(part, types.BaseTuple) for part in state):
+    if _is_pipeline_state(state):
         def pipeline(umem, addrs, lens, n, ingress_iface, state, counters, verdicts_out, now):
             process_batch_pipeline(umem, addrs, lens, n, ingress_iface, state, counters, verdicts_out, now)
         return pipeline
     raise TypeError(f"worker state {state}: expected (macs,) or (ServiceTables, FlowTables)")
 
 
-def housekeeping(state, counters, now, behind):
+def housekeeping(state, counters, now):
     """Per-pass work besides frames, chosen like process_batch: for the full pipeline, the kernel
-    fast path's sweep (dataplane/_fastpath.py) and, when the last pass found a receive ring
-    `behind`, admission (tc sheds new flows for a while); nothing for the L2 forwarder."""
+    fast path's sweep (dataplane/_fastpath.py); nothing for the L2 forwarder."""
     raise TypeError("housekeeping is callable from njit code only")
 
 
 @overload(housekeeping, jit_options={"nogil": True, "_nrt": False})
-def _housekeeping_for_state(state, counters, now, behind):
-    if isinstance(state, types.BaseTuple) and len(state) == 2 and all(
-            isinstance(part, types.BaseTuple) for part in state):
-        def pipeline(state, counters, now, behind):
+def _housekeeping_for_state(state, counters, now):
+    if _is_pipeline_state(state):
+        def pipeline(state, counters, now):
             _fast_path_step(state[0], state[1], now, counters)
-            if behind:
-                _shed_new_flows(state[1], now)
         return pipeline
 
-    def nothing(state, counters, now, behind):
+    def nothing(state, counters, now):
+        pass
+    return nothing
+
+
+def grant_credit(state, slot, room):
+    """After a pass, upcall admission's credit for the socket at XSKMAP `slot`: `room` frames
+    (dataplane/_fastpath.py grant_upcall_credit); nothing for the L2 forwarder."""
+    raise TypeError("grant_credit is callable from njit code only")
+
+
+@overload(grant_credit, jit_options={"nogil": True, "_nrt": False})
+def _grant_credit_for_state(state, slot, room):
+    if _is_pipeline_state(state):
+        def pipeline(state, slot, room):
+            _grant_upcall_credit(state[1], slot, room)
+        return pipeline
+
+    def nothing(state, slot, room):
         pass
     return nothing
 
@@ -276,18 +295,16 @@ def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
     tx_addrs, tx_lens, tx_counts = buffers[_B_TX_ADDRS], buffers[_B_TX_LENS], buffers[_B_TX_COUNTS]
     comp, free_frames, free_count = buffers[_B_COMP_ADDRS], buffers[_B_FREE_FRAMES], buffers[_B_FREE_COUNT]
     kick_pending, last_active_ns = buffers[_B_KICK_PENDING], buffers[_B_LAST_ACTIVE]
-    loop_control = buffers[_B_LOOP_CONTROL]
+    loop_control, credit_slots = buffers[_B_LOOP_CONTROL], buffers[_B_CREDIT_SLOTS]
     rx_addrs_ptr, rx_lens_ptr = array_data_ptr(rx_addrs), array_data_ptr(rx_lens)
     comp_ptr = array_data_ptr(comp)
     received = 0
     deadline = xskp_now_ns() + slice_ns
     last_active = last_active_ns[0]  # carried across slices: an idle worker stays asleep
-    behind = False                   # a receive ring held over XSKP_SHED_BACKLOG frames
     while True:  # at least one pass, then until the deadline
         now = xskp_now_ns()
         active = False
-        housekeeping(state, counters, now, behind)
-        behind = False
+        housekeeping(state, counters, now)
         # 1. frames the kernel has sent are free again
         for i in range(IFACE_MAX):
             if socks[i] == 0 or outstanding[i] == 0:
@@ -308,9 +325,6 @@ def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
             active = True
             received += n
             wc[i, _WC_RX] += n
-            if n == BATCH and xskp_rx_backlog(socks[i]) > _SHED_BACKLOG:
-                behind = True
-                wc[i, _WC_RX_BEHIND] += 1
             process_batch(umem, rx_addrs, rx_lens, n, i, state, counters, verdicts, now)
             tx_counts[:] = 0
             for k in range(n):
@@ -373,6 +387,10 @@ def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
                 free_count[0] = start + kept
             if xskp_wakeup_rx(socks[i]) == 1:
                 wc[i, _WC_RX_WAKEUPS] += 1
+            room = xskp_rx_room(socks[i])
+            if room == 0:
+                wc[i, _WC_NO_ROOM] += 1
+            grant_credit(state, credit_slots[i], room)
         # 5. sleep in poll() once nothing has arrived for IDLE_SPIN_NS (a shorter spin makes
         #    every frame of a sparse flow, e.g. one TCP stream's ACKs, pay a wakeup)
         if active:
@@ -454,9 +472,10 @@ class Worker:
         """Bind the sockets into the steering program (attach it to both interfaces first) and
         start the loop thread."""
         self.compile()
-        for sock in self.sockets:
+        for iface, sock in enumerate(self.sockets):
             if sock is not None:
                 self.steering.bind_socket(sock)
+                self.buffers.credit_slots[iface] = self.steering.xsk_index(sock)
         self._thread = threading.Thread(target=self._run, name=f"xskp-worker-q{self.queue}", daemon=True)
         self._thread.start()
 

@@ -366,12 +366,14 @@ uint32_t xskp_rx(uint64_t sock, uint64_t *addrs, uint32_t *lens, uint32_t max)
 	return n;
 }
 
-uint32_t xskp_rx_backlog(uint64_t sock)
+uint32_t xskp_rx_room(uint64_t sock)
 {
 	struct xskp_socket *s = (struct xskp_socket *)(uintptr_t)sock;
+	uint32_t waiting = __atomic_load_n(s->rx.producer, __ATOMIC_ACQUIRE) - *s->rx.consumer;
+	uint32_t filled = *s->fill.producer - __atomic_load_n(s->fill.consumer, __ATOMIC_ACQUIRE);
+	uint32_t rx_free = waiting < s->rx.size ? s->rx.size - waiting : 0;
 
-	s->rx.cached_prod = __atomic_load_n(s->rx.producer, __ATOMIC_ACQUIRE);
-	return s->rx.cached_prod - s->rx.cached_cons;
+	return filled < rx_free ? filled : rx_free;
 }
 
 uint32_t xskp_tx(uint64_t sock, const uint64_t *addrs, const uint32_t *lens, uint32_t n)

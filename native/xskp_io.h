@@ -42,7 +42,9 @@ uint32_t xskp_fill_free(uint64_t sock, uint32_t want);   /* free fill slots, at 
 uint32_t xskp_rx(uint64_t sock, uint64_t *addrs, uint32_t *lens, uint32_t max);
 uint32_t xskp_tx(uint64_t sock, const uint64_t *addrs, const uint32_t *lens, uint32_t n);
 uint32_t xskp_complete(uint64_t sock, uint64_t *addrs, uint32_t max);
-uint32_t xskp_rx_backlog(uint64_t sock);      /* frames waiting in the rx ring */
+/* Frames the kernel can still deliver to the socket: fill entries it holds, at most the free
+ * rx slots (upcall admission's credit, struct xskp_upcall_credit). */
+uint32_t xskp_rx_room(uint64_t sock);
 /* Makes the kernel send what the tx ring holds, if it needs telling: sendto while it answers
  * EAGAIN (copy mode sends a small batch per call), at most XSKP_KICK_MAX_RETRIES times.
  * Returns the number of sendto calls once the kernel took the whole ring (0: no kick was

@@ -71,8 +71,9 @@ enum xskp_worker_counter {
 	XSKP_WC_RX_WAKEUPS,         /* fill-ring wakeups (need_wakeup was set) */
 	XSKP_WC_EMPTY_POLLS,        /* rx batches that returned nothing */
 	XSKP_WC_IDLE_SLEEPS,        /* poll() waits after IDLE_SPIN_NS without a frame */
-	XSKP_WC_RX_BEHIND,          /* full rx batches that left over XSKP_SHED_BACKLOG frames in
-				     * the ring: the worker is behind (upcall mode sheds new flows) */
+	XSKP_WC_NO_ROOM,            /* passes that ended with no room for another frame (no fill
+				     * entry with the kernel or no free rx slot): the worker is
+				     * behind; upcall mode sheds new flows until it has room */
 	XSKP_WC_MAX,
 };
 
@@ -199,10 +200,11 @@ enum steer_counter {
 				     * the liveness time): dropped, the sender retransmits */
 	UPCALL_DROP_TX_STRAY,       /* a frame from an upcall pair's socket end that is not the
 				     * agent's (not IPv4, or no served interface set): dropped */
-	UPCALL_DROP_SHED,           /* a new flow's first packet (TCP SYN, UDP) while the workers
-				     * are behind (an rx ring over half full): dropped at tc, before
-				     * the upcall's copy, so that the workers keep the CPU for the
-				     * flows they already have; the sender retries */
+	UPCALL_DROP_SHED,           /* a new flow's first packet (TCP SYN, UDP) while its socket
+				     * has no credit (its worker's rings are full until it runs
+				     * again): dropped at tc, before the upcall's veth hop and copy,
+				     * so that the flood does not take the worker's CPU; the sender
+				     * retries */
 	STEER_COUNTER_MAX,
 };
 
@@ -216,8 +218,6 @@ enum steer_counter {
  * ------------------------------------------------------------------------------------- */
 #define XSKP_FLOW_MAX_PROBE 8           /* flow table probe window (slots from the key's hash) */
 #define XSKP_FAST_LIVENESS_NS 500000000 /* a worker's heartbeat keeps the fast path on this long */
-#define XSKP_SHED_BACKLOG 1024        /* rx frames waiting (half a ring): a worker is behind */
-#define XSKP_SHED_HOLD_NS 1000000       /* how long one look at a backlog sheds new flows */
 #define XSKP_TC_PRIORITY 1              /* tc filter priority and handle of xskp_fast */
 #define XSKP_TC_HANDLE 22611            /* 0x5853, "XS" */
 /* Upcall mode: the MTU of both ends of an upcall veth pair. Native XDP on a veth takes frames up
@@ -266,6 +266,18 @@ struct xskp_flow_v4 {
 	__u64 bytes;                    /* concurrent CPUs may lose an increment) */
 };
 
+/* Upcall admission, per socket (its XSKMAP slot): tc counts the frames it sends up to the
+ * socket (`sent`, atomically); the socket's worker, after each pass, grants `limit` = sent +
+ * the frames its rings can still take (fill entries the kernel holds, at most the free rx
+ * slots). A new flow's first packet goes up only while sent < limit, else UPCALL_DROP_SHED;
+ * frames lost on the way only cost credit until the next grant. limit 0: never granted (no
+ * worker has run yet), no admission. One cache line each: workers share none. */
+struct xskp_upcall_credit {
+	__u64 sent;
+	__u64 limit;
+	__u64 pad[6];
+};
+
 /* The fast path's switches (element 0 of the mmapable array xskp_fast_cfg). */
 struct xskp_fast_config {
 	__u64 alive_until_ns;           /* CLOCK_MONOTONIC; the workers push it forward by
@@ -275,9 +287,8 @@ struct xskp_fast_config {
 	__u32 bypass;                   /* 1: Pod-CIDR traffic is routed by the fast path */
 	__u32 encap_src;                /* DSR tunnels' outer source: the node address (host order) */
 	__u32 pad;
-	__u64 shed_until_ns;            /* CLOCK_MONOTONIC; a worker whose rx ring is over half full
-					 * pushes it forward by XSKP_SHED_HOLD_NS: until then upcall
-					 * mode drops new flows' first packets (UPCALL_DROP_SHED) */
+	__u64 pad_to_line[5];           /* the credits start on their own cache line */
+	struct xskp_upcall_credit credit[STEER_XSKMAP_SIZE];  /* by XSKMAP slot (a socket) */
 };
 
 /* ---------------------------------------------------------------------------------------

@@ -752,7 +752,7 @@ static __always_inline int fast_upcall(struct __sk_buff *skb, const struct xskp_
 				       __u32 l4_off, __u16 sport, __u16 dport, __u8 tcp_flags, __u64 now)
 {
 	__u32 decision = steer_decide(skb, 0, ip, sport, dport, iface);
-	__u32 frame_len = skb->len;
+	__u32 frame_len = skb->len, queue = 0, slot;
 
 	if (!steer_redirects(decision))
 		return fast_pass(decision);
@@ -765,14 +765,6 @@ static __always_inline int fast_upcall(struct __sk_buff *skb, const struct xskp_
 		count(STEER_DROP_HELD);     /* a handover's hold: retransmitted to the next agent */
 		return TC_ACT_SHOT;
 	}
-	/* admission: while a worker is behind, a new flow's first packet goes no further (the
-	 * upcall's veth hop, XDP and copy would cost the worker's CPU for a frame its full ring
-	 * would drop anyway); packets of flows under way still go up */
-	if (cfg->shed_until_ns > now && decision == STEER_REDIRECT_FRONTEND &&
-	    (ip->protocol == IPPROTO_UDP || (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)) {
-		count(UPCALL_DROP_SHED);
-		return TC_ACT_SHOT;
-	}
 	if (skb->gso_size)
 		frame_len = l4_off + TCP_HEADER_MAX + skb->gso_size;
 	if (frame_len > UPCALL_FRAME_MAX) {
@@ -781,9 +773,27 @@ static __always_inline int fast_upcall(struct __sk_buff *skb, const struct xskp_
 		count(STEER_DROP_TOO_BIG);
 		return TC_ACT_SHOT;
 	}
+	if (iface->queues > 1)
+		queue = xskp_upcall_queue(skb, decision, ip, dport, iface->queues);
+	/* admission: a new flow's first packet goes up only while its socket has credit (room its
+	 * worker granted); without, the veth hop, XDP and copy would take the CPU its worker
+	 * needs, for a frame its full rings would drop anyway. Flows under way always go up. */
+	slot = iface->xsk_base + queue;
+	if (slot < STEER_XSKMAP_SIZE) {
+		struct xskp_upcall_credit *credit = &((struct xskp_fast_config *)cfg)->credit[slot];
+		__u64 limit = credit->limit;
+
+		if (limit && (__s64)(limit - credit->sent) <= 0 && decision == STEER_REDIRECT_FRONTEND &&
+		    (ip->protocol == IPPROTO_UDP ||
+		     (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)) {
+			count(UPCALL_DROP_SHED);
+			return TC_ACT_SHOT;
+		}
+		__sync_fetch_and_add(&credit->sent, 1);
+	}
 	count(decision);
 	if (iface->queues > 1)
-		skb->queue_mapping = xskp_upcall_queue(skb, decision, ip, dport, iface->queues) + 1;
+		skb->queue_mapping = queue + 1;
 	return bpf_redirect(iface->upcall_ifindex, 0);
 }
 

@@ -119,24 +119,35 @@ def test_an_offloaded_flow_runs_in_the_fast_path_but_its_expiring_ttl_is_upcalle
     assert expiring == (TC_ACT_REDIRECT, {"STEER_REDIRECT_FRONTEND": 1})
 
 
-def test_while_a_worker_is_behind_new_flows_are_shed_at_tc_and_flows_under_way_go_up(upcall):
-    """Admission: with shed_until_ns ahead (a worker found its rx ring over half full), a new
-    connection's SYN and a UDP datagram to a frontend are dropped at tc (UPCALL_DROP_SHED); the
-    handshake's ACK and a SNAT reply still go up; once it passes, SYNs go up again."""
+def test_without_credit_new_flows_are_shed_at_tc_and_flows_under_way_go_up(upcall):
+    """Admission: tc counts what it sends up to a socket; with no credit left (the worker granted
+    no more room than was sent) a new connection's SYN and a UDP datagram to a frontend are
+    dropped at tc (UPCALL_DROP_SHED), while the handshake's ACK and a SNAT reply still go up
+    (and are counted); one more frame of credit lets one SYN up; a socket whose worker never
+    granted (limit 0) has no admission."""
+    from dataplane import abi
     topo, program, flows, config, pairs = upcall
+    base = program.ifaces["tr0"][1]
+    credit = config[0]["credit"][base:base + abi.lib.STEER_MAX_QUEUES]   # tr0's sockets, by queue
     with in_netns(topo.node):
-        config[0]["shed_until_ns"] = time.monotonic_ns() + 600 * 10**9
         try:
+            credit["sent"] += 100                      # what tc sent earlier, all of the credit
+            credit["limit"] = credit["sent"]
             shed = [run(program, frame()), run(program, frame("udp", dport=DNS_PORT))]
+            sent = int(credit["sent"].sum())
             kept = [run(program, frame(flags="A")),
                     run(program, frame(flags="SA", src=CLIENT, dst=NODE, sport=80, dport=61010))]
+            counted = int(credit["sent"].sum()) - sent
+            credit["limit"] = credit["sent"] + 1
+            granted = [run(program, frame()), run(program, frame())]
         finally:
-            config[0]["shed_until_ns"] = 0
-        after = run(program, frame())
+            credit["limit"] = 0
+        ungranted = run(program, frame())
     assert shed == [(TC_ACT_SHOT, {"UPCALL_DROP_SHED": 1})] * 2
     assert kept == [(TC_ACT_REDIRECT, {"STEER_REDIRECT_FRONTEND": 1}),
-                    (TC_ACT_REDIRECT, {"STEER_REDIRECT_SNAT_REPLY": 1})]
-    assert after == (TC_ACT_REDIRECT, {"STEER_REDIRECT_FRONTEND": 1})
+                    (TC_ACT_REDIRECT, {"STEER_REDIRECT_SNAT_REPLY": 1})] and counted == 2
+    assert granted == [(TC_ACT_REDIRECT, {"STEER_REDIRECT_FRONTEND": 1}), (TC_ACT_SHOT, {"UPCALL_DROP_SHED": 1})]
+    assert ungranted == (TC_ACT_REDIRECT, {"STEER_REDIRECT_FRONTEND": 1})
 
 
 def test_without_a_heartbeat_the_kernel_takes_everything_and_a_hold_drops_what_we_translate(upcall):

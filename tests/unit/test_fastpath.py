@@ -382,3 +382,23 @@ def test_a_snat_port_closed_in_the_fast_path_is_free_for_a_new_syn_before_the_ne
     assert verdict == fx.TX_G and "XSKP_DROP_SNAT_EXHAUSTED" not in counters
     assert counters.get("XSKP_CNT_CT_REUSED") == 1
     assert lookup(ft.ct, fx.ip4(fx.POD_A2), fx.ip4(VIP), 44000, 80, 6) < 0, "the old flow is gone"
+
+
+def test_a_worker_grants_upcall_credit_as_the_room_its_rings_have_beyond_what_tc_sent():
+    """Admission (struct xskp_upcall_credit): limit = sent + room for the socket's slot, written
+    only when it changes; no slot, or no fast path, grants nothing; 0 stays 'never granted'."""
+    from dataplane._fastpath import grant_upcall_credit
+    st, ft = topology()
+    credit = ft.fast_config[0]["credit"]
+    credit[7]["sent"] = 1000
+    grant_upcall_credit(ft, 7, 256)
+    assert int(credit[7]["limit"]) == 1256
+    credit[7]["sent"] = 1300                    # tc sent past it (frames lost on the way included)
+    grant_upcall_credit(ft, 7, 0)
+    assert int(credit[7]["limit"]) == 1300      # no room: the next new flow is shed
+    grant_upcall_credit(ft, -1, 64)
+    grant_upcall_credit(ft, 8, 0)               # sent 0, room 0: still a grant, never 0
+    assert int(credit[8]["limit"]) == 1 and int(credit[7]["limit"]) == 1300
+    no_offload = tables.make_flow_tables(64, 64)
+    grant_upcall_credit(no_offload, 7, 64)
+    assert int(no_offload.fast_config[0]["credit"][7]["limit"]) == 0
