@@ -336,9 +336,9 @@ def cmd_conntrack(args):
 
 def cmd_run(args):
     from control import agent
-    from control.config import ConfigError, load_config
+    from control.config import ConfigError, load_config, with_node_name
     try:
-        config = load_config(args.config)
+        config = with_node_name(load_config(args.config))
     except ConfigError as e:
         raise SystemExit(f"xskproxy: {args.config}: {e}")
     return agent.run(config)

@@ -6,7 +6,9 @@ unknown and duplicate keys are errors, never ignored. The file is read bounded
 (control._safe_yaml: size cap, no alias bomb).
 """
 import ipaddress
-from dataclasses import dataclass, field, fields
+import os
+import socket
+from dataclasses import dataclass, field, fields, replace
 from typing import Optional
 
 import yaml
@@ -236,7 +238,8 @@ class TableSizes:
 @dataclass(frozen=True)
 class Config:
     node_name: str = _key("nodeName", "", _string(),
-                          "this Node's name; empty: the host name")
+                          "this Node's name; empty: the NODE_NAME environment variable (the DaemonSet "
+                          "sets it from spec.nodeName), else the host name in lower case")
     transport_interface: str = _key("transportInterface", "", _string(),
                                     "interface to other Nodes and external clients")
     gateway_interface: str = _key("gatewayInterface", "", _string(),
@@ -324,6 +327,17 @@ def load_config(path):
         return parse_config(data)
     except ConfigError as e:
         raise ConfigError(e.path, f"{e.message} (in {path})") from None
+
+
+def with_node_name(config, environ=None, hostname=None):
+    """config with an empty nodeName filled in as kube-proxy and Antrea's agent do in a DaemonSet:
+    from NODE_NAME (deploy/daemonset.yaml sets it to the Pod's spec.nodeName), else the host
+    name in lower case."""
+    if config.node_name:
+        return config
+    environ = os.environ if environ is None else environ
+    name = environ.get("NODE_NAME", "").strip() or (hostname or socket.gethostname()).strip().lower()
+    return replace(config, node_name=name)
 
 
 def config_to_dict(config):

@@ -177,3 +177,15 @@ def test_local_port_range_is_read_from_the_sysctl_file(tmp_path):
     path = tmp_path / "ip_local_port_range"
     path.write_text("32768\t60999\n")
     assert read_local_port_range(str(path)) == (32768, 60999)
+
+
+def test_an_empty_node_name_comes_from_node_name_env_then_the_host_name():
+    """As a DaemonSet needs (one ConfigMap for every node): NODE_NAME (the Pod's spec.nodeName),
+    else the host name in lower case; a configured name is kept."""
+    from control.config import with_node_name
+    empty = parse_config({})
+    assert with_node_name(empty, {"NODE_NAME": "worker-3"}, "Host.Example").node_name == "worker-3"
+    assert with_node_name(empty, {"NODE_NAME": " "}, "Host-7").node_name == "host-7"
+    assert with_node_name(empty, {}, "node0").node_name == "node0"
+    named = parse_config({"nodeName": "node1"})
+    assert with_node_name(named, {"NODE_NAME": "worker-3"}, "h").node_name == "node1"
