@@ -150,6 +150,9 @@ class Agent:
             log.warning("event=bpf_pins_unavailable error=%r: the next agent can take over the programs "
                         "and the flow table only with CAP_SYS_ADMIN (a handover then falls back to the "
                         "kernel path)", self.steering.pin_error)
+        if self.steering.stale_pins_removed:
+            log.info("event=stale_pins_removed pins=%s (interfaces that are gone)",
+                     ",".join(sorted(self.steering.stale_pins_removed)))
         socket_devices = {}
         for ifname, role in served:
             pair = None

@@ -266,6 +266,34 @@ class _InterfaceLock:
             self.fd = None
 
 
+def remove_stale_pins(pin_dir):
+    """Unpin what a predecessor left pinned (a handover or kill -9 keeps the pins) for interfaces
+    of this network namespace that no longer exist, e.g. a gateway an OVS restart made anew: each
+    pin holds a program and a flow table (megabytes) alive, for nobody. Pins are named
+    <hook>-<netns inode>-<ifindex>[-suffix] (native/xskp_io.c pin_path). Returns the names removed."""
+    netns = str(os.stat("/proc/self/ns/net").st_ino)
+    removed = []
+    try:
+        names = os.listdir(pin_dir)
+    except OSError:
+        return removed
+    for name in names:
+        parts = name.split("-")
+        if len(parts) < 3 or parts[1] != netns or not parts[2].isdigit():
+            continue
+        try:
+            socket.if_indextoname(int(parts[2]))
+            continue                                   # the interface is there: the pin may be live
+        except OSError:
+            pass
+        try:
+            os.unlink(os.path.join(pin_dir, name))
+            removed.append(name)
+        except OSError:
+            pass                                       # another agent's cleanup got there first
+    return removed
+
+
 def attached_program(ifname):
     """What XDP program is attached to ifname now: (prog_id, 'native'|'skb'|'none', name); the
     name is '' when the kernel does not tell it (by id: CAP_SYS_ADMIN)."""
@@ -344,6 +372,7 @@ class SteeringProgram:
             code = -pin_err[0]
             reason = "not on a bpffs" if code == errno_codes.EMEDIUMTYPE else os.strerror(code)
             self.pin_dir, self.pin_error = None, f"{pin_dir}: {reason}"
+        self.stale_pins_removed = remove_stale_pins(self.pin_dir) if self.pin_dir else []
         self.flow_entries = int(flow_entries)
         self._mmaps = []
         self.tc_ifaces = {}  # ifname -> (ifindex, created the clsact qdisc)
