@@ -55,9 +55,10 @@ def grant_upcall_credit(ft, slot, room):
     """Upcall admission (struct xskp_upcall_credit): after a pass, let tc send the socket at
     XSKMAP `slot` (< 0: none) up to `room` more frames than it has sent so far, what its rings
     can take now. Written only when it changes (tc reads the line on every upcall)."""
-    if ft.flows.shape[0] == 0 or slot < 0:
+    credits = ft.fast_config[0].credit
+    if ft.flows.shape[0] == 0 or slot < 0 or slot >= credits.shape[0]:
         return
-    credit = ft.fast_config[0].credit[slot]
+    credit = credits[slot]
     limit = credit.sent + np.uint64(room)
     if limit == 0:
         limit = np.uint64(1)                   # 0 means never granted

@@ -397,6 +397,7 @@ def test_a_worker_grants_upcall_credit_as_the_room_its_rings_have_beyond_what_tc
     grant_upcall_credit(ft, 7, 0)
     assert int(credit[7]["limit"]) == 1300      # no room: the next new flow is shed
     grant_upcall_credit(ft, -1, 64)
+    grant_upcall_credit(ft, len(credit), 64)    # beyond the XSKMAP: nothing written out of bounds
     grant_upcall_credit(ft, 8, 0)               # sent 0, room 0: still a grant, never 0
     assert int(credit[8]["limit"]) == 1 and int(credit[7]["limit"]) == 1300
     no_offload = tables.make_flow_tables(64, 64)
