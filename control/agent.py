@@ -328,8 +328,13 @@ class Agent:
         the managed neighbour entries in place, for the next agent."""
         handover = handover and self.config.handover_seconds > 0 and self.steering_ready
         lock_files = [lock.path for lock in self.steering._locks.values()] if self.steering else []
+        phases, started = [], time.monotonic()
+
+        def phase(name):                                # how long each step took, for the log
+            phases.append(f"{name}:{time.monotonic() - started:.2f}")
         if self.health is not None:
             self.health.close()                         # load balancers see this node go first
+        phase("health")
         self._stop.set()
         for part in (self.sync, self.network, self.source):
             if part is not None:
@@ -337,6 +342,7 @@ class Agent:
                     part.stop()
                 except Exception:
                     log.exception("event=stop_failed part=%s", type(part).__name__)
+        phase("sync_network_source")
         if handover:
             try:
                 self.steering.hold(self.config.handover_seconds)
@@ -355,10 +361,13 @@ class Agent:
                     self.steering.detach(ifname)
                 except OSError as e:
                     log.error("event=detach_failed iface=%s error=%r", ifname, str(e))
+        phase("detach")
         if self.neighbours is not None:
             self.neighbours.stop(keep=handover)
+        phase("neighbours")
         for worker in self.workers:
             worker.close()
+        phase("workers")
         if self.steering is not None:
             self.steering.release() if handover else self.steering.close()
         if not handover:
@@ -370,10 +379,12 @@ class Agent:
         if not handover:
             for path in lock_files:
                 _remove_lock_file(path)
+        phase("steering")
         for tables in self.flow_tables:
             store.flush_flow_tables(tables)
-        log.info("event=stopped node=%s handover_seconds=%s", self.config.node_name,
-                 self.config.handover_seconds if handover else 0)
+        phase("flush")
+        log.info("event=stopped node=%s handover_seconds=%s seconds_at=%s", self.config.node_name,
+                 self.config.handover_seconds if handover else 0, ",".join(phases))
 
     # -- publishing --------------------------------------------------------------------------
     def _publish(self, snapshot):
@@ -781,5 +792,6 @@ def run(config):
             log.error("event=worker_failed error=%r", errors[0])
             agent.stop()
             return 1
+    log.info("event=stopping signal=%s", signal.Signals(received[0]).name)
     agent.stop(handover=received[0] == signal.SIGTERM)
     return 0
