@@ -47,6 +47,8 @@ from dataplane.tables import counters_by_name, next_pow2, with_fast_path, with_p
 log = logging.getLogger("xskproxy.agent")
 
 STATS_INTERVAL = 1.0          # seconds between stats.json / metrics snapshots
+COUNT_INTERVAL = 10.0         # seconds between in-use counts of the flow tables in a snapshot: a count
+                              # reads every entry (~100 MB at the default sizes), on the workers' CPU
 MISS_POLL_INTERVAL = 0.1      # seconds between looks at the workers' neighbour-miss slots
 FIRST_SYNC_TIMEOUT = 60.0     # how long start() waits for the source's first complete state
 PICKUP_TIMEOUT = 0.05         # how long a publish waits for every worker to pick it up
@@ -92,6 +94,7 @@ class Agent:
         self._missed_hops = collections.OrderedDict()   # next hops the pipeline missed
         self.sync = None
         self.started_at = None
+        self._counted = None              # (monotonic time, per-worker in-use counts, fast-path entries)
         self.last_translation_stats = {}
         self._saved_service_ids = None                  # what SERVICE_IDS holds on disk
         self._to_describe = None                        # (generation, tables, service names)
@@ -518,26 +521,43 @@ class Agent:
             "fast_path": self._fast_path_snapshot(),
             "queues": {},
         }
-        for worker, tables in zip(self.workers, self.flow_tables):
+        flows_in_use = self._in_use_counts()
+        for worker, in_use in zip(self.workers, flows_in_use):
             out["queues"][str(worker.queue)] = {
                 "pipeline": counters_by_name(worker.counters),
                 "worker": worker.worker_counters(),
                 "sockets": worker.socket_statistics(),
-                "flows": store.flows_in_use(tables),
+                "flows": in_use,
                 "error": repr(worker.error) if worker.error else None,
             }
         return out
 
+    def _in_use_counts(self, now=None):
+        """[per worker: {"ct": n, "affinity": n}] and the fast path's entries in use, counted at
+        most once per COUNT_INTERVAL (the gauges lag by up to that much)."""
+        now = time.monotonic() if now is None else now
+        cached = self._counted
+        if cached is None or now - cached[0] >= COUNT_INTERVAL or len(cached[1]) != len(self.flow_tables):
+            flows = self.flow_tables[0].flows if self.flow_tables else None
+            entries = int(np.count_nonzero(flows["flags"] & abi.lib.XSKP_FLOW_IN_USE)) if flows is not None else 0
+            cached = self._counted = (now, [store.flows_in_use(t) for t in self.flow_tables], entries)
+        return cached[1]
+
+    def fast_path_live(self):
+        """None when the kernel fast path is off, else whether its heartbeat is fresh (the BPF
+        programs execute nothing without it). Cheap: the health probe asks every second."""
+        if not self.config.flow_offload or not self.flow_tables or self.flow_tables[0].flows.shape[0] == 0:
+            return None
+        return int(self.fast_config[0]["alive_until_ns"]) > time.monotonic_ns()
+
     def _fast_path_snapshot(self):
-        """Whether the kernel fast path is on, how many flow directions it holds, and whether its
-        heartbeat is fresh (the BPF programs execute nothing without it)."""
+        """Whether the kernel fast path is on, how many flow directions it holds (counted at most
+        once per COUNT_INTERVAL), and whether its heartbeat is fresh."""
         if not self.config.flow_offload or not self.flow_tables or self.flow_tables[0].flows.shape[0] == 0:
             return {"enabled": False}
-        flows = self.flow_tables[0].flows
-        alive_until = int(self.fast_config[0]["alive_until_ns"])
-        return {"enabled": True, "capacity": int(flows.shape[0]),
-                "entries": int(np.count_nonzero(flows["flags"] & abi.lib.XSKP_FLOW_IN_USE)),
-                "live": alive_until > time.monotonic_ns()}
+        self._in_use_counts()
+        return {"enabled": True, "capacity": int(self.flow_tables[0].flows.shape[0]),
+                "entries": self._counted[2], "live": self.fast_path_live()}
 
     def write_stats(self):
         _write_json(os.path.join(self.config.state_dir, "stats.json"), self.snapshot())

@@ -2,8 +2,11 @@
 the kernel fast path (dataplane/pipeline.py offload_flow). Pure njit: no I/O, `now` comes in,
 never raises; writes only the FlowTables it is given and the counters.
 
-fast_path_step, called by the worker loop on every pass, sweeps the flow table, a whole pass per SWEEP_PERIOD_NS whatever the packet rate, and for each
-  entry this worker owns brings what the fast path saw back into the conntrack entry it
+fast_path_step, called by the worker loop on every pass, sweeps the flow table, a whole pass per
+SWEEP_PERIOD_NS whatever the packet rate. It looks only at the slots marked in the worker's
+sweep_marks (set at insert; 262,144 slots are 4,096 words, so a pass over a table of few flows
+reads kilobytes, not the table), and for each entry this worker owns brings what the fast path
+saw back into the conntrack entry it
   executes: last_seen (so idle expiry works as for any flow, and ClientIP affinity stays
   fresh while the client's offloaded flows are busy), and TCP flags seen (ACK
   completes the handshake, FIN half-closes, FIN both ways or RST closes). Then it
@@ -174,12 +177,29 @@ def fast_path_step(st, ft, now_ns, counters):
         due = np.uint64(capacity)
     fast.sweep_last_ns = now
     owner = fast.owner
+    marks = ft.sweep_marks
+    cap = np.uint64(capacity)
     mask = np.uint64(capacity - 1)
     slot = fast.sweep_cursor & mask
-    for _ in range(due):
-        f = flows[slot]
-        if (f.flags & FLOW_IN_USE) != 0 and f.owner == owner:
-            sweep_flow(st, ft, slot, now, counters)
+    remaining = due
+    while remaining > 0:
+        word = slot >> np.uint64(6)
+        if word >= np.uint64(marks.shape[0]):
+            break                                 # marks shorter than the table: never made so
+        bit = slot & np.uint64(63)
+        pending = marks[word] >> bit
+        if pending == 0:                          # no marked slot left in this word: skip it
+            step = min(np.uint64(64) - bit, cap - slot, remaining)
+            slot = (slot + step) & mask
+            remaining -= step
+            continue
+        if (pending & np.uint64(1)) != 0:
+            f = flows[slot]
+            if (f.flags & FLOW_IN_USE) != 0 and f.owner == owner:
+                sweep_flow(st, ft, slot, now, counters)
+            if (f.flags & FLOW_IN_USE) == 0 or f.owner != owner:
+                marks[word] &= ~(np.uint64(1) << bit)
         slot = (slot + np.uint64(1)) & mask
+        remaining -= np.uint64(1)
     fast.sweep_cursor = slot
     return np.int64(due)

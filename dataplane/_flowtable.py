@@ -48,6 +48,14 @@ def flow_lookup(flows, src_addr, dst_addr, src_port, dst_port, proto):
     return np.int64(-1)
 
 
+@packet_njit(inline="always")
+def flow_mark_owned(marks, slot):
+    """Mark slot in a worker's sweep_marks (dataplane/tables.py): the sweep will look at it."""
+    word = np.int64(slot) >> 6
+    if 0 <= word < marks.shape[0]:
+        marks[word] |= np.uint64(1) << np.uint64(np.int64(slot) & 63)
+
+
 @packet_njit
 def flow_clear_slot(flows, slot):
     """Remove the entry at slot (a tombstone, or empty when the next slot is empty)."""

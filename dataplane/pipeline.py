@@ -148,7 +148,8 @@ from dataplane._conntrack import (ct_lookup, ct_delete_flow, ct_flow_expired, ct
                                   ct_flow_last_seen, affinity_lookup, affinity_remember,
                                   affinity_touch, ct_absorb_fast_path, NO_PEER, NS_PER_S)
 from dataplane import _sctp
-from dataplane._flowtable import flow_insert_from_ct, flow_insert_route, flow_clear_slot, flow_remove
+from dataplane._flowtable import (flow_insert_from_ct, flow_insert_route, flow_clear_slot, flow_mark_owned,
+                                  flow_remove)
 from dataplane.tables import (lookup_frontend, lookup_neighbour, lookup_route, hash_flow,
                               svc_is_dsr, svc_has_affinity, svc_etp_local, svc_itp_local,
                               svc_has_source_ranges, fe_is_external, fe_allows_dsr, be_is_alive,
@@ -598,12 +599,14 @@ def offload_flow(st, ft, idx, counters):
     if a < 0:
         counters[CNT_FLOW_OFFLOAD_FULL] += 1
         return
+    flow_mark_owned(ft.sweep_marks, a)
     if not one_way:
         b = flow_insert_from_ct(flows, ct[peer], peer, out_p, fast.owner)
         if b < 0:
             flow_clear_slot(flows, a)
             counters[CNT_FLOW_OFFLOAD_FULL] += 1
             return
+        flow_mark_owned(ft.sweep_marks, b)
         ct[peer].flags |= np.uint8(CT_OFFLOADED)
     e.flags |= np.uint8(CT_OFFLOADED)
     counters[CNT_FLOW_OFFLOADED] += 1
@@ -929,10 +932,13 @@ def bypass_stage(umem, base, l3, src, dst, proto, sport, dport, cacheable, st, f
         fast = ft.fast_state[0]
         out_ifindex = fast.ifindex[iface]
         if out_ifindex != 0:
-            if flow_insert_route(ft.flows, src, dst, sport, dport, proto, out_ifindex,
-                                 neighbour.mac, node.iface_mac[iface], node.fib_generation,
-                                 now_ns, fast.owner) < 0:
+            slot = flow_insert_route(ft.flows, src, dst, sport, dport, proto, out_ifindex,
+                                     neighbour.mac, node.iface_mac[iface], node.fib_generation,
+                                     now_ns, fast.owner)
+            if slot < 0:
                 counters[CNT_FLOW_OFFLOAD_FULL] += 1
+            else:
+                flow_mark_owned(ft.sweep_marks, slot)
     return verdict_of_iface(iface), 0
 
 

@@ -37,6 +37,9 @@ FlowTables (per worker, mutable, one writer; dataplane/store.py may back them by
   fast_config   struct xskp_fast_config[1]        the fast path's switches (heartbeat).
   fast_state    FAST_STATE_DTYPE[1]               this worker's fast-path bookkeeping: owner
                                                   id, interface indexes, sweep position.
+  sweep_marks   uint64[ceil(flows / 64)]          one bit per flow slot this worker may own
+                                                  (set at insert; the sweep looks only at marked
+                                                  slots and unmarks those no longer its own).
 
 Numba accepts both tuples as arguments (namedtuples of arrays); the field order above is the
 tuple order.
@@ -74,10 +77,11 @@ ServiceTables = namedtuple(
     "frontends services backends maglev source_ranges routes neighbours node")
 def _no_flows():
     """The fast-path fields of FlowTables when offload is off: an empty flow table."""
-    return (np.zeros(0, FLOW_V4_DTYPE), np.zeros(1, FAST_CONFIG_DTYPE), np.zeros(1, FAST_STATE_DTYPE))
+    return (np.zeros(0, FLOW_V4_DTYPE), np.zeros(1, FAST_CONFIG_DTYPE), np.zeros(1, FAST_STATE_DTYPE),
+            np.zeros(1, np.uint64))
 
 
-FlowTables = namedtuple("FlowTables", "ct affinity flows fast_config fast_state",
+FlowTables = namedtuple("FlowTables", "ct affinity flows fast_config fast_state sweep_marks",
                         defaults=_no_flows())
 
 _FE_EMPTY = abi.lib.XSKP_FE_EMPTY
@@ -139,7 +143,16 @@ def with_fast_path(ft, flows, fast_config, ifindex, owner):
     fast_state = np.zeros(1, FAST_STATE_DTYPE)
     fast_state[0]["ifindex"][:] = ifindex
     fast_state[0]["owner"] = owner
-    return ft._replace(flows=flows, fast_config=fast_config, fast_state=fast_state)
+    return ft._replace(flows=flows, fast_config=fast_config, fast_state=fast_state,
+                       sweep_marks=owned_flow_marks(flows, owner))
+
+
+def owned_flow_marks(flows, owner):
+    """FlowTables.sweep_marks for the entries of `flows` that `owner` holds now (an adopted table)."""
+    marks = np.zeros(max(1, (flows.shape[0] + 63) // 64), np.uint64)
+    slots = np.flatnonzero(((flows["flags"] & abi.lib.XSKP_FLOW_IN_USE) != 0) & (flows["owner"] == owner))
+    np.bitwise_or.at(marks, slots >> 6, np.left_shift(np.uint64(1), (slots & 63).astype(np.uint64)))
+    return marks
 
 
 def with_partition(ft, partition, partitions):

@@ -403,3 +403,50 @@ def test_a_worker_grants_upcall_credit_as_the_room_its_rings_have_beyond_what_tc
     no_offload = tables.make_flow_tables(64, 64)
     grant_upcall_credit(no_offload, 7, 64)
     assert int(no_offload.fast_config[0]["credit"][7]["limit"]) == 0
+
+
+def _marked(ft):
+    """The flow slots set in ft.sweep_marks."""
+    bits = np.unpackbits(ft.sweep_marks.view(np.uint8), bitorder="little")
+    return set(np.flatnonzero(bits[:ft.flows.shape[0]]).tolist())
+
+
+def test_the_sweep_looks_only_at_marked_slots_and_unmarks_those_no_longer_owned():
+    """Each insert marks its slot; the sweep unmarks a slot whose entry went or another worker
+    took, and never looks at an unmarked one (an insert that forgot its mark would never be
+    swept: here an offloaded flow past its idle timeout stays)."""
+    st, ft = topology()
+    handshake(st, ft, 44000)
+    slots = {flow_lookup(ft.flows, fx.ip4(fx.POD_A2), fx.ip4(VIP), 44000, 80, 6),
+             flow_lookup(ft.flows, fx.ip4(fx.POD_A1), fx.ip4(fx.NODE_A), 8080, snat_port(ft, 44000), 6)}
+    assert _marked(ft) == slots
+    taken = min(slots)
+    ft.flows[taken]["owner"] = 1                      # another worker's now
+    sweep_all(st, ft, T0 + S)
+    assert _marked(ft) == slots - {taken}
+    ft.sweep_marks[:] = 0
+    counters = sweep_all(st, ft, T0 + 10_000 * S)     # long expired, but nothing is marked
+    assert "XSKP_CNT_CT_EXPIRED" not in counters and in_use_flows(ft) == 2
+
+
+def test_an_adopted_tables_entries_are_marked_for_their_owner_only():
+    """A restarted agent maps its predecessor's flow table: with_fast_path marks the entries the
+    worker owns, so the sweep keeps expiring them."""
+    flows = np.zeros(256, tables.FLOW_V4_DTYPE)
+    flows["flags"][[3, 64, 65, 200]] = L.XSKP_FLOW_IN_USE
+    flows["owner"][[3, 64, 65, 200]] = [0, 1, 0, 0]
+    flows["flags"][9] = L.XSKP_FLOW_TOMBSTONE
+    st, ft = fx.make_topology()
+    ft = tables.with_fast_path(ft, flows, np.zeros(1, tables.FAST_CONFIG_DTYPE), IFINDEX, owner=0)
+    assert _marked(ft) == {3, 65, 200}
+
+
+def test_a_table_smaller_than_a_mark_word_is_swept_whole_in_one_period():
+    """16 slots, the cursor in the middle: a marked slot before the cursor is reached in the same
+    period (the skip over an empty word stops at the table's end)."""
+    st, ft = topology(flow_capacity=16)
+    handshake(st, ft, 44000)
+    marked = sorted(_marked(ft))
+    ft.fast_state[0]["sweep_cursor"] = max(marked) + 1 if max(marked) < 15 else 0
+    counters = sweep_all(st, ft, T0 + 10_000 * S)
+    assert counters.get("XSKP_CNT_CT_EXPIRED") == 1 and in_use_flows(ft) == 0

@@ -206,7 +206,7 @@ def _probe(agent, read_xdp=None):
 def test_a_forwarding_dataplane_is_healthy():
     """Steering attached, worker alive with sockets and recent slices, nothing pending: healthy."""
     agent = _agent()
-    agent._fast_path_snapshot = lambda: {"enabled": True, "live": True}
+    agent.fast_path_live = lambda: True
     result = _probe(agent)(now=1000.0)
     assert result.healthy and result.problems == () and result.last_healthy == 1000.0
 
@@ -219,7 +219,7 @@ def test_a_forwarding_dataplane_is_healthy():
     (lambda a: a.workers[0].sockets.__setitem__(1, None), "queue 0: no socket bound on gw0"),
     (lambda a: setattr(a.workers[0], "last_pass_at", lambda: time.monotonic() - 10), "loop has not run for"),
     (lambda a: setattr(a, "workers", []), "no worker runs"),
-    (lambda a: setattr(a, "_fast_path_snapshot", lambda: {"enabled": True, "live": False}),
+    (lambda a: setattr(a, "fast_path_live", lambda: False),
      "the tc fast path's heartbeat has stopped"),
 ])
 def test_a_dataplane_that_does_not_forward_is_unhealthy_and_says_why(breaks, problem):
