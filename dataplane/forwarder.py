@@ -53,7 +53,7 @@ xskp_complete = types.ExternalFunction("xskp_complete", _u32(_u64, _ptr, _u32))
 xskp_rx_room = types.ExternalFunction("xskp_rx_room", _u32(_u64))
 xskp_kick_tx = types.ExternalFunction("xskp_kick_tx", _i32(_u64))
 xskp_wakeup_rx = types.ExternalFunction("xskp_wakeup_rx", _i32(_u64))
-xskp_poll_rx = types.ExternalFunction("xskp_poll_rx", _i32(_u64, _u64, _i32))
+xskp_poll_rx = types.ExternalFunction("xskp_poll_rx", _i32(_u64, _u64, _i32, _i32))
 xskp_now_ns = types.ExternalFunction("xskp_now_ns", _u64())
 xskp_batch_probe = types.ExternalFunction("xskp_batch_probe", _u32(_ptr, _u32))
 _HOT_PATH_SYMBOLS = ("xskp_fill", "xskp_fill_free", "xskp_rx", "xskp_tx", "xskp_complete", "xskp_rx_room",
@@ -115,12 +115,13 @@ WORKER_COUNTER_NAMES = sorted(abi.enum_members("XSKP_WC_").keys() - {"XSKP_WC_MA
 _EAGAIN_RESULT = -errno.EAGAIN
 _KICK_MAX_RETRIES = abi.lib.XSKP_KICK_MAX_RETRIES
 IDLE_SPIN_NS = 200_000  # keep polling the rings this long after the last frame, then sleep
-IDLE_POLL_MS = 10        # longest poll() sleep of an idle worker: bounds the stop flag's latency;
-                         # an idle worker wakes 100 times a second (the sweep catches up by time)
+IDLE_POLL_MS = 100       # longest poll() sleep of an idle worker (10 wakes a second: the sweep
+                         # catches up by time); asking it to return wakes it at once (LC_WAKE_FD)
 UNTIL_ASKED = 1 << 62    # a worker's slice: until its loop_control asks it to return
-# loop_control[]: a worker's two words shared between Python and its loop
+# loop_control[]: a worker's words shared between Python and its loop
 LC_RETURN = 0            # set by Python: return at the end of this pass (new state, stop)
 LC_PASS_AT = 1           # set by the loop: xskp_now_ns() of its latest pass (a sign of life)
+LC_WAKE_FD = 2           # set by Python: an eventfd that wakes the loop's idle poll(), or -1
 
 
 # ---- the first per-batch step: an L2 forwarder ---------------------------------------------
@@ -203,7 +204,7 @@ def make_worker_buffers(umem, sockets):
         tx_counts=np.zeros(IFACE_MAX, np.int64), verdicts=np.zeros(BATCH, np.int32),
         comp_addrs=np.zeros(BATCH, np.uint64),
         worker_counters=np.zeros((IFACE_MAX, abi.lib.XSKP_WC_MAX), np.uint64),
-        loop_control=np.zeros(2, np.uint64),
+        loop_control=np.array([0, 0, np.uint64(2**64 - 1)], np.uint64),   # LC_WAKE_FD -1: none
         credit_slots=np.full(IFACE_MAX, -1, np.int64))   # XSKMAP slot per socket (Worker.start)
 
 
@@ -397,7 +398,7 @@ def run_slice(umem, frame_mask, buffers, state, counters, slice_ns):
             last_active = now
         elif now - last_active > IDLE_SPIN_NS:
             wc[IFACE_TRANSPORT, _WC_IDLE_SLEEPS] += 1  # counted once, on the first row
-            xskp_poll_rx(socks[0], socks[1], IDLE_POLL_MS)
+            xskp_poll_rx(socks[0], socks[1], np.int32(np.int64(loop_control[LC_WAKE_FD])), IDLE_POLL_MS)
         loop_control[LC_PASS_AT] = now
         if now >= deadline or loop_control[LC_RETURN] != 0:
             break
@@ -450,17 +451,20 @@ class Worker:
         self.sockets = [None, None]
         self._thread, self._stop = None, threading.Event()
         self.error = None
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         try:
             for iface, ifname in ((IFACE_TRANSPORT, transport), (IFACE_GATEWAY, gateway)):
                 if ifname:
                     self.sockets[iface] = xsk.XskSocket(self.umem, socket_devices.get(ifname, ifname), queue,
                                                         mode=bind_mode, serves=ifname)
             self.buffers = make_worker_buffers(self.umem, self.sockets)
+            self.buffers.loop_control[LC_WAKE_FD] = self._wake_fd
             self._buffer_tuple = tuple(self.buffers)
             self.frame_mask = np.uint64(~np.uint64(self.umem.frame_size - 1))
             self.steering = steering
         except BaseException:
             self.umem.close()
+            os.close(self._wake_fd)
             raise
 
     def compile(self):
@@ -494,8 +498,12 @@ class Worker:
         self.buffers.loop_control[LC_RETURN] = 0
 
     def ask_to_return(self):
-        """Make the loop return to Python after its current pass (within IDLE_POLL_MS when idle)."""
+        """Make the loop return to Python after its current pass (an idle one wakes at once)."""
         self.buffers.loop_control[LC_RETURN] = 1
+        try:
+            os.eventfd_write(self._wake_fd, 1)
+        except OSError:
+            pass                               # closed (stopped), or the counter is full: awake anyway
 
     def set_state(self, state):
         self.state = state
@@ -534,6 +542,9 @@ class Worker:
                 except (OSError, ValueError):
                     pass  # the program may be gone already; closing the socket clears it anyway
         self.umem.close()
+        if self._wake_fd >= 0:
+            os.close(self._wake_fd)
+            self._wake_fd = -1
 
 
 # ---- python -m dataplane.forwarder ----------------------------------------------------------

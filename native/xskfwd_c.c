@@ -321,7 +321,7 @@ int main(int argc, char **argv)
 
 	while (!stop_requested) {
 		if (use_poll)
-			xskp_poll_rx(ifaces[0].sock, ifaces[1].sock, 100);
+			xskp_poll_rx(ifaces[0].sock, ifaces[1].sock, -1, 100);
 		forward_batch(&ifaces[0], &ifaces[1], area, XSKP_FRAME_SIZE, &pool);
 		forward_batch(&ifaces[1], &ifaces[0], area, XSKP_FRAME_SIZE, &pool);
 		recycle(&ifaces[0], XSKP_FRAME_SIZE, &pool);

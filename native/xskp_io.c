@@ -436,10 +436,11 @@ int32_t xskp_wakeup_rx(uint64_t sock)
 	return 1;
 }
 
-int32_t xskp_poll_rx(uint64_t sock_a, uint64_t sock_b, int32_t timeout_ms)
+int32_t xskp_poll_rx(uint64_t sock_a, uint64_t sock_b, int32_t wake_fd, int32_t timeout_ms)
 {
-	struct pollfd fds[2];
+	struct pollfd fds[3];
 	int nfds = 0, ready;
+	uint64_t wakes;
 
 	if (sock_a) {
 		fds[nfds].fd = ((struct xskp_socket *)(uintptr_t)sock_a)->fd;
@@ -449,9 +450,16 @@ int32_t xskp_poll_rx(uint64_t sock_a, uint64_t sock_b, int32_t timeout_ms)
 		fds[nfds].fd = ((struct xskp_socket *)(uintptr_t)sock_b)->fd;
 		fds[nfds++].events = POLLIN;
 	}
+	if (wake_fd >= 0) {
+		fds[nfds].fd = wake_fd;
+		fds[nfds++].events = POLLIN;
+	}
 	ready = poll(fds, nfds, timeout_ms);
 	if (ready < 0)
 		return errno == EINTR ? 0 : -errno;
+	if (wake_fd >= 0 && (fds[nfds - 1].revents & POLLIN) &&
+	    read(wake_fd, &wakes, sizeof(wakes)) < 0 && errno != EAGAIN)
+		return -errno;
 	return ready;
 }
 

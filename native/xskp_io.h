@@ -53,8 +53,9 @@ uint32_t xskp_rx_room(uint64_t sock);
 int32_t xskp_kick_tx(uint64_t sock);
 /* If the fill ring needs a wakeup, a non-blocking recvfrom. 1 woken, 0 not needed, -errno. */
 int32_t xskp_wakeup_rx(uint64_t sock);
-/* poll() both sockets for rx (a handle may be 0) up to timeout_ms. >0 readable, 0, -errno. */
-int32_t xskp_poll_rx(uint64_t sock_a, uint64_t sock_b, int32_t timeout_ms);
+/* poll() both sockets for rx (a handle may be 0) and wake_fd (an eventfd, or -1) up to
+ * timeout_ms; a readable wake_fd is drained. >0 readable, 0, -errno. */
+int32_t xskp_poll_rx(uint64_t sock_a, uint64_t sock_b, int32_t wake_fd, int32_t timeout_ms);
 uint64_t xskp_now_ns(void);                   /* CLOCK_MONOTONIC */
 uint32_t xskp_batch_probe(uint64_t *addrs, uint32_t n);  /* does nothing: times one call */
 

@@ -206,3 +206,21 @@ def test_njit_code_can_also_call_pyxdp_through_cffi():
         return probe(ffi.from_buffer(addrs), len(addrs))
 
     assert call_through_cffi(np.zeros(7, np.uint64)) == 7
+
+
+def test_an_idle_poll_wakes_on_its_eventfd_and_drains_it():
+    """The worker's idle poll() also waits on an eventfd that asking the loop to return writes:
+    a written eventfd ends the poll at once (else 10 s here), and is drained so that the next
+    poll sleeps again (then 0 ms: nothing ready)."""
+    import os
+    import pyxdp as px
+    fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    try:
+        os.eventfd_write(fd, 1)
+        assert px.lib.xskp_poll_rx(0, 0, fd, 10_000) == 1
+        assert px.lib.xskp_poll_rx(0, 0, fd, 0) == 0
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(fd)
+        assert px.lib.xskp_poll_rx(0, 0, -1, 0) == 0
+    finally:
+        os.close(fd)
