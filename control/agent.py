@@ -217,8 +217,10 @@ class Agent:
         cfg = self.config
         adopted = cfg.flow_offload and self.steering.adopted_flows
         if not adopted:
-            for tables in self.flow_tables:
-                tables.ct["flags"] &= np.uint8(0xff ^ abi.lib.XSKP_CT_OFFLOADED)
+            for tables in self.flow_tables:     # written only where set: a write to every entry
+                flags = tables.ct["flags"]      # dirtied the whole file (80 MB), which stop's
+                offloaded = np.flatnonzero(flags & abi.lib.XSKP_CT_OFFLOADED)   # flush then wrote out
+                flags[offloaded] &= np.uint8(0xff ^ abi.lib.XSKP_CT_OFFLOADED)
         if not cfg.flow_offload:
             return
         flows, fast_config = self.steering.fast_tables()
