@@ -12,7 +12,7 @@ import numpy as np
 from dataplane._jit import packet_njit
 
 from dataplane import abi
-from dataplane.tables import hash_flow
+from dataplane.tables import hash_flow, SWEEP_CHECK_FORCE
 
 FLOW_IN_USE = abi.lib.XSKP_FLOW_IN_USE
 FLOW_TOMBSTONE = abi.lib.XSKP_FLOW_TOMBSTONE
@@ -49,11 +49,14 @@ def flow_lookup(flows, src_addr, dst_addr, src_port, dst_port, proto):
 
 
 @packet_njit(inline="always")
-def flow_mark_owned(marks, slot):
-    """Mark slot in a worker's sweep_marks (dataplane/tables.py): the sweep will look at it."""
+def flow_mark_owned(marks, checks, slot):
+    """Mark slot in a worker's sweep_marks (dataplane/tables.py): the sweep will look at it, and
+    check the entry there in full at its next visit."""
     word = np.int64(slot) >> 6
     if 0 <= word < marks.shape[0]:
         marks[word] |= np.uint64(1) << np.uint64(np.int64(slot) & 63)
+    if 0 <= slot < checks.shape[0]:
+        checks[slot].skips = SWEEP_CHECK_FORCE
 
 
 @packet_njit

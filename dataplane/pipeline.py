@@ -599,14 +599,14 @@ def offload_flow(st, ft, idx, counters):
     if a < 0:
         counters[CNT_FLOW_OFFLOAD_FULL] += 1
         return
-    flow_mark_owned(ft.sweep_marks, a)
+    flow_mark_owned(ft.sweep_marks, ft.sweep_checks, a)
     if not one_way:
         b = flow_insert_from_ct(flows, ct[peer], peer, out_p, fast.owner)
         if b < 0:
             flow_clear_slot(flows, a)
             counters[CNT_FLOW_OFFLOAD_FULL] += 1
             return
-        flow_mark_owned(ft.sweep_marks, b)
+        flow_mark_owned(ft.sweep_marks, ft.sweep_checks, b)
         ct[peer].flags |= np.uint8(CT_OFFLOADED)
     e.flags |= np.uint8(CT_OFFLOADED)
     counters[CNT_FLOW_OFFLOADED] += 1
@@ -938,7 +938,7 @@ def bypass_stage(umem, base, l3, src, dst, proto, sport, dport, cacheable, st, f
             if slot < 0:
                 counters[CNT_FLOW_OFFLOAD_FULL] += 1
             else:
-                flow_mark_owned(ft.sweep_marks, slot)
+                flow_mark_owned(ft.sweep_marks, ft.sweep_checks, slot)
     return verdict_of_iface(iface), 0
 
 

@@ -40,6 +40,8 @@ FlowTables (per worker, mutable, one writer; dataplane/store.py may back them by
   sweep_marks   uint64[ceil(flows / 64)]          one bit per flow slot this worker may own
                                                   (set at insert; the sweep looks only at marked
                                                   slots and unmarks those no longer its own).
+  sweep_checks  SWEEP_CHECK_DTYPE[flows]          per flow slot, what the sweep's last full check
+                                                  saw (dataplane/_fastpath.py).
 
 Numba accepts both tuples as arguments (namedtuples of arrays); the field order above is the
 tuple order.
@@ -72,16 +74,25 @@ FAST_STATE_DTYPE = np.dtype([
     ("partitions", np.uint32),                          # workers sharing the flows (0, 1: none): a
 ])                                                      # worker's SNAT ports p have p % partitions == partition
 
+# Userspace-only, per flow slot: what the sweep's last full check of the entry there saw.
+SWEEP_CHECK_DTYPE = np.dtype([
+    ("seen_ns", np.uint64),       # the entry's last_seen_ns then (the BPF side moves it per packet)
+    ("generation", np.uint32),    # node.generation (publishes) then
+    ("skips", np.uint32),         # visits skipped since (SWEEP_CHECK_FORCE: check at the next one)
+    ("tcp_flags", np.uint8),      # the entry's tcp_flags_seen then
+])
+SWEEP_CHECK_FORCE = 0xffffffff
+
 ServiceTables = namedtuple(
     "ServiceTables",
     "frontends services backends maglev source_ranges routes neighbours node")
 def _no_flows():
     """The fast-path fields of FlowTables when offload is off: an empty flow table."""
     return (np.zeros(0, FLOW_V4_DTYPE), np.zeros(1, FAST_CONFIG_DTYPE), np.zeros(1, FAST_STATE_DTYPE),
-            np.zeros(1, np.uint64))
+            np.zeros(1, np.uint64), np.zeros(1, SWEEP_CHECK_DTYPE))
 
 
-FlowTables = namedtuple("FlowTables", "ct affinity flows fast_config fast_state sweep_marks",
+FlowTables = namedtuple("FlowTables", "ct affinity flows fast_config fast_state sweep_marks sweep_checks",
                         defaults=_no_flows())
 
 _FE_EMPTY = abi.lib.XSKP_FE_EMPTY
@@ -143,8 +154,10 @@ def with_fast_path(ft, flows, fast_config, ifindex, owner):
     fast_state = np.zeros(1, FAST_STATE_DTYPE)
     fast_state[0]["ifindex"][:] = ifindex
     fast_state[0]["owner"] = owner
+    checks = np.zeros(flows.shape[0], SWEEP_CHECK_DTYPE)
+    checks["skips"] = SWEEP_CHECK_FORCE                   # an adopted table's entries first
     return ft._replace(flows=flows, fast_config=fast_config, fast_state=fast_state,
-                       sweep_marks=owned_flow_marks(flows, owner))
+                       sweep_marks=owned_flow_marks(flows, owner), sweep_checks=checks)
 
 
 def owned_flow_marks(flows, owner):

@@ -7,7 +7,7 @@ import numpy as np
 import fixtures_pipeline as fx
 from dataplane import abi, tables
 from dataplane._conntrack import ct_lookup
-from dataplane._fastpath import fast_path_step, SWEEP_PERIOD_NS
+from dataplane._fastpath import fast_path_step, SWEEP_IDLE_SKIPS, SWEEP_PERIOD_NS
 from dataplane._flowtable import flow_lookup
 
 L = abi.lib
@@ -450,3 +450,36 @@ def test_a_table_smaller_than_a_mark_word_is_swept_whole_in_one_period():
     ft.fast_state[0]["sweep_cursor"] = max(marked) + 1 if max(marked) < 15 else 0
     counters = sweep_all(st, ft, T0 + 10_000 * S)
     assert counters.get("XSKP_CNT_CT_EXPIRED") == 1 and in_use_flows(ft) == 0
+
+
+def _periods(st, ft, start_ns, count):
+    """`count` sweep steps one period apart after `start_ns`; the time of the last one."""
+    counters = tables.make_counters()
+    now = start_ns
+    for _ in range(count):
+        now += SWEEP_PERIOD_NS
+        fast_path_step(st, ft, np.uint64(now), counters)
+    return now
+
+
+def test_an_idle_entry_is_checked_in_full_every_few_visits_and_at_once_after_a_packet_or_a_publish():
+    """A full check reads the conntrack entry and the backend (the probe here: a backend marked
+    gone behind the sweep's back, which only a full check notices). An entry without packets,
+    publish or FIB change since its last check gets one every SWEEP_IDLE_SKIPS + 1 visits; a
+    packet (the BPF side moves last_seen_ns) or a publish (node.generation) brings it forward."""
+    for change in ("nothing", "packet", "publish"):
+        st, ft = topology()
+        handshake(st, ft)
+        now = _periods(st, ft, T0 + S, 2)                  # the first visit checks in full
+        st.backends[1]["flags"] &= 0xffff ^ L.XSKP_BE_ALIVE
+        if change == "packet":
+            flow_entry(ft, fx.POD_A2, VIP, 44000, 80)["last_seen_ns"] = now
+        elif change == "publish":
+            st.node[0]["generation"] += 1
+        now = _periods(st, ft, now, 1)
+        if change == "nothing":
+            assert in_use_flows(ft) == 2, "checked in full although nothing changed"
+            now = _periods(st, ft, now, SWEEP_IDLE_SKIPS - 1)
+            assert in_use_flows(ft) == 2
+            _periods(st, ft, now, 1)
+        assert in_use_flows(ft) == 0, change
