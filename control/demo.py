@@ -73,7 +73,7 @@ def main():
             say(f"  xskproxy: {fmt(through_xsk)}   kernel (routing + netfilter): {fmt(through_kernel)}")
             if through_xsk and through_kernel:
                 say(f"  ratio xskproxy/kernel: {through_xsk / through_kernel:.2f} "
-                    "(copy-mode AF_XDP on veth; see bench/README.md for the full comparison)")
+                    "(the tc fast path routes Pod-CIDR traffic past netfilter; bench/README.md has the full comparison)")
             say("")
             say("| scenario | result |")
             say("|---|---|")
