@@ -542,9 +542,9 @@ class Worker:
                 except (OSError, ValueError):
                     pass  # the program may be gone already; closing the socket clears it anyway
         self.umem.close()
-        if self._wake_fd >= 0:
-            os.close(self._wake_fd)
-            self._wake_fd = -1
+        wake_fd, self._wake_fd = self._wake_fd, -1     # a late ask_to_return finds -1 (EBADF),
+        if wake_fd >= 0:                                # never a number reused by another file
+            os.close(wake_fd)
 
 
 # ---- python -m dataplane.forwarder ----------------------------------------------------------
