@@ -555,11 +555,12 @@ class Agent:
     def _fast_path_snapshot(self):
         """Whether the kernel fast path is on, how many flow directions it holds (counted at most
         once per COUNT_INTERVAL), and whether its heartbeat is fresh."""
-        if not self.config.flow_offload or not self.flow_tables or self.flow_tables[0].flows.shape[0] == 0:
+        live = self.fast_path_live()
+        if live is None:
             return {"enabled": False}
         self._in_use_counts()
         return {"enabled": True, "capacity": int(self.flow_tables[0].flows.shape[0]),
-                "entries": self._counted[2], "live": self.fast_path_live()}
+                "entries": self._counted[2], "live": live}
 
     def write_stats(self):
         _write_json(os.path.join(self.config.state_dir, "stats.json"), self.snapshot())

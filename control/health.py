@@ -182,16 +182,11 @@ def xdp_program_ids(ifnames):
     out = {}
     for ifname in ifnames:
         try:
-            socket.if_nametoindex(ifname)
-        except OSError:
-            out[ifname] = None
-            continue
-        try:
             out[ifname] = xsk.attached_program(ifname)[0]
         except OSError as e:
-            if e.errno != errno.ENODEV:
+            if e.errno != errno.ENODEV:       # ENODEV: no such interface (xsk.ifindex_of)
                 raise
-            out[ifname] = None                # gone between the two looks
+            out[ifname] = None
     return out
 
 
