@@ -37,6 +37,7 @@ class Path:
     per_service_count = False   # True: measured once for every N in the Service counts
     kernel_forwards = True      # ip_forward in the node namespace while this path runs
     serves_services = False     # True: target() is a Service VIP the path translates (request/response rows)
+    request_response_floor = False  # True: carries request/response aimed at the Pod (no Service): the floor
     pod_to_pod = False          # True: a cross-node Pod-to-Pod row (carries the Pod-to-Pod workloads only)
     label_extra = ""            # added to the name in the label (e.g. a setting)
     id_extra = ""               # added to row_id
@@ -78,8 +79,9 @@ class Path:
     def unsupported(self, workload):
         """None when this path can carry `workload` (bench.measure.Workload), else why not (shown in
         its cell instead of a measurement)."""
-        if workload.request_response and not self.serves_services:
-            return "no Service on this path (it aims at the Pod): request/response rows are for (b), (c), (f)"
+        if workload.request_response and not (self.serves_services or self.request_response_floor):
+            return ("no Service on this path (it aims at the Pod): request/response rows are for (a), the "
+                    "floor, and (b), (c), (f)")
         return None
 
     def target(self, bench, proto="udp"):
@@ -113,6 +115,9 @@ class Path:
 
 class KernelRouting(Path):
     key, name = "a", "kernel routing"
+    # request/response straight to the Pod, routed, no netfilter: what the endpoints themselves cost
+    # (their TCP stacks' receive work runs on the path core as for every path), the floor of (b), (c), (f)
+    request_response_floor = True
 
 
 class IptablesKubeProxy(Path):

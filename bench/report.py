@@ -209,7 +209,8 @@ def request_response_lines(results):
              f"(one message in flight, {seconds[0] or '?'} s with 0.4 s warm-up; full round trips); nginx (one "
              f"worker, a 3-byte body from memory) loaded by wrk (one thread, keep-alive) and by ab (a new "
              f"connection per request), {seconds[1] or '?'} s each; client and server both on CPU "
-             f"{meta['generator_cpu']}, the path on CPU {meta['path_cpu']}. Targets: p50 <= (b), new "
+             f"{meta['generator_cpu']}, the path on CPU {meta['path_cpu']}. (a) aims at the Pod itself, routed "
+             f"without netfilter: what the endpoints cost alone, the floor of every path. Targets: p50 <= (b), new "
              f"connections/s >= 2x (b).", "",
              "| path | " + " | ".join(c[0] for c in columns) + " |", "|---|" + "---|" * len(columns)]
     for row in rows:

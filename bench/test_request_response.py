@@ -105,11 +105,12 @@ def test_ab_connections_per_second():
 
 
 def test_request_response_rows_are_the_service_paths():
-    """(b), (c) and (f) carry the request/response workloads; paths aiming at the Pod say why they do not."""
+    """(b), (c) and (f) carry the request/response workloads, and (a) as their floor (aimed at the Pod);
+    the other paths aiming at the Pod say why they do not."""
     for workload in (RR_LATENCY, RR_KEEPALIVE, RR_NEW_CONNECTIONS):
         assert IptablesKubeProxy(10).unsupported(workload) is None
         assert XskproxyAgent(10).unsupported(workload) is None
-        assert "no Service" in KernelRouting().unsupported(workload)
+        assert KernelRouting().unsupported(workload) is None, "(a): the floor, aimed at the Pod"
         assert "no Service" in CForwarder().unsupported(workload)
     assert "partial" in CForwarder().unsupported(TCP_WORKLOADS[0])
 

@@ -60,6 +60,7 @@ ST_SCTP_CLOSED = abi.lib.XSKP_CT_SCTP_CLOSED
 IPPROTO_TCP = 6
 IPPROTO_SCTP = 132
 TCP_FIN = 0x01
+TCP_SYN = 0x02
 TCP_RST = 0x04
 TCP_ACK = 0x10
 
@@ -207,8 +208,12 @@ def apply_seen_tcp_flags(ct, idx, tcp_flags):
     in entry idx's direction (idempotent: the flags accumulate)."""
     e = ct[idx]
     state = np.int64(e.state)
-    if (tcp_flags & TCP_ACK) != 0 and (e.flags & CT_REPLY) == 0 and state == ST_SYN_RECV:
-        state = ST_ESTABLISHED
+    reply = (e.flags & CT_REPLY) != 0
+    if (tcp_flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK) and reply and state == ST_SYN_SENT:
+        state = ST_SYN_RECV                     # the SYN+ACK (a flow offloaded at its SYN)
+    if (tcp_flags & TCP_ACK) != 0 and not reply and (
+            state == ST_SYN_RECV or (state == ST_SYN_SENT and np.int64(e.peer) == NO_PEER)):
+        state = ST_ESTABLISHED                  # the client's ACK (no peer: a DSR ingress flow)
     if (tcp_flags & TCP_FIN) != 0:
         e.flags |= np.uint8(CT_FIN_SEEN)
         peer = np.int64(e.peer)

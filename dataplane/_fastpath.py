@@ -156,6 +156,13 @@ def sweep_flow(st, ft, slot, now_ns, counters):
         counters[CNT_FIB_REFRESH] += 1
 
 
+@packet_njit(inline="always")
+def end_sweep_pass(fast):
+    """The sweep came round to slot 0: what this pass found held is the worker's count."""
+    fast.owned_flows = fast.pass_owned
+    fast.pass_owned = 0
+
+
 @packet_njit
 def fast_path_step(st, ft, now_ns, counters):
     """The due part of the sweep (see the module docstring). Returns the number of flow-table
@@ -198,6 +205,8 @@ def fast_path_step(st, ft, now_ns, counters):
             step = min(np.uint64(64) - bit, cap - slot, remaining)
             slot = (slot + step) & mask
             remaining -= step
+            if slot == 0:
+                end_sweep_pass(fast)
             continue
         if (pending & np.uint64(1)) != 0:
             f = flows[slot]
@@ -215,7 +224,11 @@ def fast_path_step(st, ft, now_ns, counters):
                     sweep_flow(st, ft, slot, now, counters)
             if (f.flags & FLOW_IN_USE) == 0 or f.owner != owner:
                 marks[word] &= ~(np.uint64(1) << bit)
+            else:
+                fast.pass_owned += np.uint64(1)
         slot = (slot + np.uint64(1)) & mask
         remaining -= np.uint64(1)
+        if slot == 0:
+            end_sweep_pass(fast)
     fast.sweep_cursor = slot
     return np.int64(due)

@@ -49,9 +49,15 @@ def flow_lookup(flows, src_addr, dst_addr, src_port, dst_port, proto):
 
 
 @packet_njit(inline="always")
-def flow_mark_owned(marks, checks, slot):
-    """Mark slot in a worker's sweep_marks (dataplane/tables.py): the sweep will look at it, and
-    check the entry there in full at its next visit."""
+def flow_mark_owned(ft, slot):
+    """A worker of FlowTables ft inserted the entry at slot: mark it in its sweep_marks
+    (dataplane/tables.py), so that the sweep looks at it and checks it in full at its next visit,
+    and count it in fast_state.owned_flows."""
+    marks, checks = ft.sweep_marks, ft.sweep_checks
+    fast = ft.fast_state[0]
+    fast.owned_flows += np.uint64(1)
+    if np.uint64(slot) < fast.sweep_cursor:
+        fast.pass_owned += np.uint64(1)   # behind the sweep: its pass will not find it
     word = np.int64(slot) >> 6
     if 0 <= word < marks.shape[0]:
         marks[word] |= np.uint64(1) << np.uint64(np.int64(slot) & 63)

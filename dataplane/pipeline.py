@@ -125,10 +125,13 @@ Decisions:
   quoting SCTP are translated back (addresses and ports; the quote's CRC is left alone).
 - Numba's cache is keyed on a digest of this package and the header (dataplane/_jit.py): an
   edit anywhere recompiles every cached kernel once.
-- Two tiers (FlowTables.flows not empty): a conntrack hit that leaves a TCP flow in SYN_RECV
-  or ESTABLISHED, or any UDP flow's second frame, hands both directions to the kernel fast
-  path (offload_flow: XSKP_CT_OFFLOADED, XSKP_CNT_FLOW_OFFLOADED) before the frame is sent, so
-  the peer's next frame already meets the fast path. DSR flows too: the ingress node's one-way
+- Two tiers (FlowTables.flows not empty): a TCP flow's SYN, or a conntrack hit that leaves it
+  in SYN_RECV or ESTABLISHED, or any UDP flow's second frame, hands both directions to the
+  kernel fast path (offload_flow: XSKP_CT_OFFLOADED, XSKP_CNT_FLOW_OFFLOADED) before the frame
+  is sent, so the peer's next frame already meets the fast path: a TCP connection's only
+  packet in userspace is its SYN. At the SYN only while the worker holds fewer flow entries
+  than half its share of the table (syn_offload_allowed: unanswered SYNs never crowd out
+  established flows), and not for a DSR backend node's flow whose SYN+ACK gets its MSS clamped. DSR flows too: the ingress node's one-way
   flow (the fast path encapsulates) and the backend node's flow (the fast path decapsulates,
   then translates). Not offloaded: ICMP, SCTP (the fast path has no CRC32c helper; the
   steering and tc programs never look SCTP up in the flow table), flows whose next hops are
@@ -233,6 +236,7 @@ ST_FIN_WAIT = L.XSKP_CT_FIN_WAIT
 ST_CLOSING = L.XSKP_CT_CLOSING
 ST_SCTP_COOKIE_WAIT = L.XSKP_CT_SCTP_COOKIE_WAIT
 SNAT_MAX_TRIES = L.XSKP_SNAT_MAX_TRIES
+SYN_OFFLOAD_SHARE_DIVISOR = 2      # TCP flows go to the fast path at their SYN below 1/2 of a worker's share
 
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
@@ -559,6 +563,20 @@ def forget_cached_route(flows, src, dst, sport, dport, proto):
         flow_remove(flows, src, dst, sport, dport, proto)
 
 
+@packet_njit(inline="always")
+def syn_offload_allowed(ft, e, node):
+    """A TCP flow goes to the fast path at its SYN (so that the SYN+ACK meets it) while this
+    worker holds fewer flow entries than half its share of the table; beyond, at its SYN+ACK
+    as when the table filled, so that unanswered SYNs (a flood) never take the room of
+    established flows. Not a DSR backend node's flow with MSS clamping: its SYN+ACK is
+    userspace's to clamp."""
+    fast = ft.fast_state[0]
+    share = np.uint64(ft.flows.shape[0]) // np.uint64(max(np.int64(fast.partitions), 1))
+    if fast.owned_flows >= share // np.uint64(SYN_OFFLOAD_SHARE_DIVISOR):
+        return False
+    return (e.flags & CT_DSR_LOCAL) == 0 or node.dsr_mss == 0
+
+
 @packet_njit
 def offload_flow(st, ft, idx, counters):
     """Hand the flow of conntrack entry idx (both directions; a DSR ingress flow's one) to the
@@ -569,13 +587,16 @@ def offload_flow(st, ft, idx, counters):
     e = ct[idx]
     if (e.flags & CT_OFFLOADED) != 0:
         return
+    node = st.node[0]
+    fast = ft.fast_state[0]
     if e.proto == IPPROTO_TCP:
-        if e.state != ST_SYN_RECV and e.state != ST_ESTABLISHED:
+        if e.state == ST_SYN_SENT:
+            if not syn_offload_allowed(ft, e, node):
+                return
+        elif e.state != ST_SYN_RECV and e.state != ST_ESTABLISHED:
             return
     elif e.proto != IPPROTO_UDP:
         return
-    node = st.node[0]
-    fast = ft.fast_state[0]
     if e.fib_generation != node.fib_generation:
         return
     out_e = fast.ifindex[e.out_iface]
@@ -599,14 +620,14 @@ def offload_flow(st, ft, idx, counters):
     if a < 0:
         counters[CNT_FLOW_OFFLOAD_FULL] += 1
         return
-    flow_mark_owned(ft.sweep_marks, ft.sweep_checks, a)
+    flow_mark_owned(ft, a)
     if not one_way:
         b = flow_insert_from_ct(flows, ct[peer], peer, out_p, fast.owner)
         if b < 0:
             flow_clear_slot(flows, a)
             counters[CNT_FLOW_OFFLOAD_FULL] += 1
             return
-        flow_mark_owned(ft.sweep_marks, ft.sweep_checks, b)
+        flow_mark_owned(ft, b)
         ct[peer].flags |= np.uint8(CT_OFFLOADED)
     e.flags |= np.uint8(CT_OFFLOADED)
     counters[CNT_FLOW_OFFLOADED] += 1
@@ -840,8 +861,8 @@ def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, s
             ct_delete_flow(ct, ft.flows, o)
             return V_DROP, reason
         counters[CNT_CT_CREATED] += 1
-        return apply_entry(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
-                           src, dst, sport, dport, chunk, st, ct, o, counters)
+        return forward_new_flow(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
+                                src, dst, sport, dport, chunk, st, ft, o, counters)
     backend_addr = np.int64(be.addr)
     backend_port = np.int64(be.port)
     new_src = src
@@ -899,8 +920,22 @@ def service_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, s
             counters[CNT_HAIRPIN] += 1
         else:
             counters[CNT_SNAT] += 1
-    return apply_entry(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
-                       src, dst, sport, dport, chunk, st, ct, o, counters)
+    return forward_new_flow(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
+                            src, dst, sport, dport, chunk, st, ft, o, counters)
+
+
+@packet_njit(inline="always")
+def forward_new_flow(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off, src, dst,
+                     sport, dport, chunk, st, ft, idx, counters):
+    """Translate and forward the first frame of the flow of conntrack entry idx; a TCP SYN's
+    flow goes to the fast path now (offload_flow decides), before the SYN leaves, so that the
+    SYN+ACK meets it."""
+    verdict, reason = apply_entry(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
+                                  src, dst, sport, dport, chunk, st, ft.ct, idx, counters)
+    if (verdict != V_DROP and proto == IPPROTO_TCP and ft.flows.shape[0] != 0
+            and ft.ct[idx].state == ST_SYN_SENT):
+        offload_flow(st, ft, idx, counters)
+    return verdict, reason
 
 
 @packet_njit(inline="always")
@@ -938,7 +973,7 @@ def bypass_stage(umem, base, l3, src, dst, proto, sport, dport, cacheable, st, f
             if slot < 0:
                 counters[CNT_FLOW_OFFLOAD_FULL] += 1
             else:
-                flow_mark_owned(ft.sweep_marks, ft.sweep_checks, slot)
+                flow_mark_owned(ft, slot)
     return verdict_of_iface(iface), 0
 
 

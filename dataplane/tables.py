@@ -36,7 +36,8 @@ FlowTables (per worker, mutable, one writer; dataplane/store.py may back them by
                                                   dataplane/_fastpath.py.
   fast_config   struct xskp_fast_config[1]        the fast path's switches (heartbeat).
   fast_state    FAST_STATE_DTYPE[1]               this worker's fast-path bookkeeping: owner
-                                                  id, interface indexes, sweep position.
+                                                  id, interface indexes, sweep position, how
+                                                  many flow entries it holds.
   sweep_marks   uint64[ceil(flows / 64)]          one bit per flow slot this worker may own
                                                   (set at insert; the sweep looks only at marked
                                                   slots and unmarks those no longer its own).
@@ -72,7 +73,11 @@ FAST_STATE_DTYPE = np.dtype([
     ("sweep_last_ns", np.uint64),                       # when the sweep last ran
     ("partition", np.uint32),                           # this worker's index among `partitions`
     ("partitions", np.uint32),                          # workers sharing the flows (0, 1: none): a
-])                                                      # worker's SNAT ports p have p % partitions == partition
+                                                        # worker's SNAT ports p have p % partitions == partition
+    ("owned_flows", np.uint64),                         # flow entries this worker held at the end of
+                                                        # its last sweep pass, plus its inserts since
+    ("pass_owned", np.uint64),                          # entries the current sweep pass found held
+])
 
 # Userspace-only, per flow slot: what the sweep's last full check of the entry there saw.
 SWEEP_CHECK_DTYPE = np.dtype([

@@ -70,15 +70,14 @@ def sweep_all(st, ft, now_ns):
     return tables.counters_by_name(counters)
 
 
-def test_a_tcp_flow_is_offloaded_at_the_reply_syn_ack_with_the_pipelines_rewrite():
-    """A Pod's flow to a ClusterIP with a local backend is handed over, both directions, when
-    the backend's SYN+ACK goes through: each entry carries the rewrite, MACs and egress
-    interface of its conntrack entry; the first SYN alone hands nothing over."""
+def test_a_tcp_flow_is_offloaded_at_its_syn_with_the_pipelines_rewrite():
+    """A Pod's flow to a ClusterIP with a local backend is handed over, both directions, as its
+    SYN goes through (so the backend's SYN+ACK meets the fast path): each entry carries the
+    rewrite, MACs and egress interface of its conntrack entry."""
     st, ft = topology()
-    send(st, ft, pod_segment(44000, "S"), fx.GATEWAY)
-    assert in_use_flows(ft) == 0
-    _, c = send(st, ft, backend_segment(ft, 44000, "SA"), fx.GATEWAY)
+    _, c = send(st, ft, pod_segment(44000, "S"), fx.GATEWAY)
     assert tables.counters_by_name(c).get("XSKP_CNT_FLOW_OFFLOADED") == 1
+    assert ft.fast_state[0]["owned_flows"] == 2
     port = snat_port(ft, 44000)
     orig_ct = ct_entry(ft, fx.POD_A2, VIP, 44000, 80)
     reply_ct = ct_entry(ft, fx.POD_A1, fx.NODE_A, 8080, port)
@@ -97,6 +96,53 @@ def test_a_tcp_flow_is_offloaded_at_the_reply_syn_ack_with_the_pipelines_rewrite
         assert e["flags"] & L.XSKP_CT_OFFLOADED
         assert ft.ct[f["ct_index"]]["src_addr"] == e["src_addr"]
         assert f["fib_generation"] == fx.FIB_GENERATION
+
+
+def test_beyond_half_its_share_of_the_table_a_worker_offloads_tcp_at_the_syn_ack():
+    """Unanswered SYNs never crowd out established flows: with half of the worker's share of
+    the flow table held (its count from the sweep), a SYN hands nothing over and the backend's
+    SYN+ACK hands the flow over, as when the table was full."""
+    st, ft = topology(flow_capacity=64)
+    ft.fast_state[0]["partitions"] = 2                 # a share of 32 slots
+    ft.fast_state[0]["owned_flows"] = 16
+    send(st, ft, pod_segment(44000, "S"), fx.GATEWAY)
+    assert in_use_flows(ft) == 0
+    _, c = send(st, ft, backend_segment(ft, 44000, "SA"), fx.GATEWAY)
+    assert tables.counters_by_name(c).get("XSKP_CNT_FLOW_OFFLOADED") == 1 and in_use_flows(ft) == 2
+    ft.fast_state[0]["owned_flows"] = 15
+    send(st, ft, pod_segment(44001, "S"), fx.GATEWAY)
+    assert in_use_flows(ft) == 4
+
+
+def test_the_sweep_counts_the_entries_a_worker_holds():
+    """owned_flows: what a whole sweep pass found held, plus the worker's inserts since (the
+    budget of offloads at the SYN); a flow that left both tiers no longer counts."""
+    st, ft = topology(flow_capacity=64)
+    for port in range(44000, 44003):
+        send(st, ft, pod_segment(port, "S"), fx.GATEWAY)
+    assert ft.fast_state[0]["owned_flows"] == 6
+    ft.fast_state[0]["owned_flows"] = 99                  # wrong: a pass puts it right
+    sweep_all(st, ft, T0 + S)
+    assert ft.fast_state[0]["owned_flows"] == 6
+    flow_entry(ft, fx.POD_A2, VIP, 44000, 80)["tcp_flags_seen"] = 0x04     # RST: closed, recalled
+    sweep_all(st, ft, T0 + 2 * S)
+    sweep_all(st, ft, T0 + 3 * S)
+    assert in_use_flows(ft) == 4 and ft.fast_state[0]["owned_flows"] == 4
+
+
+def test_the_sweep_brings_a_handshake_the_fast_path_carried_back():
+    """A flow offloaded at its SYN: the SYN+ACK the fast path forwarded makes it SYN_RECV, the
+    client's ACK ESTABLISHED, so that it gets the established timeout."""
+    st, ft = topology()
+    send(st, ft, pod_segment(44000, "S"), fx.GATEWAY)
+    assert ct_entry(ft, fx.POD_A2, VIP, 44000, 80)["state"] == L.XSKP_CT_SYN_SENT
+    flow_entry(ft, fx.POD_A1, fx.NODE_A, 8080, snat_port(ft, 44000))["tcp_flags_seen"] = 0x12
+    sweep_all(st, ft, T0 + S)
+    assert ct_entry(ft, fx.POD_A2, VIP, 44000, 80)["state"] == L.XSKP_CT_SYN_RECV
+    flow_entry(ft, fx.POD_A2, VIP, 44000, 80)["tcp_flags_seen"] = 0x10
+    sweep_all(st, ft, T0 + 2 * S)
+    assert ct_entry(ft, fx.POD_A2, VIP, 44000, 80)["state"] == L.XSKP_CT_ESTABLISHED
+    assert in_use_flows(ft) == 2
 
 
 def test_a_udp_flow_is_offloaded_at_its_second_frame():
@@ -233,26 +279,27 @@ def test_a_full_flow_table_keeps_the_flow_in_userspace_never_drops_it():
 
 def test_a_syn_reusing_a_closing_offloaded_tuple_removes_the_old_entries_at_once():
     """A flow userspace deletes (here: a new SYN on the tuple of a half-closed flow) loses its
-    fast-path entries in the same step, before the new flow is created."""
+    fast-path entries in the same step, before the new flow is created (whose SYN hands it over
+    anew: entries under the same keys, fresh)."""
     st, ft = topology()
     handshake(st, ft)
     ct_entry(ft, fx.POD_A2, VIP, 44000, 80)["state"] = L.XSKP_CT_FIN_WAIT
-    old_reply_key = (fx.POD_A1, fx.NODE_A, 8080, snat_port(ft, 44000))
+    old_keys = [(fx.POD_A2, VIP, 44000, 80), (fx.POD_A1, fx.NODE_A, 8080, snat_port(ft, 44000))]
+    for key in old_keys:
+        flow_entry(ft, *key)["packets"] = 7
     _, c = send(st, ft, pod_segment(44000, "S"), fx.GATEWAY, T0 + S)
     assert tables.counters_by_name(c).get("XSKP_CNT_CT_REUSED") == 1
-    assert flow_entry(ft, fx.POD_A2, VIP, 44000, 80) is None
-    assert flow_entry(ft, *old_reply_key) is None
+    assert in_use_flows(ft) == 2
+    assert all(f["packets"] == 0 for f in ft.flows if f["flags"] & L.XSKP_FLOW_IN_USE)
 
 
 def test_a_dsr_ingress_flow_is_offloaded_one_way_with_its_tunnel_end():
     """The ingress node's DSR flow (one entry, no reply direction here) is handed over at its
-    second frame with XSKP_FLOW_ENCAP and the backend's node as the tunnel's end."""
+    SYN with XSKP_FLOW_ENCAP and the backend's node as the tunnel's end; the client's ACK the
+    fast path carried makes it ESTABLISHED."""
     st, ft = topology()
     syn = fx.from_transport() / fx.tcp(fx.CLIENT, "198.51.100.12", 45000, 80, "S")
-    ack = fx.from_transport() / fx.tcp(fx.CLIENT, "198.51.100.12", 45000, 80, "A")
     send(st, ft, syn, fx.TRANSPORT)
-    assert in_use_flows(ft) == 0
-    send(st, ft, ack, fx.TRANSPORT)
     assert in_use_flows(ft) == 1
     f = flow_entry(ft, fx.CLIENT, "198.51.100.12", 45000, 80)
     assert f["flags"] & L.XSKP_FLOW_ENCAP and f["encap_dst"] == fx.ip4(fx.NODE_B)
@@ -260,6 +307,9 @@ def test_a_dsr_ingress_flow_is_offloaded_one_way_with_its_tunnel_end():
     counters = tables.make_counters()
     fast_path_step(st, ft, np.uint64(T0), counters)
     assert ft.fast_config[0]["encap_src"] == fx.ip4(fx.NODE_A)
+    f["tcp_flags_seen"] = 0x10
+    sweep_all(st, ft, T0 + S)
+    assert ct_entry(ft, fx.CLIENT, "198.51.100.12", 45000, 80)["state"] == L.XSKP_CT_ESTABLISHED
 
 
 def test_without_a_flow_table_nothing_is_offloaded():
