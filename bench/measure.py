@@ -261,6 +261,11 @@ class BenchLab:
             lab.set_rps(t.node, "gw0" if self.gateway == "veth" else BRIDGE_POD_PORT, 1 << self.path_cpu, queue)
         # ab opens tens of thousands of connections to one VIP:port: more source ports than the default
         lab.sysctl(t.client, "net.ipv4.ip_local_port_range", "1024 65535")
+        # no TIME_WAIT in the Pod (nginx closes first): (a) aims at the Pod, (b), (c), (f) at the VIP, so
+        # one client port meets the server under two ISN and timestamp bases, and a SYN that hits the
+        # TIME_WAIT a previous row left is refused (challenge ACK, reset, SYN again after 1 s): measured,
+        # ab fell from ~18 k to ~3-6 k connections/s on every row that ran within 60 s after another kind
+        lab.sysctl(t.pods, "net.ipv4.tcp_max_tw_buckets", 0)
         self.pin_rx()
         self.start_sink()
 

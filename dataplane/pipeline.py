@@ -652,8 +652,13 @@ def conntrack_stage(umem, addrs, lens, i, base, l3, ip_end, l4, proto, csum_off,
         ct_delete_flow(ct, ft.flows, idx)
         counters[CNT_CT_STALE] += 1
         return CONTINUE, 0
-    if (proto == IPPROTO_TCP and (tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN
-            and (e.flags & CT_REPLY) == 0 and np.int64(e.state) >= ST_FIN_WAIT):
+    opening = proto == IPPROTO_TCP and (tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN
+    if opening and (e.flags & CT_OFFLOADED) != 0:
+        # what the fast path saw since the last sweep first: an RST it carried (a server's
+        # challenge ACK to a SYN it refused, the client's reset) closed the old connection, and
+        # the flags of that one must not close this one at the next sweep
+        ct_absorb_fast_path(ct, ft.flows, idx)
+    if opening and (e.flags & CT_REPLY) == 0 and np.int64(e.state) >= ST_FIN_WAIT:
         # a new connection on the tuple of a closing one: balanced like any new flow
         ct_delete_flow(ct, ft.flows, idx)
         counters[CNT_CT_REUSED] += 1

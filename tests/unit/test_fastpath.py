@@ -293,6 +293,24 @@ def test_a_syn_reusing_a_closing_offloaded_tuple_removes_the_old_entries_at_once
     assert all(f["packets"] == 0 for f in ft.flows if f["flags"] & L.XSKP_FLOW_IN_USE)
 
 
+def test_a_syn_after_a_reset_the_fast_path_carried_opens_a_new_flow_that_stays_offloaded():
+    """A flow offloaded at its SYN that the server refused (a challenge ACK to a SYN that hit its
+    TIME_WAIT) and the client reset, both in the fast path, then the client's SYN again before
+    any sweep: the reset closes the old connection first, so the SYN opens a new flow
+    (XSKP_CNT_CT_REUSED) whose fresh entries the next sweep leaves in the fast path; the old
+    flags would otherwise close the new connection and keep it in userspace for good."""
+    st, ft = topology()
+    send(st, ft, pod_segment(44000, "S"), fx.GATEWAY)
+    flow_entry(ft, fx.POD_A1, fx.NODE_A, 8080, snat_port(ft, 44000))["tcp_flags_seen"] = 0x10
+    flow_entry(ft, fx.POD_A2, VIP, 44000, 80)["tcp_flags_seen"] = 0x04
+    _, c = send(st, ft, pod_segment(44000, "S"), fx.GATEWAY, T0 + S)
+    assert tables.counters_by_name(c).get("XSKP_CNT_CT_REUSED") == 1
+    counters = sweep_all(st, ft, T0 + 2 * S)
+    assert "XSKP_CNT_FLOW_RECALLED" not in counters
+    assert ct_entry(ft, fx.POD_A2, VIP, 44000, 80)["state"] == L.XSKP_CT_SYN_SENT
+    assert in_use_flows(ft) == 2
+
+
 def test_a_dsr_ingress_flow_is_offloaded_one_way_with_its_tunnel_end():
     """The ingress node's DSR flow (one entry, no reply direction here) is handed over at its
     SYN with XSKP_FLOW_ENCAP and the backend's node as the tunnel's end; the client's ACK the
