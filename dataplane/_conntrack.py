@@ -167,14 +167,20 @@ def _ct_live_peer(ct, idx):
 
 @packet_njit
 def ct_flow_expired(ct, idx, now_ns):
-    """True when the flow of entry idx has been idle (both directions) past its state's timeout."""
+    """True when the flow of entry idx has been idle (both directions) past its state's timeout.
+    The peer (another cache line, anywhere in the table) is read only when its FIN or its
+    last_seen can change the answer: a full table's insert asks this of a whole probe window."""
     e = ct[idx]
-    peer = _ct_live_peer(ct, idx)
-    fin_both_ways = (peer >= 0 and (e.flags & CT_FIN_SEEN) != 0
-                     and (ct[peer].flags & CT_FIN_SEEN) != 0)
+    peer = np.int64(-1)
+    fin_both_ways = False
+    if (e.flags & CT_FIN_SEEN) != 0:
+        peer = _ct_live_peer(ct, idx)
+        fin_both_ways = peer >= 0 and (ct[peer].flags & CT_FIN_SEEN) != 0
     timeout = ct_timeout_ns(e.proto, e.state, fin_both_ways)
     if idle_ns(now_ns, e.last_seen_ns) <= timeout:
         return False
+    if (e.flags & CT_FIN_SEEN) == 0:
+        peer = _ct_live_peer(ct, idx)
     if peer >= 0 and idle_ns(now_ns, ct[peer].last_seen_ns) <= timeout:
         return False
     return True
