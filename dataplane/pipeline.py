@@ -131,13 +131,13 @@ Decisions:
   is sent, so the peer's next frame already meets the fast path: a TCP connection's only
   packet in userspace is its SYN. At the SYN only while the worker holds fewer flow entries
   than half its share of the table (syn_offload_allowed: unanswered SYNs never crowd out
-  established flows), and not for a DSR backend node's flow whose SYN+ACK gets its MSS clamped. DSR flows too: the ingress node's one-way
-  flow (the fast path encapsulates) and the backend node's flow (the fast path decapsulates,
-  then translates). Not offloaded: ICMP, SCTP (the fast path has no CRC32c helper; the
-  steering and tc programs never look SCTP up in the flow table), flows whose next hops are
-  unresolved, and flows whose probe window in the flow table is full
-  (XSKP_CNT_FLOW_OFFLOAD_FULL). From then on dataplane/_fastpath.py keeps the flow's state from
-  what the fast path reports.
+  established flows), and not for a DSR backend node's flow whose SYN+ACK gets its MSS
+  clamped. DSR flows too: the ingress node's one-way flow (the fast path encapsulates) and the
+  backend node's flow (the fast path decapsulates, then translates). Not offloaded: ICMP,
+  SCTP (the fast path has no CRC32c helper; the steering and tc programs never look SCTP up in
+  the flow table), flows whose next hops are unresolved, and flows whose probe window in the
+  flow table is full (XSKP_CNT_FLOW_OFFLOAD_FULL). From then on dataplane/_fastpath.py keeps
+  the flow's state from what the fast path reports.
 """
 import numpy as np
 from dataplane._jit import packet_njit

@@ -73,7 +73,8 @@ FAST_STATE_DTYPE = np.dtype([
     ("sweep_last_ns", np.uint64),                       # when the sweep last ran
     ("partition", np.uint32),                           # this worker's index among `partitions`
     ("partitions", np.uint32),                          # workers sharing the flows (0, 1: none): a
-                                                        # worker's SNAT ports p have p % partitions == partition
+                                                        # worker's SNAT ports p have
+                                                        # p % partitions == partition
     ("owned_flows", np.uint64),                         # flow entries this worker held at the end of
                                                         # its last sweep pass, plus its inserts since
     ("pass_owned", np.uint64),                          # entries the current sweep pass found held
