@@ -10,8 +10,9 @@ full check (sweep_checks) is checked in full only every SWEEP_IDLE_SKIPS + 1 vis
 reads its conntrack entry and backend too: ~0.7 us, which 8,700 idle flows made 24 ms of CPU a
 second). A full check brings what the fast path saw back into the conntrack entry it
   executes: last_seen (so idle expiry works as for any flow, and ClientIP affinity stays
-  fresh while the client's offloaded flows are busy), and TCP flags seen (ACK
-  completes the handshake, FIN half-closes, FIN both ways or RST closes). Then it
+  fresh while the client's offloaded flows are busy), and TCP flags seen (for a flow
+  offloaded at its SYN the reply's SYN+ACK makes it SYN_RECV; the client's ACK completes the
+  handshake, FIN half-closes, FIN both ways or RST closes). Then it
   - removes the flow (conntrack and fast path) when its backend is gone or changed
     (XSKP_CNT_CT_STALE) or it has expired (XSKP_CNT_CT_EXPIRED), as the pipeline does at a hit;
   - re-resolves its egress and MACs in place when the FIB generation changed (a recall would
